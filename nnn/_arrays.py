@@ -1,0 +1,100 @@
+"""Input checking shared by every numeric routine.
+
+Each public entry point coerces its arrays once, here, into C-contiguous float32 NumPy arrays
+(or keeps torch tensors on their device), and raises ``ValueError`` naming the argument, its
+shape and what to do when the input is unusable.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+ArrayLike = "np.ndarray | torch.Tensor"
+
+#: Rows whose norm differs from 1 by more than this count as "not L2-normalised".
+NORM_TOLERANCE = 1e-3
+
+
+def as_matrix(x, name: str, *, dim: int | None = None, normalize: bool = False) -> np.ndarray:
+    """Return ``x`` as a C-contiguous float32 ``(n, d)`` NumPy array, checked.
+
+    Accepts NumPy arrays and torch tensors (any device). Raises ``ValueError`` for a wrong number
+    of dimensions, a non-floating dtype, an empty array, a dimension that differs from ``dim``,
+    or NaN/Inf values. Rows that are not unit-norm give a warning, or are normalised (in a copy)
+    when ``normalize`` is true. The caller's array is never modified.
+    """
+    if isinstance(x, torch.Tensor):
+        if not torch.is_floating_point(x):
+            raise ValueError(f"{name} must hold floating-point values, got torch dtype {x.dtype}; "
+                             "cast it with .float()")
+        x = x.detach().to("cpu", torch.float32).numpy()
+    elif not isinstance(x, np.ndarray):
+        raise ValueError(f"{name} must be a NumPy array or a torch tensor, got {type(x).__name__}")
+    if x.dtype.kind != "f":
+        raise ValueError(f"{name} must hold floating-point values, got dtype {x.dtype}; "
+                         "cast it with .astype(np.float32)")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n, d), got shape {tuple(x.shape)}; "
+                         "use x[None, :] for a single vector")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); it needs at least one row "
+                         "and one column")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"{name} has dimension {x.shape[1]} (shape {tuple(x.shape)}) but "
+                         f"{dim} was expected; all embeddings must come from the same model")
+    out = np.ascontiguousarray(x, dtype=np.float32)
+    if not np.isfinite(out).all():
+        bad = np.argwhere(~np.isfinite(out))[:5]
+        raise ValueError(f"{name} contains NaN or Inf (first at rows/cols {bad.tolist()}); "
+                         "clean or drop those rows before fitting")
+    norms = np.linalg.norm(out, axis=1)
+    off = np.abs(norms - 1.0) > NORM_TOLERANCE
+    if off.any():
+        if normalize:
+            if (norms == 0).any():
+                raise ValueError(f"{name} has all-zero rows {np.flatnonzero(norms == 0)[:5].tolist()}"
+                                 "; they cannot be L2-normalised")
+            out = out / norms[:, None]
+        else:
+            warnings.warn(f"{name}: {int(off.sum())} of {len(out)} rows are not L2-normalised "
+                          f"(norms in [{norms.min():.4g}, {norms.max():.4g}]); pass "
+                          "normalize=True to normalise them", UserWarning, stacklevel=3)
+    return out
+
+
+def check_positive_int(value, name: str, *, upper: int | None = None, upper_name: str = "") -> int:
+    """Return ``value`` as an int >= 1 (and <= ``upper`` if given), else raise ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if upper is not None and value > upper:
+        raise ValueError(f"{name}={value} is larger than {upper_name} ({upper}); "
+                         f"use {name} <= {upper} or a larger {upper_name.split(' ')[0]}")
+    return int(value)
+
+
+def check_non_negative(value, name: str) -> float:
+    """Return ``value`` as a finite float >= 0, else raise ``ValueError``."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not np.isfinite(v) or v < 0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+    return v
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None``/``"auto"`` -> CUDA when available, else CPU; unknown CUDA -> clear error."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device={device!r} was requested but CUDA is not available; "
+                         "use device='cpu' or 'auto'")
+    return dev
