@@ -1,0 +1,63 @@
+"""The one interface every encoder implements.
+
+An encoder is chosen by config data (family + model name + pretrained tag). Its heavy imports
+happen in ``load()``, never at module import. ``cache_identity()`` lists everything that
+determines its embeddings, so that the embedding cache misses whenever one of them changes.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import numpy as np
+import torch
+
+
+class Encoder(ABC):
+    """Base encoder.
+
+    Subclasses implement ``load``, ``cache_identity``, ``image_transform`` (PIL image -> (3, H, W)
+    tensor, run inside DataLoader workers), ``encode_image_batch`` ((b, 3, H, W) -> (b, d)) and
+    ``encode_text_batch`` (b strings -> (b, d)); both return L2-normalised float32 tensors.
+    """
+
+    #: bump when the adapter changes what it outputs, so cached embeddings are recomputed
+    adapter_version: str = "1"
+
+    def __init__(self, *, device: str = "auto", precision: str = "fp32", batch_size: int = 256):
+        if precision not in ("fp32", "fp16", "bf16"):
+            raise ValueError(f"precision must be 'fp32', 'fp16' or 'bf16', got {precision!r}")
+        self.device = device
+        self.precision = precision
+        self.batch_size = batch_size
+
+    @abstractmethod
+    def load(self) -> "Encoder":
+        """Build the model and its preprocessing (downloads weights when online). Returns self."""
+
+    @abstractmethod
+    def cache_identity(self) -> dict:
+        """JSON-able dict of everything that determines the embeddings (model, tag, precision,
+        preprocessing, adapter_version)."""
+
+    @abstractmethod
+    def image_transform(self, image) -> torch.Tensor:
+        """One PIL image -> (3, H, W) float tensor, as the model expects."""
+
+    @abstractmethod
+    def encode_image_batch(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(b, 3, H, W) -> (b, d) L2-normalised float32."""
+
+    @abstractmethod
+    def encode_text_batch(self, captions: list[str]) -> torch.Tensor:
+        """b captions -> (b, d) L2-normalised float32."""
+
+    def encode_texts(self, captions: list[str]) -> np.ndarray:
+        """All captions -> (n, d) float32, ``batch_size`` at a time."""
+        from tqdm.auto import tqdm
+
+        out = []
+        for start in tqdm(range(0, len(captions), self.batch_size), desc="encode captions",
+                          unit="batch", disable=len(captions) <= self.batch_size):
+            out.append(self.encode_text_batch(captions[start:start + self.batch_size]).float().cpu().numpy())
+        return np.concatenate(out, axis=0)

@@ -1,0 +1,94 @@
+"""The estimator interface shared by every correction method.
+
+``fit(gallery, query_bank=None, gallery_bank=None)`` checks and stores the gallery (n_g, d) and the
+banks (n_b, d) a method needs; ``score(queries)`` returns adjusted scores (n_q, n_g) that rank
+like the method; ``search(queries, top_k)`` returns the top-k scores and gallery ids per query,
+scoring ``batch_size`` queries at a time so that n_q x n_g is never held at once.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from nnn._arrays import as_matrix, check_positive_int, resolve_device
+
+
+class RetrievalMethod:
+    """Base class. Subclasses set ``requires`` and implement ``_fit`` and ``_score_block``.
+
+    Fitted attributes end in ``_``: ``gallery_`` (n_g, d) float32, ``device_``.
+    """
+
+    #: the banks ``fit`` must receive ("query_bank", "gallery_bank")
+    requires: tuple[str, ...] = ()
+
+    def __init__(self, *, batch_size: int = 4096, device: str = "cpu", normalize: bool = False):
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.device = device
+        self.normalize = normalize
+
+    # -- fitting -------------------------------------------------------------------------------
+    def fit(self, gallery, query_bank=None, gallery_bank=None):
+        """Check the inputs, store the gallery and compute what the method needs. Returns self."""
+        g = as_matrix(gallery, "gallery", normalize=self.normalize)
+        banks = {}
+        for name, bank in (("query_bank", query_bank), ("gallery_bank", gallery_bank)):
+            if bank is None:
+                if name in self.requires:
+                    raise ValueError(f"{type(self).__name__} needs {name}= in fit(); pass the "
+                                     f"{'reference queries' if name == 'query_bank' else 'reference gallery items'}"
+                                     " as an (n, d) array")
+                banks[name] = None
+            else:
+                banks[name] = as_matrix(bank, name, dim=g.shape[1], normalize=self.normalize)
+        self.device_ = resolve_device(self.device)
+        self.gallery_ = g
+        self._gallery_t = torch.from_numpy(g).to(self.device_)
+        self._fit(g, **banks)
+        return self
+
+    def _fit(self, gallery: np.ndarray, query_bank: np.ndarray | None,
+             gallery_bank: np.ndarray | None) -> None:
+        """Subclass hook: compute fitted state from checked float32 arrays."""
+
+    # -- scoring -------------------------------------------------------------------------------
+    def _score_block(self, q: torch.Tensor) -> torch.Tensor:
+        """Adjusted scores of a query block: (b, d) float32 on ``device_`` -> (b, n_g) float32."""
+        raise NotImplementedError
+
+    def _check_queries(self, queries) -> np.ndarray:
+        if not hasattr(self, "gallery_"):
+            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(gallery, ...) first")
+        return as_matrix(queries, "queries", dim=self.gallery_.shape[1], normalize=self.normalize)
+
+    def _blocks(self, q: np.ndarray):
+        for start in range(0, len(q), self.batch_size):
+            stop = min(start + self.batch_size, len(q))
+            block = torch.from_numpy(q[start:stop]).to(self.device_)
+            yield start, stop, self._score_block(block)
+
+    def score(self, queries) -> np.ndarray:
+        """Adjusted scores (n_q, n_g) float32 for queries (n_q, d)."""
+        q = self._check_queries(queries)
+        out = np.empty((len(q), len(self.gallery_)), dtype=np.float32)
+        for start, stop, block in self._blocks(q):
+            out[start:stop] = block.float().cpu().numpy()
+        return out
+
+    def search(self, queries, top_k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k per query: scores (n_q, top_k) float32 descending and gallery ids (n_q, top_k) int64."""
+        q = self._check_queries(queries)
+        top_k = check_positive_int(top_k, "top_k", upper=len(self.gallery_),
+                                   upper_name="the gallery size")
+        scores = np.empty((len(q), top_k), dtype=np.float32)
+        ids = np.empty((len(q), top_k), dtype=np.int64)
+        for start, stop, block in self._blocks(q):
+            vals, idx = torch.topk(block.float(), top_k, dim=1)
+            scores[start:stop] = vals.cpu().numpy()
+            ids[start:stop] = idx.cpu().numpy()
+        return scores, ids
+
+    def __repr__(self) -> str:
+        params = {k: v for k, v in vars(self).items() if not k.startswith("_") and not k.endswith("_")}
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in params.items())})"
