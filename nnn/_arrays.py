@@ -19,6 +19,8 @@ ArrayLike = "np.ndarray | torch.Tensor"
 
 #: Rows whose norm differs from 1 by more than this count as "not L2-normalised".
 NORM_TOLERANCE = 1e-3
+#: rows checked at a time in ``as_matrix`` (bounds its temporaries to a few MB)
+_CHECK_ROWS = 8192
 
 
 def as_matrix(x, name: str, *, dim: int | None = None, normalize: bool = False) -> np.ndarray:
@@ -49,11 +51,16 @@ def as_matrix(x, name: str, *, dim: int | None = None, normalize: bool = False) 
         raise ValueError(f"{name} has dimension {x.shape[1]} (shape {tuple(x.shape)}) but "
                          f"{dim} was expected; all embeddings must come from the same model")
     out = np.ascontiguousarray(x, dtype=np.float32)
-    if not np.isfinite(out).all():
-        bad = np.argwhere(~np.isfinite(out))[:5]
-        raise ValueError(f"{name} contains NaN or Inf (first at rows/cols {bad.tolist()}); "
-                         "clean or drop those rows before fitting")
-    norms = np.linalg.norm(out, axis=1)
+    norms = np.empty(len(out), dtype=np.float32)
+    # Row blocks: checking a 591,753 x 512 bank at once would build a 1.2 GB temporary.
+    for start in range(0, len(out), _CHECK_ROWS):
+        block = out[start:start + _CHECK_ROWS]
+        finite = np.isfinite(block)
+        if not finite.all():
+            bad = np.argwhere(~finite)[:5] + [start, 0]
+            raise ValueError(f"{name} contains NaN or Inf (first at rows/cols {bad.tolist()}); "
+                             "clean or drop those rows before fitting")
+        norms[start:start + len(block)] = np.linalg.norm(block, axis=1)
     off = np.abs(norms - 1.0) > NORM_TOLERANCE
     if off.any():
         if normalize:

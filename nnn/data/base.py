@@ -36,6 +36,30 @@ def check_caption_index(caption_to_image: np.ndarray, n_images: int, where: str)
     return idx
 
 
+def subset_caption_index(caption_to_image: np.ndarray, n_images: int,
+                         rows) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Keep the images at ``rows`` (in that order) and all of their captions.
+
+    Returns (rows (m,) int64, kept caption positions (k,) int64 in their original order,
+    new caption_to_image (k,) int64 into ``rows``). ``ValueError`` on repeated or
+    out-of-range rows.
+    """
+    rows = np.asarray(rows)
+    if rows.ndim != 1 or (len(rows) and rows.dtype.kind not in "iu"):
+        raise ValueError(f"rows must be a 1-D integer array, got shape {rows.shape} "
+                         f"dtype {rows.dtype}")
+    rows = rows.astype(np.int64, copy=False)
+    if len(rows) and (rows.min() < 0 or rows.max() >= n_images):
+        raise ValueError(f"rows hold values in [{rows.min()}, {rows.max()}] but there are "
+                         f"{n_images} images")
+    if len(np.unique(rows)) != len(rows):
+        raise ValueError("rows contain repeated images; pass each image row once")
+    new_of_old = np.full(n_images, -1, dtype=np.int64)
+    new_of_old[rows] = np.arange(len(rows))
+    keep = np.flatnonzero(new_of_old[caption_to_image] >= 0)
+    return rows, keep, new_of_old[caption_to_image[keep]]
+
+
 @dataclass
 class RetrievalSplit:
     """Raw data of one split.
@@ -68,6 +92,13 @@ class RetrievalSplit:
     def n_captions(self) -> int:
         return len(self.captions)
 
+    def subset_images(self, rows, name: str | None = None) -> "RetrievalSplit":
+        """The images at ``rows`` (in that order) with all of their captions, re-indexed."""
+        rows, keep, c2i = subset_caption_index(self.caption_to_image, self.n_images, rows)
+        return RetrievalSplit(name or self.name, [self.image_ids[r] for r in rows],
+                              [self.image_paths[r] for r in rows],
+                              [self.captions[j] for j in keep], c2i)
+
 
 @dataclass
 class EmbeddingSet:
@@ -95,9 +126,6 @@ class EmbeddingSet:
 
     def subset_images(self, rows: np.ndarray, name: str | None = None) -> "EmbeddingSet":
         """The images at ``rows`` (in that order) with all of their captions, re-indexed."""
-        rows = np.asarray(rows, dtype=np.int64)
-        new_of_old = np.full(len(self.image), -1, dtype=np.int64)
-        new_of_old[rows] = np.arange(len(rows))
-        keep = np.flatnonzero(new_of_old[self.caption_to_image] >= 0)
-        return EmbeddingSet(name or self.name, self.image[rows], self.text[keep],
-                            new_of_old[self.caption_to_image[keep]], dict(self.meta))
+        rows, keep, c2i = subset_caption_index(self.caption_to_image, len(self.image), rows)
+        return EmbeddingSet(name or self.name, self.image[rows], self.text[keep], c2i,
+                            dict(self.meta))

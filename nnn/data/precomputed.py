@@ -1,0 +1,208 @@
+"""Embeddings the user computed elsewhere, read from ``.npy``, ``.pt`` or ``.safetensors`` files.
+
+An evaluation split is an image file (n_img, d), a text file (n_cap, d) and a caption->image
+index, given as ``caption_index``:
+
+- ``"identity"``: caption j describes image j (n_cap == n_img);
+- an int N: consecutive blocks, caption j describes image j // N (n_cap == N * n_img);
+- a file: ``.npy`` / ``.pt`` / ``.safetensors`` (a 1-D integer array), ``.json`` (a list of
+  integers) or ``.txt`` (one integer per line): the image row of each caption;
+- an integer array (when called from Python).
+
+The training split (source of references, banks and the tuning split) comes from
+``train_image_path`` / ``train_text_path`` / ``train_caption_index`` when given; otherwise a
+seeded ``train_fraction`` of the images (with their captions) is split off as "train" and the
+rest is "test" (disjoint, see ``nnn.data.splits.train_test_split``).
+
+Nothing is unpickled: ``np.load(allow_pickle=False)``, ``torch.load(weights_only=True)`` and
+``safetensors`` only. A ``.pt`` / ``.safetensors`` file must hold one tensor (or a dict with a
+single tensor). Embeddings are checked (2-D, floating, finite, same dimension); rows that are not
+L2-normalised give a warning, or are normalised with ``normalize=True``. Relative paths are
+relative to the current working directory.
+
+Example, on real CLIP ViT-L/14 embeddings of 1,000 Flickr30k image-caption pairs (one caption
+per image, row i of the text file describes row i of the image file)::
+
+    from nnn.data.precomputed import PrecomputedDataset
+    root = "../shared/data/flickr30k_clip_vitl14_1k"  # relative to the repository root
+    data = PrecomputedDataset(image_path=f"{root}/image_embeddings.npy",
+                              text_path=f"{root}/text_embeddings.npy",
+                              caption_index="identity", train_fraction=0.5, seed=0)
+    splits = data.splits()  # {"train": 500 images x 500 captions, "test": the other 500}
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file as load_safetensors
+
+from nnn._arrays import as_matrix, check_positive_int
+from nnn.data.base import EmbeddingSet
+from nnn.data.splits import train_test_split
+
+log = logging.getLogger(__name__)
+
+ARRAY_SUFFIXES = (".npy", ".pt", ".pth", ".safetensors")
+INDEX_SUFFIXES = ARRAY_SUFFIXES + (".json", ".txt")
+
+
+def _existing_file(path, what: str, expected: str, suffixes: tuple[str, ...]) -> Path:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} file {str(path)!r} does not exist (resolved to "
+                                f"{str(path.resolve())!r}); provide {expected}")
+    if path.suffix.lower() not in suffixes:
+        raise ValueError(f"{what} file {str(path)!r} has unsupported type {path.suffix!r}; "
+                         f"save it as one of {', '.join(suffixes)}")
+    return path
+
+
+def _single_tensor(tensors: dict, path: Path):
+    if len(tensors) != 1:
+        raise ValueError(f"{str(path)!r} holds {len(tensors)} tensors {sorted(tensors)[:10]}; "
+                         "save exactly one tensor per file")
+    return next(iter(tensors.values()))
+
+
+def load_array(path, what: str = "array", *,
+               expected: str = "an (n, d) array") -> np.ndarray | torch.Tensor:
+    """Read one array from .npy / .pt / .pth / .safetensors without unpickling anything."""
+    path = _existing_file(path, what, f"{expected} saved as .npy, .pt or .safetensors",
+                          ARRAY_SUFFIXES)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        try:
+            return np.load(path, allow_pickle=False)
+        except ValueError as err:
+            if "allow_pickle" not in str(err):
+                raise
+            raise ValueError(f"{what} file {str(path)!r} holds Python objects (an object "
+                             "array); it is not loaded because that would unpickle it. Save a "
+                             "numeric array, e.g. np.save(path, x.astype(np.float32))") from None
+    if suffix == ".safetensors":
+        return _single_tensor(load_safetensors(str(path), device="cpu"), path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise ValueError(f"{what} file {str(path)!r} holds objects that torch.load("
+                         "weights_only=True) refuses to unpickle (e.g. NumPy arrays or custom "
+                         "classes); save a plain tensor with torch.save(tensor, path)") from None
+    if isinstance(obj, dict):
+        obj = _single_tensor(obj, path)
+    if not isinstance(obj, torch.Tensor):
+        raise ValueError(f"{what} file {str(path)!r} holds a {type(obj).__name__}, not a tensor; "
+                         "save a plain tensor with torch.save(tensor, path)")
+    return obj
+
+
+def load_caption_index(spec, *, n_captions: int, n_images: int,
+                       where: str = "caption_index") -> np.ndarray:
+    """The caption->image index (n_captions,) int64 described by ``spec`` (see module doc).
+
+    Range and coverage are checked by ``EmbeddingSet``.
+    """
+    if isinstance(spec, str) and spec == "identity":
+        if n_captions != n_images:
+            raise ValueError(f"{where}='identity' needs as many captions as images, got "
+                             f"{n_captions} captions and {n_images} images; pass "
+                             "captions_per_image as an int or an index file")
+        return np.arange(n_captions, dtype=np.int64)
+    if isinstance(spec, (int, np.integer)) and not isinstance(spec, bool):
+        per_image = check_positive_int(spec, where)
+        if n_captions != per_image * n_images:
+            raise ValueError(f"{where}={per_image} (captions per image) needs {per_image} x "
+                             f"{n_images} = {per_image * n_images} captions, got {n_captions}")
+        return np.arange(n_captions, dtype=np.int64) // per_image
+    if isinstance(spec, (str, Path)):
+        path = _existing_file(spec, where, "the image row of each caption (n_captions integers)",
+                              INDEX_SUFFIXES)
+        suffix = path.suffix.lower()
+        if suffix == ".json":
+            idx = np.asarray(json.loads(path.read_text()))
+        elif suffix == ".txt":
+            idx = np.loadtxt(path, dtype=np.int64, ndmin=1)
+        else:
+            idx = load_array(path, where, expected="a 1-D integer array")
+    else:
+        idx = spec
+    if isinstance(idx, torch.Tensor):
+        idx = idx.numpy()
+    idx = np.asarray(idx)
+    if idx.ndim != 1 or idx.dtype.kind not in "iu" or len(idx) != n_captions:
+        raise ValueError(f"{where} must be {n_captions} integers (one image row per caption), "
+                         f"got shape {idx.shape} dtype {idx.dtype}")
+    return idx.astype(np.int64)
+
+
+def load_embedding_set(image_path, text_path, caption_index="identity", *, name: str = "test",
+                       normalize: bool = False, dim: int | None = None) -> EmbeddingSet:
+    """Read image (n_img, d) and text (n_cap, d) embeddings and their caption->image index."""
+    image = as_matrix(load_array(image_path, f"{name} image embeddings",
+                                 expected="(n_images, d) float embeddings"),
+                      f"{name} image embeddings ({image_path})", dim=dim, normalize=normalize)
+    text = as_matrix(load_array(text_path, f"{name} text embeddings",
+                                expected="(n_captions, d) float embeddings"),
+                     f"{name} text embeddings ({text_path})", dim=image.shape[1],
+                     normalize=normalize)
+    c2i = load_caption_index(caption_index, n_captions=len(text), n_images=len(image),
+                             where=f"{name} caption_index")
+    meta = {"source": "precomputed", "image_path": str(image_path), "text_path": str(text_path)}
+    return EmbeddingSet(name, image, text, c2i, meta)
+
+
+class PrecomputedDataset:
+    """User-supplied embeddings; ``splits()`` -> {"train", "test": EmbeddingSet}, ``split(name)``.
+
+    Keyword-only: ``image_path``, ``text_path``, ``caption_index`` (evaluation split);
+    ``train_image_path``, ``train_text_path``, ``train_caption_index`` (optional training split;
+    its index defaults to ``caption_index`` when that is "identity" or an int);
+    ``train_fraction`` and ``seed`` (used only without training files); ``normalize``.
+    """
+
+    def __init__(self, *, image_path, text_path, caption_index="identity",
+                 train_image_path=None, train_text_path=None, train_caption_index=None,
+                 train_fraction: float = 0.5, seed: int = 0, normalize: bool = False):
+        if (train_image_path is None) != (train_text_path is None):
+            raise ValueError("give both train_image_path and train_text_path, or neither (then "
+                             f"train_fraction={train_fraction} of the images become the training "
+                             "split)")
+        if train_image_path is not None and train_caption_index is None:
+            if isinstance(caption_index, (str, Path)) and caption_index != "identity":
+                raise ValueError("caption_index is a file, so train_caption_index must be given "
+                                 "too (the index of the training captions)")
+            train_caption_index = caption_index
+        self.image_path, self.text_path, self.caption_index = image_path, text_path, caption_index
+        self.train_image_path, self.train_text_path = train_image_path, train_text_path
+        self.train_caption_index = train_caption_index
+        self.train_fraction, self.seed, self.normalize = train_fraction, seed, normalize
+
+    def splits(self) -> dict[str, EmbeddingSet]:
+        """Read the files: {"train": training split, "test": evaluation split}."""
+        test = load_embedding_set(self.image_path, self.text_path, self.caption_index,
+                                  name="test", normalize=self.normalize)
+        if self.train_image_path is not None:
+            train = load_embedding_set(self.train_image_path, self.train_text_path,
+                                       self.train_caption_index, name="train",
+                                       normalize=self.normalize, dim=test.dim)
+            return {"train": train, "test": test}
+        train_rows, test_rows = train_test_split(len(test.image),
+                                                 train_fraction=self.train_fraction, seed=self.seed)
+        log.info("no training files: %d of %d images (seed %d) form the training split",
+                 len(train_rows), len(test.image), self.seed)
+        return {"train": test.subset_images(train_rows, name="train"),
+                "test": test.subset_images(test_rows, name="test")}
+
+    def split(self, name: str) -> EmbeddingSet:
+        """One split, "train" or "test" (reads the files)."""
+        if name not in ("train", "test"):
+            raise ValueError(f"unknown split {name!r}; available: ['train', 'test']")
+        return self.splits()[name]
+
+    def __repr__(self) -> str:
+        return f"PrecomputedDataset({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"

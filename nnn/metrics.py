@@ -1,0 +1,240 @@
+"""Retrieval metrics in both directions, bootstrap confidence intervals and hubness statistics.
+
+Ranks are computed from a *fitted method* (anything whose ``score(queries)`` returns an
+(b, n_g) float32 array, e.g. a ``nnn.methods.base.RetrievalMethod``), ``batch_size`` queries at
+a time, so an n_q x n_g score matrix is never held (COCO's 25,000 x 5,000 runs in ~20 MB chunks).
+
+Definitions:
+
+- Rank (1-based) of a query = 1 + the number of *non-relevant* gallery items whose score is
+  **greater than or equal to** the best score of a relevant item. Ties are therefore broken
+  pessimistically (against the method): a method that gives every item the same score gets the
+  worst possible rank, never a perfect one.
+- Text->image (t2i): queries are captions, the gallery is images, the one relevant item of
+  caption j is image ``caption_to_image[j]``.
+- Image->text (i2t): queries are images, the gallery is captions, the relevant items of image i
+  are all captions j with ``caption_to_image[j] == i``; the best-ranked one counts, so R@k is a
+  hit when ANY of the image's captions is in the top k (the paper's protocol).
+- R@k = percentage (0-100) of queries with rank <= k. Median and mean rank are of the 1-based
+  ranks. Confidence intervals are percentile bootstrap intervals over queries resampled with
+  replacement (``scipy.stats.bootstrap``), seeded.
+- Hubness: N_k(r) = how often gallery item r is among a query's top k (``k_occurrence``);
+  ``hubness_stats`` summarises its distribution (see there).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import stats
+from tqdm.auto import tqdm
+
+from nnn._arrays import check_non_negative, check_positive_int
+from nnn.data.base import check_caption_index
+
+#: Bootstrap resamples are drawn in batches of at most this many rank values (memory bound).
+_BOOT_ELEMENTS_PER_BATCH = 4_000_000
+
+
+# -- ranks ---------------------------------------------------------------------------------------
+def _n_queries(queries, name: str) -> int:
+    """Number of rows of a 2-D NumPy array / torch tensor of queries (full checks: method.score)."""
+    shape = getattr(queries, "shape", None)
+    if shape is None or len(shape) != 2:
+        raise ValueError(f"{name} must be a 2-D (n, d) array or tensor, got "
+                         f"{type(queries).__name__} with shape {shape}")
+    if shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(shape)}); pass at least one query")
+    return int(shape[0])
+
+
+def _score_chunks(method, queries, batch_size: int, desc: str):
+    """Yield ``(start, stop, scores)`` with scores (stop - start, n_g) from ``method.score``."""
+    n_q = _n_queries(queries, "queries")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    n_g = None
+    for start in tqdm(range(0, n_q, batch_size), desc=desc, leave=False, disable=None):
+        stop = min(start + batch_size, n_q)
+        s = np.asarray(method.score(queries[start:stop]))
+        if s.ndim != 2 or s.shape[0] != stop - start or (n_g is not None and s.shape[1] != n_g):
+            raise ValueError(f"{type(method).__name__}.score returned shape {s.shape} for "
+                             f"{stop - start} queries; expected ({stop - start}, n_gallery)")
+        if np.isnan(s).any():
+            raise ValueError(f"{type(method).__name__}.score returned NaN for queries "
+                             f"{start}..{stop - 1}; check the method's inputs and parameters")
+        n_g = s.shape[1]
+        yield start, stop, s
+
+
+def _first_relevant_rank(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """scores, relevant: (b, n_g) -> (b,) 1-based rank of the best-scored relevant item.
+
+    Ties with non-relevant items count against the query (pessimistic).
+    """
+    best = np.where(relevant, scores, -np.inf).max(axis=1)
+    return 1 + ((scores >= best[:, None]) & ~relevant).sum(axis=1)
+
+
+def t2i_ranks(method, text_queries, caption_to_image, *, batch_size: int = 1024) -> np.ndarray:
+    """Text->image ranks: (n_cap,) int64, 1-based, of each caption's image.
+
+    ``method`` is fitted on the image gallery (n_img, d); ``text_queries`` (n_cap, d);
+    ``caption_to_image`` (n_cap,) rows of the gallery. Gallery images without a caption are
+    allowed (distractors).
+    """
+    n_cap = _n_queries(text_queries, "text_queries")
+    c2i = np.asarray(caption_to_image)
+    if c2i.ndim != 1 or len(c2i) != n_cap:
+        raise ValueError(f"caption_to_image has shape {c2i.shape} but there are {n_cap} text "
+                         "queries; it needs one gallery row per caption")
+    if c2i.dtype.kind not in "iu" or c2i.min() < 0:
+        raise ValueError(f"caption_to_image must hold non-negative integers, got dtype "
+                         f"{c2i.dtype} with minimum {c2i.min()}")
+    c2i = c2i.astype(np.int64, copy=False)
+    last_image = int(c2i.max())
+    ranks = np.empty(n_cap, dtype=np.int64)
+    for start, stop, s in _score_chunks(method, text_queries, batch_size, "t2i ranks"):
+        if last_image >= s.shape[1]:
+            raise ValueError(f"caption_to_image holds image rows up to {last_image} but the "
+                             f"method's gallery has {s.shape[1]} images")
+        relevant = np.zeros(s.shape, dtype=bool)
+        relevant[np.arange(stop - start), c2i[start:stop]] = True
+        ranks[start:stop] = _first_relevant_rank(s, relevant)
+    return ranks
+
+
+def i2t_ranks(method, image_queries, caption_to_image, *, batch_size: int = 1024) -> np.ndarray:
+    """Image->text ranks: (n_img,) int64, 1-based, of each image's best-ranked caption.
+
+    ``method`` is fitted on the caption gallery (n_cap, d); ``image_queries`` (n_img, d);
+    ``caption_to_image`` (n_cap,) gives the query row each gallery caption describes; every
+    image needs at least one caption.
+    """
+    n_img = _n_queries(image_queries, "image_queries")
+    c2i = check_caption_index(caption_to_image, n_img, "i2t_ranks")
+    ranks = np.empty(n_img, dtype=np.int64)
+    for start, stop, s in _score_chunks(method, image_queries, batch_size, "i2t ranks"):
+        if s.shape[1] != len(c2i):
+            raise ValueError(f"the method's gallery has {s.shape[1]} captions but "
+                             f"caption_to_image has {len(c2i)} entries; fit the method on the "
+                             "captions that caption_to_image describes")
+        relevant = c2i[None, :] == np.arange(start, stop)[:, None]
+        ranks[start:stop] = _first_relevant_rank(s, relevant)
+    return ranks
+
+
+# -- recall and bootstrap ------------------------------------------------------------------------
+def _check_ranks(ranks) -> np.ndarray:
+    r = np.asarray(ranks)
+    if r.ndim != 1 or r.dtype.kind not in "iu":
+        raise ValueError(f"ranks must be a 1-D integer array, got shape {r.shape} dtype {r.dtype}")
+    if len(r) == 0:
+        raise ValueError("ranks is empty; compute ranks for at least one query")
+    if r.min() < 1:
+        raise ValueError(f"ranks are 1-based but the smallest is {r.min()}")
+    return r.astype(np.int64, copy=False)
+
+
+def _check_ks(ks) -> np.ndarray:
+    ks = [check_positive_int(k, "every k in ks") for k in np.atleast_1d(ks).tolist()]
+    if not ks:
+        raise ValueError("ks is empty; pass e.g. ks=(1, 5, 10)")
+    return np.asarray(ks, dtype=np.int64)
+
+
+def _recall_percent(ranks: np.ndarray, ks: np.ndarray, axis: int = -1) -> np.ndarray:
+    """ranks (..., n) -> R@k in percent, shape (len(ks), ...). Vectorised for the bootstrap."""
+    hits = np.moveaxis(ranks, axis, -1)[..., None] <= ks
+    return np.moveaxis(hits.sum(axis=-2) * 100.0 / hits.shape[-2], -1, 0)
+
+
+def recall_at_k(ranks, ks=(1, 5, 10)) -> dict[str, float]:
+    """``{"R@k": percent of queries with rank <= k}`` for each k; ranks (n,) 1-based."""
+    r, ks = _check_ranks(ranks), _check_ks(ks)
+    return {f"R@{k}": float(v) for k, v in zip(ks, _recall_percent(r, ks))}
+
+
+def rank_summary(ranks, ks=(1, 5, 10), *, n_boot: int = 1000, seed: int = 0,
+                 level: float = 0.95) -> dict[str, float]:
+    """R@k with bootstrap confidence intervals, median and mean rank.
+
+    Returns a flat dict: ``R@k``, ``R@k_ci_low``, ``R@k_ci_high`` (percent) for each k, and
+    ``median_rank``, ``mean_rank``, ``n_queries``. The interval is the percentile bootstrap
+    interval at ``level`` from ``n_boot`` resamples of the queries (with replacement), drawn
+    from ``numpy.random.default_rng(seed)``.
+    """
+    r, ks = _check_ranks(ranks), _check_ks(ks)
+    n_boot = check_positive_int(n_boot, "n_boot")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), e.g. 0.95, got {level!r}")
+    point = _recall_percent(r, ks)
+    if len(r) == 1:  # every resample of one query is that query
+        low = high = point
+    else:
+        ci = stats.bootstrap((r,), lambda x, axis: _recall_percent(x, ks, axis),
+                             n_resamples=n_boot, confidence_level=level, method="percentile",
+                             batch=max(1, _BOOT_ELEMENTS_PER_BATCH // len(r)),
+                             rng=np.random.default_rng(seed)).confidence_interval
+        low, high = ci.low, ci.high
+    out: dict[str, float] = {}
+    for k, p, lo, hi in zip(ks, point, low, high):
+        out[f"R@{k}"] = float(p)
+        out[f"R@{k}_ci_low"] = float(lo)
+        out[f"R@{k}_ci_high"] = float(hi)
+    out["median_rank"] = float(np.median(r))
+    out["mean_rank"] = float(r.mean())
+    out["n_queries"] = len(r)
+    return out
+
+
+# -- hubness -------------------------------------------------------------------------------------
+def k_occurrence(method, queries, *, k: int = 1, batch_size: int = 1024) -> np.ndarray:
+    """N_k: (n_g,) int64, how often each gallery item is among a query's top k.
+
+    ``method`` is a fitted ``RetrievalMethod`` (uses ``method.search`` and ``method.gallery_``);
+    ties inside the top k are broken by ``search``. Sums to n_q * k.
+    """
+    n_q = _n_queries(queries, "queries")
+    n_g = len(method.gallery_)
+    k = check_positive_int(k, "k", upper=n_g, upper_name="the gallery size")
+    batch_size = check_positive_int(batch_size, "batch_size")
+    counts = np.zeros(n_g, dtype=np.int64)
+    for start in tqdm(range(0, n_q, batch_size), desc="k-occurrence", leave=False, disable=None):
+        _, ids = method.search(queries[start:start + batch_size], top_k=k)
+        counts += np.bincount(np.asarray(ids).ravel(), minlength=n_g)
+    return counts
+
+
+def hubness_stats(counts, *, hub_factor: float = 2.0) -> dict[str, float]:
+    """Summary of a k-occurrence distribution counts (n_g,) (non-negative integers).
+
+    - ``skewness``: ``scipy.stats.skew`` (population moments, bias=True).
+    - ``kurtosis``: ``scipy.stats.kurtosis`` in Fisher's definition (*excess* kurtosis, 0 for a
+      normal distribution). The paper's Table 3 (e.g. CLIP Flickr 9.0 -> 1.1) must be excess
+      kurtosis: Pearson kurtosis is >= 1 + skewness^2 and ~3 for count data, so 1.1 would be
+      impossible for it. Both are reported as 0 when all counts are equal (no spread, no hubs).
+    - ``max``: the largest N_k; ``mean``: the mean N_k (= n_q * k / n_g).
+    - ``never_retrieved``: percent of gallery items with N_k = 0 (anti-hubs).
+    - ``robin_hood``: Robin Hood (Hoover) index in percent, 100 * 0.5 * sum|N_i - mean| / sum N_i:
+      the share of occurrences that would have to move to make N_k uniform (0 = uniform).
+    - ``hubs``: number of items with N_k > ``hub_factor`` * mean.
+    """
+    c = np.asarray(counts)
+    if c.ndim != 1 or c.dtype.kind not in "iu" or len(c) == 0:
+        raise ValueError(f"counts must be a non-empty 1-D integer array, got shape {c.shape} "
+                         f"dtype {c.dtype}")
+    if c.min() < 0 or c.sum() == 0:
+        raise ValueError(f"counts must be >= 0 with a positive total, got min {c.min()} and "
+                         f"total {c.sum()}")
+    hub_factor = check_non_negative(hub_factor, "hub_factor")
+    x = c.astype(np.float64)
+    mean = x.mean()
+    spread = bool((x != x[0]).any())
+    return {
+        "skewness": float(stats.skew(x)) if spread else 0.0,
+        "kurtosis": float(stats.kurtosis(x, fisher=True)) if spread else 0.0,
+        "max": float(x.max()),
+        "mean": float(mean),
+        "never_retrieved": float((x == 0).mean() * 100.0),
+        "robin_hood": float(50.0 * np.abs(x - mean).sum() / x.sum()),
+        "hubs": float((x > hub_factor * mean).sum()),
+    }

@@ -1,0 +1,275 @@
+"""Tests of nnn.metrics against hand-built cases and dense float64 NumPy references."""
+
+import numpy as np
+import pytest
+import torch
+
+from nnn import metrics
+from nnn.methods.base import RetrievalMethod
+
+
+class DotProduct(RetrievalMethod):
+    """Plain inner-product retrieval (no correction)."""
+
+    def _score_block(self, q):
+        return q @ self._gallery_t.T
+
+
+class TableScores:
+    """Duck-typed method whose scores are a fixed table; a query is its row number, shape (1,)."""
+
+    def __init__(self, table):
+        self.table = np.asarray(table, dtype=np.float32)
+
+    def score(self, queries):
+        return self.table[np.asarray(queries)[:, 0].astype(int)]
+
+
+def row_queries(n):
+    return np.arange(n, dtype=np.float32)[:, None]
+
+
+def unit_rows(rng, n, d):
+    x = rng.standard_normal((n, d))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def random_caption_index(rng, n_img, n_cap):
+    """Every image gets at least one caption, the rest at random; shuffled."""
+    c2i = np.concatenate([np.arange(n_img), rng.integers(0, n_img, n_cap - n_img)])
+    return rng.permutation(c2i)
+
+
+@pytest.fixture
+def data():
+    rng = np.random.default_rng(0)
+    n_img, n_cap, d = 37, 97, 16
+    img, txt = unit_rows(rng, n_img, d), unit_rows(rng, n_cap, d)
+    c2i = random_caption_index(rng, n_img, n_cap)
+    txt = txt + 0.8 * img[c2i]  # make matches likelier than chance, so ranks vary
+    txt = (txt / np.linalg.norm(txt, axis=1, keepdims=True)).astype(np.float32)
+    return img, txt, c2i
+
+
+# -- dense float64 references, written from the definition ----------------------------------------
+def reference_t2i(img, txt, c2i):
+    s = txt.astype(np.float64) @ img.astype(np.float64).T
+    ranks = []
+    for j in range(len(txt)):
+        true = s[j, c2i[j]]
+        others = np.delete(s[j], c2i[j])
+        ranks.append(1 + int((others >= true).sum()))
+    return np.array(ranks)
+
+
+def reference_i2t(img, txt, c2i):
+    s = img.astype(np.float64) @ txt.astype(np.float64).T
+    ranks = []
+    for i in range(len(img)):
+        rel = c2i == i
+        best = s[i, rel].max()
+        ranks.append(1 + int((s[i, ~rel] >= best).sum()))
+    return np.array(ranks)
+
+
+def min_score_gap(a, b):
+    """Smallest difference between two scores of the same query (rows of a against b)."""
+    s = np.sort(a.astype(np.float64) @ b.astype(np.float64).T, axis=1)
+    return np.diff(s, axis=1).min()
+
+
+# -- ranks ---------------------------------------------------------------------------------------
+def test_t2i_hand_built():
+    # 3 captions x 4 images; caption -> image 0, 2, 3
+    table = [[0.9, 0.1, 0.2, 0.3],   # true image 0 best -> rank 1
+             [0.5, 0.6, 0.4, 0.1],   # true image 2 has two better -> rank 3
+             [0.7, 0.8, 0.9, 0.2]]   # true image 3 worst -> rank 4
+    ranks = metrics.t2i_ranks(TableScores(table), row_queries(3), np.array([0, 2, 3]))
+    assert ranks.dtype == np.int64
+    assert ranks.tolist() == [1, 3, 4]
+
+
+def test_i2t_hit_by_second_caption():
+    # 2 images x 4 captions; captions 0, 1 describe image 0, captions 2, 3 describe image 1
+    c2i = np.array([0, 0, 1, 1])
+    table = [[0.1, 0.9, 0.5, 0.2],   # image 0: its 2nd caption (1) is top -> rank 1
+             [0.8, 0.7, 0.1, 0.6]]   # image 1: best own caption (3) behind captions 0, 1 -> 3
+    ranks = metrics.i2t_ranks(TableScores(table), row_queries(2), c2i)
+    assert ranks.tolist() == [1, 3]
+    assert metrics.recall_at_k(ranks, ks=(1, 5)) == {"R@1": 50.0, "R@5": 100.0}
+
+
+def test_ties_count_against_the_method():
+    # a tie between the relevant item and one other item -> rank 2; all-equal -> worst rank
+    ranks = metrics.t2i_ranks(TableScores([[0.5, 0.5, 0.1], [0.3, 0.3, 0.3]]),
+                              row_queries(2), np.array([1, 0]))
+    assert ranks.tolist() == [2, 3]
+    # i2t: image 0 has 2 of 5 captions; constant scores -> the 3 others rank above -> 4
+    c2i = np.array([0, 1, 0, 1, 1])
+    ranks = metrics.i2t_ranks(TableScores(np.zeros((2, 5))), row_queries(2), c2i)
+    assert ranks.tolist() == [4, 3]
+    # ties among relevant items do not matter
+    ranks = metrics.i2t_ranks(TableScores([[0.7, 0.1, 0.7, 0.2, 0.3]]), row_queries(1),
+                              np.array([0, 0, 0, 0, 0]))
+    assert ranks.tolist() == [1]
+
+
+@pytest.mark.parametrize("batch_size", [1, 10, 36, 1000])
+def test_ranks_match_dense_reference_in_chunks(data, batch_size):
+    img, txt, c2i = data
+    # no near-ties that float32 could flip
+    assert min(min_score_gap(txt, img), min_score_gap(img, txt)) > 1e-6
+    t2i = metrics.t2i_ranks(DotProduct().fit(img), txt, c2i, batch_size=batch_size)
+    i2t = metrics.i2t_ranks(DotProduct().fit(txt), img, c2i, batch_size=batch_size)
+    np.testing.assert_array_equal(t2i, reference_t2i(img, txt, c2i))
+    np.testing.assert_array_equal(i2t, reference_i2t(img, txt, c2i))
+    assert 1 < t2i.max() and (t2i == 1).any()  # the case is not degenerate
+
+
+def test_ranks_accept_torch_queries(data):
+    img, txt, c2i = data
+    method = DotProduct().fit(img)
+    np.testing.assert_array_equal(metrics.t2i_ranks(method, torch.from_numpy(txt), c2i,
+                                                    batch_size=13),
+                                  metrics.t2i_ranks(method, txt, c2i))
+
+
+def test_t2i_allows_distractor_images(data):
+    img, txt, c2i = data
+    keep = c2i < 30  # images 30..36 get no caption but stay in the gallery
+    ranks = metrics.t2i_ranks(DotProduct().fit(img), txt[keep], c2i[keep], batch_size=8)
+    np.testing.assert_array_equal(ranks, reference_t2i(img, txt[keep], c2i[keep]))
+
+
+def test_rank_input_errors(data):
+    img, txt, c2i = data
+    method = DotProduct().fit(img)
+    with pytest.raises(ValueError, match="caption_to_image has shape"):
+        metrics.t2i_ranks(method, txt, c2i[:-1])
+    with pytest.raises(ValueError, match="up to 40"):
+        metrics.t2i_ranks(method, txt, np.where(c2i == 0, 40, c2i))
+    with pytest.raises(ValueError, match="non-negative integers"):
+        metrics.t2i_ranks(method, txt, c2i.astype(float))
+    with pytest.raises(ValueError, match="text_queries is empty"):
+        metrics.t2i_ranks(method, txt[:0], c2i[:0])
+    with pytest.raises(ValueError, match="2-D"):
+        metrics.t2i_ranks(method, txt[0], c2i[:1])
+    with pytest.raises(ValueError, match="batch_size"):
+        metrics.t2i_ranks(method, txt, c2i, batch_size=0)
+    with pytest.raises(ValueError, match="gallery has 37 captions"):  # fitted on the images
+        metrics.i2t_ranks(method, img, c2i)
+    with pytest.raises(ValueError, match="images have no caption"):
+        metrics.i2t_ranks(DotProduct().fit(txt[c2i > 0]), img, c2i[c2i > 0])
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.t2i_ranks(TableScores([[np.nan, 1.0]]), row_queries(1), np.array([0]))
+
+
+# -- recall and bootstrap ------------------------------------------------------------------------
+def test_recall_and_rank_summary_values():
+    ranks = np.array([1, 2, 6, 11])
+    assert metrics.recall_at_k(ranks) == {"R@1": 25.0, "R@5": 50.0, "R@10": 75.0}
+    s = metrics.rank_summary(ranks, n_boot=200)
+    assert s["median_rank"] == 4.0 and s["mean_rank"] == 5.0 and s["n_queries"] == 4
+    assert s["R@5"] == 50.0
+    for k in (1, 5, 10):
+        assert s[f"R@{k}_ci_low"] <= s[f"R@{k}"] <= s[f"R@{k}_ci_high"]
+
+
+def test_bootstrap_is_seeded_and_narrows_with_more_queries():
+    rng = np.random.default_rng(1)
+    many = rng.geometric(0.5, size=20_000)  # P(rank 1) = 0.5
+    few = many[:200]
+    a = metrics.rank_summary(many, ks=(1,), n_boot=300, seed=3)
+    assert a == metrics.rank_summary(many, ks=(1,), n_boot=300, seed=3)
+    assert a != metrics.rank_summary(many, ks=(1,), n_boot=300, seed=4)
+    b = metrics.rank_summary(few, ks=(1,), n_boot=300, seed=3)
+    width_many = a["R@1_ci_high"] - a["R@1_ci_low"]
+    width_few = b["R@1_ci_high"] - b["R@1_ci_low"]
+    assert width_many < width_few / 5
+    # a percentile interval of a proportion is close to the normal approximation
+    p = a["R@1"] / 100
+    half = 100 * 1.96 * np.sqrt(p * (1 - p) / len(many))
+    assert width_many == pytest.approx(2 * half, rel=0.25)
+    for s in (a, b):
+        assert s["R@1_ci_low"] <= s["R@1"] <= s["R@1_ci_high"]
+    narrower = metrics.rank_summary(many, ks=(1,), n_boot=300, seed=3, level=0.5)
+    assert narrower["R@1_ci_high"] - narrower["R@1_ci_low"] < width_many
+
+
+def test_bootstrap_degenerate_cases():
+    s = metrics.rank_summary(np.array([3]), n_boot=10)
+    assert s["R@1"] == s["R@1_ci_low"] == s["R@1_ci_high"] == 0.0
+    s = metrics.rank_summary(np.ones(50, dtype=np.int64), ks=(1,), n_boot=10)
+    assert s["R@1_ci_low"] == s["R@1_ci_high"] == 100.0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"ranks": np.array([], dtype=np.int64)}, "ranks is empty"),
+    ({"ranks": np.array([0, 1])}, "1-based"),
+    ({"ranks": np.array([1.0, 2.0])}, "integer"),
+    ({"ranks": np.array([1, 2]), "ks": (0, 5)}, "every k in ks"),
+    ({"ranks": np.array([1, 2]), "ks": ()}, "ks is empty"),
+    ({"ranks": np.array([1, 2]), "n_boot": 0}, "n_boot"),
+    ({"ranks": np.array([1, 2]), "level": 1.0}, "level"),
+])
+def test_summary_input_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        metrics.rank_summary(**kwargs)
+
+
+# -- hubness -------------------------------------------------------------------------------------
+@pytest.mark.parametrize("k, batch_size", [(1, 7), (5, 100)])
+def test_k_occurrence_matches_dense_reference(data, k, batch_size):
+    img, txt, _ = data
+    assert min_score_gap(txt, img) > 1e-6
+    counts = metrics.k_occurrence(DotProduct().fit(img), txt, k=k, batch_size=batch_size)
+    top = np.argsort(-(txt.astype(np.float64) @ img.astype(np.float64).T), axis=1)[:, :k]
+    np.testing.assert_array_equal(counts, np.bincount(top.ravel(), minlength=len(img)))
+    assert counts.sum() == len(txt) * k and counts.dtype == np.int64
+
+
+def test_k_occurrence_errors(data):
+    img, txt, _ = data
+    with pytest.raises(ValueError, match="gallery size"):
+        metrics.k_occurrence(DotProduct().fit(img), txt, k=len(img) + 1)
+
+
+def test_hubness_uniform_counts():
+    s = metrics.hubness_stats(np.full(10, 5))
+    assert s == {"skewness": 0.0, "kurtosis": 0.0, "max": 5.0, "mean": 5.0,
+                 "never_retrieved": 0.0, "robin_hood": 0.0, "hubs": 0.0}
+
+
+def test_hubness_one_hub():
+    n = 20
+    s = metrics.hubness_stats(np.array([n * 3] + [0] * (n - 1)))
+    p = 1 / n  # a scaled Bernoulli(p): closed-form population moments
+    assert s["skewness"] == pytest.approx((1 - 2 * p) / np.sqrt(p * (1 - p)))
+    assert s["kurtosis"] == pytest.approx((1 - 6 * p * (1 - p)) / (p * (1 - p)))
+    assert s["robin_hood"] == pytest.approx(100 * (n - 1) / n)
+    assert s["never_retrieved"] == pytest.approx(100 * (n - 1) / n)
+    assert s["max"] == 60 and s["mean"] == 3 and s["hubs"] == 1
+
+
+def test_hubness_against_moment_formulas():
+    c = np.random.default_rng(2).poisson(3.0, size=101)
+    s = metrics.hubness_stats(c)
+    x = c.astype(np.float64)
+    m = x.mean()
+    m2, m3, m4 = (((x - m) ** p).mean() for p in (2, 3, 4))
+    assert s["skewness"] == pytest.approx(m3 / m2 ** 1.5)
+    assert s["kurtosis"] == pytest.approx(m4 / m2 ** 2 - 3)
+    assert s["robin_hood"] == pytest.approx(100 * 0.5 * np.abs(x - m).sum() / x.sum())
+    assert s["never_retrieved"] == pytest.approx(100 * (c == 0).mean())
+    assert s["hubs"] == (x > 2 * m).sum()
+
+
+@pytest.mark.parametrize("counts, match", [
+    (np.array([], dtype=np.int64), "non-empty"),
+    (np.array([1.5, 2.0]), "integer"),
+    (np.array([-1, 3]), ">= 0"),
+    (np.zeros(4, dtype=np.int64), "positive total"),
+])
+def test_hubness_input_errors(counts, match):
+    with pytest.raises(ValueError, match=match):
+        metrics.hubness_stats(counts)
