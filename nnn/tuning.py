@@ -1,0 +1,373 @@
+"""Hyper-parameter tuning without test leakage: grids are scored on a tuning split, never on test.
+
+Protocol (paper-facts.md, "Method"): inside the *training* split, a reference part (the
+references / banks) and a disjoint tuning part the size of the test split are drawn
+(``nnn.data.splits.reference_and_tuning_sets``). Each method's grid is scored by R@1 on the
+tuning part, the best point is kept, and only then is the method fitted on the test gallery
+with the same references. The tuners below receive the tuning and reference sets and nothing
+else, so a test embedding cannot reach them.
+
+API::
+
+    refs, tuning = reference_and_tuning_sets(train, fraction=0.2, tuning_size=len(test.image))
+    result = tune("nnn", tuning, refs, direction="t2i")     # or tune_nnn / tune_qb_norm / ...
+    result.best          # {"alpha": 0.75, "k": 128}
+    result.best_score    # R@1 (percent) on the tuning split
+    result.grid          # [{"alpha": .., "k": .., "R@1": ..}, ...] in evaluation order
+    result.table, result.axes   # R@1 as an array over the named axes (NaN = not evaluated)
+    method = RetrievalTask.from_sets(test, refs, "t2i").fit(result.estimator())
+    ranks = RetrievalTask.from_sets(test, refs, "t2i").ranks(method)
+
+Directions (``RetrievalTask``): ``"t2i"`` -- gallery = images, queries = captions, query bank =
+reference captions, gallery bank = reference images; ``"i2t"`` -- gallery = captions, queries =
+images, query bank = reference images, gallery bank = reference captions.
+
+Grids (defaults from the paper, see the constants):
+
+- NNN: alpha x k, from ONE fit. NNN is fitted once on the tuning gallery with k = the largest k
+  of the grid; every (alpha, k) then reuses its top-k reference table (``NNN.with_params``), so
+  reference similarities are computed once, not per grid point. The default k grid is cut at
+  the number of references (with a note); an explicit k above it is an error.
+- QB-Norm: one beta axis, the union of the coarse and the dense query-bank grids, plus 0.
+- DBNorm: two stages of product grids, coarse (beta_query, beta_gallery) in the coarse grid
+  (plus 0) squared, then the dense beta_query x beta_gallery ranges (plus 0); the best point of
+  all evaluated ones wins. ``table`` spans the union of the values (NaN where not evaluated).
+- DN: one lambda axis (the paper fixes lambda = 0.5; tuning it is our extension).
+
+A beta of 0 switches a factor off; all betas 0 is the raw similarity (``Identity``). Ties
+between grid points go to the one evaluated first (grid order), so results are deterministic.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from nnn._arrays import check_non_negative, check_positive_int
+from nnn.data.base import EmbeddingSet
+from nnn.methods import DN, NNN, DBNorm, Identity, QBNorm
+from nnn.metrics import i2t_ranks, recall_at_k, t2i_ranks
+
+log = logging.getLogger(__name__)
+
+DIRECTIONS = ("t2i", "i2t")
+
+# -- the paper's grids (paper-facts.md, "Method" and "Baselines") ------------------------------
+#: NNN alpha in {0.25, 0.375, ..., 1.5} (paper-facts.md "Method")
+ALPHA_GRID = tuple(0.25 + 0.125 * i for i in range(11))
+#: NNN k in {1, 2, 4, ..., 512} (paper-facts.md "Method")
+K_GRID = tuple(2 ** i for i in range(10))
+#: QB-Norm / DBNorm: 20 log-spaced betas in [0.001, 400] (paper-facts.md "Baselines")
+BETA_COARSE_GRID = tuple(float(b) for b in np.geomspace(0.001, 400.0, 20))
+#: the denser second stage (paper-facts.md "Baselines": beta_q in [0.001, 15], beta_g in
+#: [25, 200]); the paper gives the ranges, not the counts: 10 log-spaced values each (our choice)
+BETA_QUERY_DENSE_GRID = tuple(float(b) for b in np.geomspace(0.001, 15.0, 10))
+BETA_GALLERY_DENSE_GRID = tuple(float(b) for b in np.geomspace(25.0, 200.0, 10))
+#: "plus beta = 0" (paper-facts.md "Baselines"): no normalisation by that bank
+BETA_OFF = 0.0
+#: QB-Norm's one axis: beta = 0, the coarse grid and the dense query-bank grid, sorted
+QB_NORM_BETA_GRID = tuple(sorted({BETA_OFF, *BETA_COARSE_GRID, *BETA_QUERY_DENSE_GRID}))
+#: DBNorm's stages: (beta_query values, beta_gallery values), each a product grid
+DB_NORM_STAGES = (
+    ((BETA_OFF, *BETA_COARSE_GRID), (BETA_OFF, *BETA_COARSE_GRID)),
+    ((BETA_OFF, *BETA_QUERY_DENSE_GRID), (BETA_OFF, *BETA_GALLERY_DENSE_GRID)),
+)
+#: DN lambda in {0, 0.1, ..., 1}; the paper fixes lambda = 0.5 (paper-facts.md "Baselines")
+DN_LAMBDA_GRID = tuple(round(0.1 * i, 1) for i in range(11))
+
+#: the constructor keywords each tuner sets (the other keywords are passed through unchanged)
+TUNED_PARAMS = {"nnn": ("k", "alpha"), "qb_norm": ("beta",),
+                "db_norm": ("beta_query", "beta_gallery"), "dn": ("lam",)}
+#: constructor keywords every method (Identity included) accepts
+_RUNTIME_KWARGS = ("batch_size", "device", "normalize")
+
+
+# -- direction semantics -----------------------------------------------------------------------
+@dataclass
+class RetrievalTask:
+    """One retrieval direction on one split: what to fit on and what to query with.
+
+    gallery (n_g, d), queries (n_q, d), caption_to_image (n_cap,), query_bank (n_qb, d),
+    gallery_bank (n_gb, d); ``direction`` is "t2i" or "i2t".
+    """
+
+    direction: str
+    gallery: np.ndarray
+    queries: np.ndarray
+    caption_to_image: np.ndarray
+    query_bank: np.ndarray
+    gallery_bank: np.ndarray
+
+    @classmethod
+    def from_sets(cls, split: EmbeddingSet, refs: EmbeddingSet, direction: str) -> "RetrievalTask":
+        """``split``'s gallery/queries and ``refs``' banks for ``direction`` (module docstring)."""
+        direction = check_direction(direction)
+        if split.dim != refs.dim:
+            raise ValueError(f"split {split.name!r} has dimension {split.dim} but references "
+                             f"{refs.name!r} have {refs.dim}; embed both with the same model")
+        if direction == "t2i":
+            return cls(direction, split.image, split.text, split.caption_to_image,
+                       refs.text, refs.image)
+        return cls(direction, split.text, split.image, split.caption_to_image,
+                   refs.image, refs.text)
+
+    def fit(self, method):
+        """``method.fit`` on this task's gallery with both banks. Returns the fitted method."""
+        return method.fit(self.gallery, query_bank=self.query_bank, gallery_bank=self.gallery_bank)
+
+    def ranks(self, method, *, batch_size: int = 1024) -> np.ndarray:
+        """1-based ranks (n_q,) of a method fitted on this task's gallery (``nnn.metrics``)."""
+        rank_fn = t2i_ranks if self.direction == "t2i" else i2t_ranks
+        return rank_fn(method, self.queries, self.caption_to_image, batch_size=batch_size)
+
+    def recall_at_1(self, method, *, batch_size: int = 1024) -> float:
+        """R@1 in percent of a fitted method."""
+        return recall_at_k(self.ranks(method, batch_size=batch_size), (1,))["R@1"]
+
+
+def check_direction(direction: str) -> str:
+    """Return ``direction`` if it is "t2i" or "i2t", else raise ``ValueError``."""
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS} (text->image or image->text), "
+                         f"got {direction!r}")
+    return direction
+
+
+# -- results -----------------------------------------------------------------------------------
+@dataclass
+class TuningResult:
+    """The outcome of one grid search.
+
+    best: the chosen parameters; best_score: their R@1 (percent) on the tuning split; grid: one
+    dict per evaluated point (its parameters and ``"R@1"``), in evaluation order; table: R@1 as
+    an array whose axes are named, in order, by ``axes`` (name -> values; NaN = not evaluated);
+    method_kwargs: the fixed constructor keywords (e.g. ``dynamic``); notes: adjustments made
+    (e.g. a k grid cut at the reference size).
+    """
+
+    method: str
+    direction: str
+    best: dict
+    best_score: float
+    grid: list[dict]
+    table: np.ndarray
+    axes: dict[str, list]
+    method_kwargs: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def estimator(self, **overrides):
+        """An unfitted method with the best parameters (``overrides`` replace constructor keywords)."""
+        return make_estimator(self.method, self.best, **{**self.method_kwargs, **overrides})
+
+    def to_dict(self) -> dict:
+        """JSON-able summary (NaN cells of ``table`` become None)."""
+        table = np.where(np.isnan(self.table), None, self.table).tolist()
+        return {"method": self.method, "direction": self.direction, "best": dict(self.best),
+                "best_score": self.best_score, "grid": [dict(p) for p in self.grid],
+                "axes": {k: list(v) for k, v in self.axes.items()}, "table": table,
+                "method_kwargs": dict(self.method_kwargs), "notes": list(self.notes)}
+
+
+def make_estimator(method: str, params: dict, **kwargs):
+    """Unfitted method ``method`` ("nnn", "qb_norm", "db_norm", "dn") with ``params``.
+
+    Betas that are all 0 give ``Identity`` (raw similarity) with the runtime keywords only.
+    """
+    method = canonical_method(method)
+    if method == "nnn":
+        return NNN(k=params["k"], alpha=params["alpha"], **kwargs)
+    if method == "dn":
+        return DN(lam=params["lam"], **kwargs)
+    betas = [params["beta"]] if method == "qb_norm" else [params["beta_query"], params["beta_gallery"]]
+    if all(b == 0 for b in betas):
+        return Identity(**{k: v for k, v in kwargs.items() if k in _RUNTIME_KWARGS})
+    if method == "qb_norm":
+        return QBNorm(beta=params["beta"], **kwargs)
+    return DBNorm(beta_query=params["beta_query"], beta_gallery=params["beta_gallery"], **kwargs)
+
+
+# -- grid checks -------------------------------------------------------------------------------
+def _check_grid(values, name: str, check) -> list:
+    values = np.atleast_1d(values).tolist()
+    if not values:
+        raise ValueError(f"{name} is empty; pass at least one value (or None for the paper's grid)")
+    out = [check(v, f"every value in {name}") for v in values]
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} has repeated values {sorted(out)}; list each value once")
+    return out
+
+
+def _check_finite(value, name: str) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    return v
+
+
+def _k_grid(ks, n_refs: int, notes: list[str]) -> list[int]:
+    if ks is None:
+        grid = [k for k in K_GRID if k <= n_refs]
+        if len(grid) < len(K_GRID):
+            note = (f"k grid cut at the reference size {n_refs}: k in {grid} "
+                    f"(dropped {[k for k in K_GRID if k > n_refs]})")
+            log.info("NNN tuning: %s", note)
+            notes.append(note)
+        return grid
+    grid = _check_grid(ks, "ks", check_positive_int)
+    too_big = [k for k in grid if k > n_refs]
+    if too_big:
+        raise ValueError(f"ks {too_big} exceed the number of references ({n_refs}); NNN "
+                         f"averages the k most similar references, so use k <= {n_refs} or "
+                         "more references (ks=None cuts the paper's grid automatically)")
+    return grid
+
+
+def _check_fixed_kwargs(kwargs: dict, tuned: tuple[str, ...], cls: str) -> None:
+    clash = sorted(set(kwargs) & set(tuned))
+    if clash:
+        raise ValueError(f"{clash} are set by the tuner, so they cannot be fixed {cls} keywords; "
+                         "pass the values to try as the tuner's grid instead")
+
+
+def _best(grid: list[dict]) -> dict:
+    """First grid point with the highest R@1."""
+    return max(grid, key=lambda p: p["R@1"])  # max keeps the first of equal keys
+
+
+def _table(grid: list[dict], axes: dict[str, list]) -> np.ndarray:
+    table = np.full([len(v) for v in axes.values()], np.nan)
+    pos = {name: {v: i for i, v in enumerate(vals)} for name, vals in axes.items()}
+    for p in grid:
+        table[tuple(pos[name][p[name]] for name in axes)] = p["R@1"]
+    return table
+
+
+def _result(method, direction, grid, axes, method_kwargs, notes) -> TuningResult:
+    best = _best(grid)
+    params = {k: v for k, v in best.items() if k != "R@1"}
+    log.info("%s tuning (%s): best %s with R@1 %.2f on the tuning split (%d grid points)",
+             method, direction, params, best["R@1"], len(grid))
+    return TuningResult(method, direction, params, float(best["R@1"]), grid,
+                        _table(grid, axes), axes, dict(method_kwargs), notes)
+
+
+def _search(method: str, task: RetrievalTask, points: list[dict], method_kwargs: dict,
+            batch_size: int) -> list[dict]:
+    """Fit and score ``make_estimator(method, p)`` for every point p (one fit each)."""
+    grid = []
+    for p in tqdm(points, desc=f"tune {method}", unit="point", leave=False, disable=None):
+        est = task.fit(make_estimator(method, p, **method_kwargs))
+        grid.append({**p, "R@1": task.recall_at_1(est, batch_size=batch_size)})
+    return grid
+
+
+# -- tuners ------------------------------------------------------------------------------------
+def tune_nnn(tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i", *,
+             alphas: Sequence[float] | None = None, ks: Sequence[int] | None = None,
+             batch_size: int = 1024, **nnn_kwargs) -> TuningResult:
+    """NNN's alpha x k grid from one fit (``table`` is R@1[alpha, k]).
+
+    ``alphas``/``ks`` default to ``ALPHA_GRID``/``K_GRID`` (k cut at the reference size);
+    ``nnn_kwargs`` go to the ``NNN`` constructor (e.g. ``backend``, ``device``).
+    """
+    if nnn_kwargs.get("k_max", 0) is None:   # "no extra table width": the tuner sets it
+        nnn_kwargs.pop("k_max")
+    _check_fixed_kwargs(nnn_kwargs, (*TUNED_PARAMS["nnn"], "k_max"), "NNN")
+    task = RetrievalTask.from_sets(tuning, refs, direction)
+    notes: list[str] = []
+    alphas = _check_grid(ALPHA_GRID if alphas is None else alphas, "alphas", check_non_negative)
+    ks = _k_grid(ks, len(task.query_bank), notes)
+    # one top-k table of width max(ks); every grid point reads its first k columns
+    fitted = task.fit(NNN(k=min(ks), k_max=max(ks), alpha=alphas[0], **nnn_kwargs))
+    grid = []
+    points = [(a, k) for a in alphas for k in ks]
+    for a, k in tqdm(points, desc="tune nnn", unit="point", leave=False, disable=None):
+        r1 = task.recall_at_1(fitted.with_params(k=k, alpha=a), batch_size=batch_size)
+        grid.append({"alpha": a, "k": k, "R@1": r1})
+    return _result("nnn", direction, grid, {"alpha": alphas, "k": ks}, nnn_kwargs, notes)
+
+
+def tune_qb_norm(tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i", *,
+                 betas: Sequence[float] | None = None, batch_size: int = 1024,
+                 **qb_kwargs) -> TuningResult:
+    """QB-Norm's beta (default ``QB_NORM_BETA_GRID``; 0 = raw similarity), one fit per beta.
+
+    ``qb_kwargs`` go to ``QBNorm`` (e.g. ``dynamic=True`` for DIS).
+    """
+    _check_fixed_kwargs(qb_kwargs, TUNED_PARAMS["qb_norm"], "QBNorm")
+    task = RetrievalTask.from_sets(tuning, refs, direction)
+    betas = _check_grid(QB_NORM_BETA_GRID if betas is None else betas, "betas", check_non_negative)
+    grid = _search("qb_norm", task, [{"beta": b} for b in betas], qb_kwargs, batch_size)
+    return _result("qb_norm", direction, grid, {"beta": betas}, qb_kwargs, [])
+
+
+def tune_db_norm(tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i", *,
+                 stages: Sequence[tuple[Sequence[float], Sequence[float]]] | None = None,
+                 batch_size: int = 1024, **db_kwargs) -> TuningResult:
+    """DBNorm's (beta_query, beta_gallery): product grids stage by stage (default
+    ``DB_NORM_STAGES``, coarse then dense); a point shared by two stages is evaluated once.
+
+    ``table`` is R@1[beta_query, beta_gallery] over the union of each axis' values.
+    ``db_kwargs`` go to ``DBNorm`` (e.g. ``dynamic=True`` for DualDIS).
+    """
+    _check_fixed_kwargs(db_kwargs, TUNED_PARAMS["db_norm"], "DBNorm")
+    task = RetrievalTask.from_sets(tuning, refs, direction)
+    stages = DB_NORM_STAGES if stages is None else stages
+    if not stages:
+        raise ValueError("stages is empty; pass at least one (beta_query values, beta_gallery "
+                         "values) pair, or None for the paper's two stages")
+    points, seen = [], set()
+    for i, stage in enumerate(stages):
+        if len(stage) != 2:
+            raise ValueError(f"stage {i} must be a (beta_query values, beta_gallery values) "
+                             f"pair, got {stage!r}")
+        bqs = _check_grid(stage[0], f"stages[{i}] beta_query values", check_non_negative)
+        bgs = _check_grid(stage[1], f"stages[{i}] beta_gallery values", check_non_negative)
+        for bq in bqs:
+            for bg in bgs:
+                if (bq, bg) not in seen:
+                    seen.add((bq, bg))
+                    points.append({"beta_query": bq, "beta_gallery": bg})
+    grid = _search("db_norm", task, points, db_kwargs, batch_size)
+    axes = {"beta_query": sorted({p["beta_query"] for p in points}),
+            "beta_gallery": sorted({p["beta_gallery"] for p in points})}
+    return _result("db_norm", direction, grid, axes, db_kwargs, [])
+
+
+def tune_dn(tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i", *,
+            lams: Sequence[float] | None = None, batch_size: int = 1024,
+            **dn_kwargs) -> TuningResult:
+    """DN's lambda (default ``DN_LAMBDA_GRID``; the paper fixes 0.5), one fit per value."""
+    _check_fixed_kwargs(dn_kwargs, TUNED_PARAMS["dn"], "DN")
+    task = RetrievalTask.from_sets(tuning, refs, direction)
+    lams = _check_grid(DN_LAMBDA_GRID if lams is None else lams, "lams", _check_finite)
+    grid = _search("dn", task, [{"lam": v} for v in lams], dn_kwargs, batch_size)
+    return _result("dn", direction, grid, {"lam": lams}, dn_kwargs, [])
+
+
+#: method name -> tuner; methods without hyper-parameters to tune (Identity, CSLS) are absent
+TUNERS = {"nnn": tune_nnn, "qb_norm": tune_qb_norm, "db_norm": tune_db_norm, "dn": tune_dn}
+_ALIASES = {"qbnorm": "qb_norm", "dbnorm": "db_norm"}
+
+
+def canonical_method(name: str) -> str:
+    """"NNN", "QB-Norm", "qbnorm", "db_norm", "DN", ... -> a key of ``TUNERS``; ValueError otherwise."""
+    key = str(name).lower().replace("-", "_")
+    key = _ALIASES.get(key, key)
+    if key not in TUNERS:
+        raise ValueError(f"no tuner for method {name!r}; tunable methods are {sorted(TUNERS)}")
+    return key
+
+
+def tune(method: str, tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i",
+         **kwargs) -> TuningResult:
+    """Dispatch to ``tune_<method>`` (``TUNERS``); ``kwargs`` are that tuner's keywords."""
+    return TUNERS[canonical_method(method)](tuning, refs, direction, **kwargs)
