@@ -1,0 +1,60 @@
+"""QB-Norm (Bogolin et al., 2022): inverted softmax over a query bank, optionally dynamic (DIS)."""
+
+from __future__ import annotations
+
+import torch
+
+from nnn._arrays import check_non_negative, check_positive_int
+from nnn.methods._bank_stats import bank_stats, check_memory_budget, top1_in
+from nnn.methods.base import RetrievalMethod
+
+
+class QBNorm(RetrievalMethod):
+    """Inverted softmax over a query bank B_q (n_b, d):
+
+        n(q, r) = exp(beta s(q, r)) / sum_{q' in B_q} exp(beta s(q', r)).
+
+    ``score`` returns ``log n(q, r) = beta s(q, r) - log_norm_query_[r]``, which ranks like n.
+    With ``dynamic=True`` (dynamic inverted softmax, DIS) only queries whose top-1 gallery item by
+    raw s lies in the activation set (gallery items in the top-``activation_k`` of some bank
+    query) are normalised; the other rows keep the raw similarity s(q, r). Rows can thus be on
+    different scales; ranking is per query, so this is harmless, but do not compare scores
+    across queries.
+
+    The bank is streamed in chunks sized by ``memory_budget_mb`` (MiB of per-chunk temporaries);
+    the bank x gallery matrix is never built. Fitted: ``log_norm_query_`` (n_g,) float64,
+    ``activation_query_`` (n_g,) bool (always computed; used only when ``dynamic``).
+    """
+
+    requires = ("query_bank",)
+
+    def __init__(self, *, beta: float = 20.0, dynamic: bool = False, activation_k: int = 1,
+                 memory_budget_mb: float = 256.0, progress: bool = True, batch_size: int = 4096,
+                 device: str = "cpu", normalize: bool = False):
+        super().__init__(batch_size=batch_size, device=device, normalize=normalize)
+        self.beta = check_non_negative(beta, "beta")
+        if self.beta == 0:
+            raise ValueError("beta=0 makes every QBNorm score the same constant (-log n_bank); use "
+                             "beta > 0 (the reference code's default is 20), or Identity for raw "
+                             "similarities")
+        self.dynamic = bool(dynamic)
+        self.activation_k = check_positive_int(activation_k, "activation_k")
+        self.memory_budget_mb = check_memory_budget(memory_budget_mb)
+        self.progress = bool(progress)
+
+    def _fit(self, gallery, query_bank, gallery_bank):
+        check_positive_int(self.activation_k, "activation_k", upper=len(gallery),
+                           upper_name="the gallery size")
+        self.log_norm_query_, self.activation_query_ = bank_stats(
+            query_bank, self._gallery_t, beta=self.beta, activation_k=self.activation_k,
+            memory_budget_mb=self.memory_budget_mb, desc="QBNorm query bank",
+            progress=self.progress)
+        self._log_norm_t = torch.from_numpy(self.log_norm_query_).float().to(self.device_)
+        self._activation_t = torch.from_numpy(self.activation_query_).to(self.device_)
+
+    def _score_block(self, q: torch.Tensor) -> torch.Tensor:
+        s = q @ self._gallery_t.T
+        normed = self.beta * s - self._log_norm_t
+        if not self.dynamic:
+            return normed
+        return torch.where(top1_in(s, self._activation_t)[:, None], normed, s)

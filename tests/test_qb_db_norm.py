@@ -1,0 +1,327 @@
+"""QBNorm and DBNorm against dense float64 references written from the paper's formulas.
+
+Rank-equivalent score compared throughout: the log of the (gated) inverted-softmax product,
+e.g. QB-Norm log n(q, r) = beta s(q, r) - log sum_{b in B_q} exp(beta s(b, r)); raw s(q, r)
+for DIS rows that are not gated. Banks are streamed in chunks of 7 rows (sizes are not
+multiples of 7), so many chunk boundaries are crossed.
+"""
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from scipy.special import logsumexp
+
+from nnn.methods import DBNorm, QBNorm
+from nnn.methods._bank_stats import chunk_rows
+
+N_G, N_QB, N_GB, N_Q, D = 53, 211, 103, 41, 24
+CHUNK = 7
+#: a memory budget (MiB) that gives CHUNK-row bank chunks for a gallery of N_G
+BUDGET = (CHUNK + 0.5) * ((N_G + D) * 4 + 12) / 2**20
+TOP = 5
+
+
+def unit(x):
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def data():
+    """Gallery (N_G, D); banks clustered on the first 30 / last 20 gallery items, so that with
+    activation_k=1 the activation sets are partial and DIS gates some queries but not others."""
+    rng = np.random.default_rng(0)
+    g = unit(rng.standard_normal((N_G, D)))
+    qb = unit(g[rng.integers(0, 30, N_QB)] + 0.03 * rng.standard_normal((N_QB, D)))
+    gb = unit(g[rng.integers(N_G - 20, N_G, N_GB)] + 0.03 * rng.standard_normal((N_GB, D)))
+    q = unit(g[rng.integers(0, N_G, N_Q)] + 0.1 * rng.standard_normal((N_Q, D)))
+    return g, qb, gb, q
+
+
+# -- float64 references, written from the formulas --------------------------------------------
+def sim(a, b):
+    return a.astype(np.float64) @ b.astype(np.float64).T
+
+
+def activation_ref(bank, g, k):
+    """Gallery items in the top-k of at least one bank row -> (n_g,) bool."""
+    act = np.zeros(len(g), bool)
+    for row in sim(bank, g):
+        act[np.argsort(-row)[:k]] = True
+    return act
+
+
+def gate_ref(q, g, act):
+    """Queries whose raw top-1 gallery item is activated -> (n_q,) bool."""
+    return act[sim(q, g).argmax(axis=1)]
+
+
+def factor_ref(q, g, bank, beta, gate=None):
+    """exp(beta s(q,r)) / sum_b exp(beta s(b,r)) on gated rows, exp(beta s(q,r)) on the others."""
+    num = np.exp(beta * sim(q, g))
+    den = np.exp(beta * sim(bank, g)).sum(axis=0)
+    if gate is None:
+        return num / den
+    return np.where(gate[:, None], num / den, num)
+
+
+def qb_log_ref(q, g, qb, beta, dynamic=False, k=1):
+    gate = gate_ref(q, g, activation_ref(qb, g, k)) if dynamic else None
+    normed = np.log(factor_ref(q, g, qb, beta))
+    return normed if gate is None else np.where(gate[:, None], normed, sim(q, g))
+
+
+def db_log_ref(q, g, qb, gb, bq, bg, dynamic=False, k=1):
+    gq = gate_ref(q, g, activation_ref(qb, g, k)) if dynamic else None
+    gg = gate_ref(q, g, activation_ref(gb, g, k)) if dynamic else None
+    return np.log(factor_ref(q, g, qb, bq, gq) * factor_ref(q, g, gb, bg, gg))
+
+
+def top_ids(scores, k=TOP):
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
+
+
+def check_against(model, q, ref, atol):
+    out = model.score(q)
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out, ref, atol=atol, rtol=0)
+    vals, ids = model.search(q, TOP)
+    np.testing.assert_array_equal(ids, top_ids(ref))
+    np.testing.assert_allclose(vals, np.take_along_axis(ref, ids, axis=1), atol=atol, rtol=0)
+
+
+def test_budget_gives_many_uneven_chunks():
+    assert chunk_rows(N_G, D, BUDGET) == CHUNK
+    assert N_QB % CHUNK and N_GB % CHUNK and N_QB // CHUNK > 10
+
+
+# -- QBNorm ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("beta", [0.5, 5.0, 20.0])
+def test_qbnorm_matches_dense_reference(data, beta):
+    g, qb, _, q = data
+    m = QBNorm(beta=beta, memory_budget_mb=BUDGET).fit(g, query_bank=qb)
+    np.testing.assert_allclose(m.log_norm_query_, np.log(np.exp(beta * sim(qb, g)).sum(axis=0)),
+                               rtol=1e-6, atol=0)
+    check_against(m, q, qb_log_ref(q, g, qb, beta), atol=2e-5)
+
+
+@pytest.mark.parametrize("beta", [100.0, 1000.0])
+def test_qbnorm_large_beta_is_stable(data, beta):
+    g, qb, _, q = data
+    m = QBNorm(beta=beta, memory_budget_mb=BUDGET).fit(g, query_bank=qb)
+    log_z = logsumexp(beta * sim(qb, g), axis=0)
+    assert np.isfinite(m.log_norm_query_).all()
+    np.testing.assert_allclose(m.log_norm_query_, log_z, rtol=0, atol=2e-5 * beta)
+    check_against(m, q, beta * sim(q, g) - log_z, atol=2e-5 * beta)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_qbnorm_dynamic_matches_reference(data, k):
+    g, qb, _, q = data
+    act = activation_ref(qb, g, k)
+    gate = gate_ref(q, g, act)
+    assert gate.any() and not gate.all(), "the data must gate some queries and not others"
+    m = QBNorm(beta=20.0, dynamic=True, activation_k=k, memory_budget_mb=BUDGET)
+    m.fit(g, query_bank=qb)
+    np.testing.assert_array_equal(m.activation_query_, act)
+    check_against(m, q, qb_log_ref(q, g, qb, 20.0, dynamic=True, k=k), atol=2e-5)
+
+
+def basis(*rows):
+    """Unit vectors from coefficient rows over the standard basis of R^5."""
+    return unit(np.array(rows, dtype=np.float64))
+
+
+def test_dis_gating_constructed_case():
+    """Gallery = e0..e4; the query bank sits at e0 and e1, the gallery bank at e2, so the
+    activation sets are {0, 1} and {2}. Query 0 (top-1 e0) is gated for the query-bank factor
+    only, query 1 (top-1 e2) for the gallery-bank factor only, query 2 (top-1 e4) for neither."""
+    g = np.eye(5, dtype=np.float32)
+    qb = basis([1, 0, 0, .2, 0], [0, 1, 0, .2, 0], [1, .1, 0, 0, 0])
+    gb = basis([0, 0, 1, .3, 0], [0, .1, 1, 0, 0])
+    q = basis([1, 0, .3, 0, 0], [0, 0, 1, 0, .2], [0, .1, 0, 0, 1])
+    qbn = QBNorm(beta=5.0, dynamic=True).fit(g, query_bank=qb)
+    np.testing.assert_array_equal(qbn.activation_query_, [True, True, False, False, False])
+    s = sim(q, g)
+    out = qbn.score(q)
+    np.testing.assert_allclose(out[0], 5.0 * s[0] - np.log(np.exp(5.0 * sim(qb, g)).sum(0)),
+                               atol=1e-5)
+    np.testing.assert_allclose(out[1:], s[1:], atol=1e-6)  # ungated rows keep raw s
+
+    dbn = DBNorm(beta_query=5.0, beta_gallery=3.0, dynamic=True)
+    dbn.fit(g, query_bank=qb, gallery_bank=gb)
+    np.testing.assert_array_equal(dbn.activation_gallery_, [False, False, True, False, False])
+    log_zq = np.log(np.exp(5.0 * sim(qb, g)).sum(0))
+    log_zg = np.log(np.exp(3.0 * sim(gb, g)).sum(0))
+    expected = 8.0 * s - np.stack([log_zq, log_zg, np.zeros(5)])
+    np.testing.assert_allclose(dbn.score(q), expected, atol=1e-5)
+    np.testing.assert_allclose(dbn.score(q), db_log_ref(q, g, qb, gb, 5.0, 3.0, dynamic=True),
+                               atol=1e-5)
+
+
+# -- DBNorm ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("bq,bg", [(20.0, 10.0), (1.0, 30.0), (0.5, 0.05)])
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_dbnorm_matches_dense_reference(data, bq, bg, dynamic):
+    g, qb, gb, q = data
+    if dynamic:  # the data gates each factor for some queries where the other is not gated
+        gq = gate_ref(q, g, activation_ref(qb, g, 1))
+        gg = gate_ref(q, g, activation_ref(gb, g, 1))
+        assert (gq & ~gg).any() and (gg & ~gq).any() and (~gq & ~gg).any()
+    m = DBNorm(beta_query=bq, beta_gallery=bg, dynamic=dynamic, memory_budget_mb=BUDGET)
+    m.fit(g, query_bank=qb, gallery_bank=gb)
+    np.testing.assert_allclose(m.log_norm_gallery_, np.log(np.exp(bg * sim(gb, g)).sum(axis=0)),
+                               rtol=1e-6, atol=0)
+    np.testing.assert_array_equal(m.activation_gallery_, activation_ref(gb, g, 1))
+    check_against(m, q, db_log_ref(q, g, qb, gb, bq, bg, dynamic=dynamic), atol=3e-5)
+
+
+@pytest.mark.parametrize("beta", [100.0, 400.0])
+def test_dbnorm_large_beta_is_stable(data, beta):
+    g, qb, gb, q = data
+    m = DBNorm(beta_query=beta, beta_gallery=beta / 2, memory_budget_mb=BUDGET)
+    m.fit(g, query_bank=qb, gallery_bank=gb)
+    ref = (1.5 * beta * sim(q, g) - logsumexp(beta * sim(qb, g), axis=0)
+           - logsumexp(beta / 2 * sim(gb, g), axis=0))
+    check_against(m, q, ref, atol=4e-5 * beta)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize("pass_gallery_bank", [False, True])
+def test_qbnorm_equals_dbnorm_with_zero_gallery_beta(data, dynamic, pass_gallery_bank):
+    g, qb, gb, q = data
+    qbn = QBNorm(beta=20.0, dynamic=dynamic, memory_budget_mb=BUDGET).fit(g, query_bank=qb)
+    dbn = DBNorm(beta_query=20.0, beta_gallery=0.0, dynamic=dynamic, memory_budget_mb=BUDGET)
+    assert dbn.requires == ("query_bank",)
+    dbn.fit(g, query_bank=qb, gallery_bank=gb if pass_gallery_bank else None)
+    assert dbn.log_norm_gallery_ is None and dbn.activation_gallery_ is None
+    np.testing.assert_array_equal(dbn.log_norm_query_, qbn.log_norm_query_)
+    np.testing.assert_array_equal(qbn.search(q, N_G)[1], dbn.search(q, N_G)[1])
+    if not dynamic:
+        np.testing.assert_allclose(qbn.score(q), dbn.score(q), atol=1e-6)
+
+
+def test_dbnorm_zero_query_beta_is_qbnorm_over_gallery_bank(data):
+    g, _, gb, q = data
+    dbn = DBNorm(beta_query=0.0, beta_gallery=15.0, memory_budget_mb=BUDGET)
+    assert dbn.requires == ("gallery_bank",)
+    dbn.fit(g, gallery_bank=gb)
+    qbn = QBNorm(beta=15.0, memory_budget_mb=BUDGET).fit(g, query_bank=gb)
+    np.testing.assert_allclose(dbn.score(q), qbn.score(q), atol=1e-6)
+
+
+# -- inputs --------------------------------------------------------------------------------------
+def test_missing_bank_is_named(data):
+    g, qb, _, _ = data
+    with pytest.raises(ValueError, match="query_bank"):
+        QBNorm().fit(g)
+    with pytest.raises(ValueError, match="gallery_bank"):
+        DBNorm(beta_query=1.0, beta_gallery=1.0).fit(g, query_bank=qb)
+    with pytest.raises(ValueError, match="query_bank"):
+        DBNorm(beta_query=1.0, beta_gallery=1.0).fit(g, gallery_bank=qb)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(beta=-1.0), "beta"), (dict(beta=float("nan")), "beta"), (dict(beta=float("inf")), "beta"),
+    (dict(beta=0.0), "beta=0"), (dict(beta="x"), "beta"),
+    (dict(activation_k=0), "activation_k"), (dict(activation_k=1.5), "activation_k"),
+    (dict(activation_k=True), "activation_k"),
+    (dict(memory_budget_mb=0), "memory_budget_mb"),
+    (dict(memory_budget_mb=float("nan")), "memory_budget_mb"),
+])
+def test_qbnorm_bad_parameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        QBNorm(**kwargs)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(beta_query=-1.0, beta_gallery=1.0), "beta_query"),
+    (dict(beta_query=1.0, beta_gallery=float("nan")), "beta_gallery"),
+    (dict(beta_query=0.0, beta_gallery=0.0), "constant"),
+    (dict(beta_query=1.0, beta_gallery=1.0, activation_k=-2), "activation_k"),
+])
+def test_dbnorm_bad_parameters(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        DBNorm(**kwargs)
+
+
+def test_constructors_are_keyword_only():
+    with pytest.raises(TypeError):
+        QBNorm(20.0)
+    with pytest.raises(TypeError):
+        DBNorm(1.0, 1.0)
+
+
+def test_bad_arrays(data):
+    g, qb, gb, q = data
+    with pytest.raises(ValueError, match="activation_k"):
+        QBNorm(activation_k=N_G + 1).fit(g, query_bank=qb)
+    with pytest.raises(ValueError, match="query_bank.*dimension"):
+        QBNorm().fit(g, query_bank=unit(np.ones((4, D + 1))))
+    with pytest.raises(ValueError, match="gallery_bank.*dimension"):
+        DBNorm(beta_query=1.0, beta_gallery=1.0).fit(g, query_bank=qb, gallery_bank=gb[:, :-1])
+    bad = qb.copy()
+    bad[3, 2] = np.nan
+    with pytest.raises(ValueError, match="query_bank.*NaN"):
+        QBNorm().fit(g, query_bank=bad)
+    m = QBNorm().fit(g, query_bank=qb)
+    with pytest.raises(ValueError, match="queries.*dimension"):
+        m.score(q[:, :5])
+    bad_q = q.copy()
+    bad_q[0, 0] = np.inf
+    with pytest.raises(ValueError, match="queries.*NaN or Inf"):
+        m.search(bad_q)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        QBNorm().score(q)
+    with pytest.raises(ValueError, match="overflows"):
+        QBNorm(beta=1e39).fit(g, query_bank=qb)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: QBNorm(beta=20.0, dynamic=True, memory_budget_mb=BUDGET),
+    lambda: DBNorm(beta_query=20.0, beta_gallery=5.0, dynamic=True, memory_budget_mb=BUDGET),
+    lambda: DBNorm(beta_query=20.0, beta_gallery=5.0, normalize=True, memory_budget_mb=BUDGET),
+])
+def test_inputs_not_mutated(data, make):
+    g, qb, gb, q = (2.0 * x for x in data)  # non-unit rows exercise normalize=True's copy
+    before = [x.copy() for x in (g, qb, gb, q)]
+    m = make()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # non-unit rows without normalize=True
+        m.fit(g, query_bank=qb, gallery_bank=gb)
+        m.score(q)
+        m.search(q, 3)
+    for x, x0 in zip((g, qb, gb, q), before):
+        np.testing.assert_array_equal(x, x0)
+
+
+def test_torch_inputs_match_numpy(data):
+    g, qb, gb, q = data
+    t = [torch.from_numpy(x.copy()) for x in data]
+    a = DBNorm(beta_query=20.0, beta_gallery=5.0, dynamic=True, memory_budget_mb=BUDGET)
+    b = DBNorm(beta_query=20.0, beta_gallery=5.0, dynamic=True, memory_budget_mb=BUDGET)
+    a.fit(g, query_bank=qb, gallery_bank=gb)
+    b.fit(t[0], query_bank=t[1], gallery_bank=t[2])
+    np.testing.assert_array_equal(a.score(q), b.score(t[3]))
+    qa = QBNorm(memory_budget_mb=BUDGET).fit(g, query_bank=qb)
+    qt = QBNorm(memory_budget_mb=BUDGET).fit(t[0], query_bank=t[1])
+    np.testing.assert_array_equal(qa.search(q, 4)[1], qt.search(t[3], 4)[1])
+
+
+# -- real embeddings ---------------------------------------------------------------------------
+def test_real_clip_text_to_image_improves(real_flickr):
+    """CLIP ViT-L/14 Flickr30k pairs: 600 pairs are the banks, 400 the evaluation split."""
+    img = np.load(real_flickr / "image_embeddings.npy")
+    txt = np.load(real_flickr / "text_embeddings.npy")
+    g, q, qb, gb = img[600:], txt[600:], txt[:600], img[:600]
+    truth = np.arange(len(q))
+
+    def r1(ids):
+        return (ids[:, 0] == truth).mean()
+
+    base = r1(np.argmax(q @ g.T, axis=1)[:, None])
+    for m in (QBNorm(beta=50.0), QBNorm(beta=50.0, dynamic=True),
+              DBNorm(beta_query=50.0, beta_gallery=5.0, dynamic=True)):
+        m.fit(g, query_bank=qb, gallery_bank=gb)
+        assert r1(m.search(q, 1)[1]) > base + 0.01, m
