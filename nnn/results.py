@@ -1,0 +1,209 @@
+"""Results of a run and of a sweep: JSON, CSV and a printed table. All writes are atomic.
+
+A run's results are one JSON-able dict (built by ``nnn.pipeline``)::
+
+    {"status": "completed" | "failed", "error": str | None, "name": str,
+     "overrides": ["method.k=8", ...], "method": {"name": ..., "repr": ...},
+     "data": {"dataset": ..., "n_test_images": ..., ...},
+     "metrics": {"baseline": {"t2i/R@1": ..., "t2i/R@1_ci_low": ..., ...},
+                 "method": {...}, "delta": {"t2i/R@1": method - baseline, ...}},
+     "timings_s": {"load": ..., "t2i/fit": ..., ...},
+     "objective": {"metric": "t2i/R@1", "split": "tuning", "value": ...},
+     "config": {... the resolved config ...}}
+
+Metric keys name the direction (``t2i/R@1``, ``i2t/R@10``, ``t2i/hubness/kurtosis``); confidence
+bounds carry a ``_ci_low`` / ``_ci_high`` suffix.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from nnn._atomic import atomic_write_json, atomic_write_text
+
+RESULTS_JSON = "results.json"
+RESULTS_CSV = "results.csv"
+SWEEP_JSON = "sweep_summary.json"
+SWEEP_CSV = "sweep_summary.csv"
+_CI_SUFFIXES = ("_ci_low", "_ci_high")
+#: metrics shown in the printed table, per direction, in this order (R@k rows come first)
+_TABLE_EXTRA = ("median_rank", "hubness/skewness", "hubness/kurtosis", "hubness/max",
+                "hubness/never_retrieved", "hubness/robin_hood")
+CSV_COLUMNS = ("metric", "baseline", "baseline_ci_low", "baseline_ci_high", "method",
+               "method_ci_low", "method_ci_high", "delta")
+
+
+def jsonable(obj):
+    """``obj`` with NumPy scalars/arrays turned into Python values and NaN/Inf into ``None``."""
+    if isinstance(obj, Mapping):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "tolist"):  # NumPy scalars and arrays
+        return jsonable(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
+
+
+def is_ci_key(key: str) -> bool:
+    return key.endswith(_CI_SUFFIXES)
+
+
+def metric_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """One row per metric (CI bounds become columns): the rows of ``results.csv``."""
+    m = results.get("metrics") or {}
+    base, meth, delta = m.get("baseline", {}), m.get("method", {}), m.get("delta", {})
+    rows = []
+    for key in [k for k in base if not is_ci_key(k)]:
+        rows.append({"metric": key, "baseline": base.get(key),
+                     "baseline_ci_low": base.get(key + "_ci_low"),
+                     "baseline_ci_high": base.get(key + "_ci_high"),
+                     "method": meth.get(key), "method_ci_low": meth.get(key + "_ci_low"),
+                     "method_ci_high": meth.get(key + "_ci_high"), "delta": delta.get(key)})
+    return rows
+
+
+def _csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore",
+                            lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+    return buf.getvalue()
+
+
+def write_results(out_dir: str | Path, results: Mapping[str, Any]) -> dict[str, Path]:
+    """Write ``results.json`` (everything) and ``results.csv`` (metric rows) into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    clean = jsonable(results)
+    paths = {"json": atomic_write_json(out / RESULTS_JSON, clean)}
+    paths["csv"] = atomic_write_text(out / RESULTS_CSV, _csv_text(CSV_COLUMNS, metric_rows(clean)))
+    return paths
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """Load a ``results.json`` (a file or the directory holding it)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / RESULTS_JSON
+    return json.loads(p.read_text(encoding="utf-8"))
+
+
+# -- the printed table ---------------------------------------------------------------------------
+def _fmt(value, ci_low=None, ci_high=None, signed=False) -> str:
+    if value is None:
+        return "-"
+    text = f"{value:+.2f}" if signed else f"{value:.2f}"
+    if ci_low is not None and ci_high is not None:
+        text += f" [{ci_low:.1f}, {ci_high:.1f}]"
+    return text
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def format_table(results: Mapping[str, Any]) -> str:
+    """Baseline vs method per direction (R@k with 95% CIs, ranks, hubness of N_1), deltas, timings."""
+    meth = results.get("method") or {}
+    data = results.get("data") or {}
+    shown = (f"{meth.get('name', '?')} (parameters tuned per direction)" if results.get("tuning")
+             else meth.get("repr", meth.get("name", "?")))
+    title = (f"{results.get('name', 'run')}: {shown} vs uncorrected baseline on "
+             f"{data.get('dataset', '?')}")
+    lines = [title]
+    if data:
+        lines.append("  " + ", ".join(f"{k}={v}" for k, v in data.items() if k != "dataset"))
+    for direction, tuned in (results.get("tuning") or {}).items():
+        lines.append(f"  {direction}: parameters chosen on the tuning part: {tuned['best']} "
+                     f"(tuning R@1 {tuned['best_score']:.2f})")
+    if results.get("status") != "completed":
+        lines.append(f"  status: {results.get('status')} - {results.get('error')}")
+    rows_by_key = {r["metric"]: r for r in metric_rows(results)}
+    directions = list(dict.fromkeys(k.split("/", 1)[0] for k in rows_by_key))
+    ordered = []
+    for d in directions:  # per direction: the recalls, then ranks and hubness
+        ordered += [k for k in rows_by_key if k.startswith(f"{d}/R@")]
+        ordered += [f"{d}/{name}" for name in _TABLE_EXTRA if f"{d}/{name}" in rows_by_key]
+    if ordered:
+        body = []
+        for key in ordered:
+            r = rows_by_key[key]
+            ci = key.split("/", 1)[-1].startswith("R@")  # only recalls carry bootstrap CIs
+            cells = [_fmt(r[side], r[f"{side}_ci_low"], r[f"{side}_ci_high"]) if ci
+                     else _fmt(r[side]) for side in ("baseline", "method")]
+            body.append([key, *cells, _fmt(r["delta"], signed=True)])
+        lines.append(_table(["metric", "baseline [95% CI]", "method [95% CI]", "delta"], body))
+    obj = results.get("objective") or {}
+    if obj.get("value") is not None:
+        lines.append(f"objective ({obj.get('split')} split, method): {obj.get('metric')} = "
+                     f"{obj['value']:.2f}")
+    timings = results.get("timings_s") or {}
+    if timings:
+        lines.append("wall time (s): " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
+    return "\n".join(lines)
+
+
+# -- sweeps --------------------------------------------------------------------------------------
+def parse_overrides(overrides: Iterable[str]) -> dict[str, str]:
+    """``["method.k=8", "+x=1", "~y"]`` -> ``{"method.k": "8", "x": "1"}`` (deletions dropped)."""
+    out = {}
+    for item in overrides:
+        if "=" not in item or item.startswith("~"):
+            continue
+        key, value = item.split("=", 1)
+        out[key.lstrip("+")] = value
+    return out
+
+
+def sweep_rows(jobs: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> tuple[list[str], list[dict]]:
+    """Summary rows, one per job, from ``jobs`` (each: ``job``, ``overrides``, and ``results``
+    or None). Columns: job, status, the swept parameters (overrides that differ between jobs),
+    the objective, then baseline/method/delta of each of ``metrics``, then the error."""
+    parsed = [parse_overrides(j.get("overrides") or []) for j in jobs]
+    keys = sorted({k for p in parsed for k in p})
+    swept = [k for k in keys if len({p.get(k) for p in parsed}) > 1] or keys
+    columns = ["job", "status", *swept, "objective"]
+    for metric in metrics:
+        columns += [f"{metric} baseline", f"{metric} method", f"{metric} delta"]
+    columns.append("error")
+    rows = []
+    for job, params in zip(jobs, parsed):
+        res = job.get("results") or {}
+        m = res.get("metrics") or {}
+        row = {"job": job.get("job"), "status": res.get("status", "missing"),
+               "objective": (res.get("objective") or {}).get("value"),
+               "error": res.get("error")}
+        row.update({k: params.get(k) for k in swept})
+        for metric in metrics:
+            for part in ("baseline", "method", "delta"):
+                row[f"{metric} {part}"] = (m.get(part) or {}).get(metric)
+        rows.append(row)
+    return columns, rows
+
+
+def write_sweep_summary(out_dir: str | Path, columns: Sequence[str], rows: Sequence[Mapping]) -> dict[str, Path]:
+    """``sweep_summary.csv`` and ``sweep_summary.json`` in ``out_dir`` (the sweep directory)."""
+    out = Path(out_dir)
+    return {"json": atomic_write_json(out / SWEEP_JSON, jsonable({"columns": list(columns),
+                                                                   "rows": list(rows)})),
+            "csv": atomic_write_text(out / SWEEP_CSV, _csv_text(columns, rows))}
+
+
+def format_sweep_table(columns: Sequence[str], rows: Sequence[Mapping]) -> str:
+    """The sweep summary as a fixed-width text table (numbers to 2 decimals)."""
+    show = [c for c in columns if c != "error"]
+    cell = lambda v: "-" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))  # noqa: E731
+    return _table(show, [[cell(r.get(c)) for c in show] for r in rows])

@@ -1,0 +1,109 @@
+"""Every option of every config group composes, resolves, and matches the constructor it names."""
+
+from __future__ import annotations
+
+import inspect
+import subprocess
+import sys
+
+import pytest
+from hydra.utils import get_method, instantiate
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from nnn.loggers import NullLogger
+from nnn.methods import RetrievalMethod
+from nnn.pipeline import CONFIG_DIR, compose
+
+REPO = CONFIG_DIR.parent
+GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "hydra")
+OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONFIG_DIR / g).glob("*.yaml"))]
+
+
+def _targets(node, path="") -> list[tuple[str, DictConfig]]:
+    """Every ``_target_`` node inside ``node`` with its key path."""
+    found = []
+    if isinstance(node, DictConfig):
+        if "_target_" in node:
+            found.append((path, node))
+        for key in node:
+            found += _targets(node._get_node(key), f"{path}.{key}".lstrip("."))
+    elif isinstance(node, ListConfig):
+        for i, item in enumerate(node):
+            found += _targets(item, f"{path}[{i}]")
+    return found
+
+
+def _check_keys_match(path: str, node: DictConfig) -> None:
+    target = get_method(node._target_)
+    params = inspect.signature(target).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    unknown = [k for k in node if not str(k).startswith("_") and k not in params]
+    assert not unknown, f"{path}: keys {unknown} are not parameters of {node._target_}"
+
+
+def test_groups_exist():
+    for group in ("model", "dataset", "reference", "method", "logger", "paths", "experiment",
+                  "sweep", "debug"):
+        assert group in GROUPS, f"config group {group}/ is missing"
+    assert {"none", "nnn", "qb_norm", "db_norm", "dn", "csls"} <= {o for g, o in OPTIONS
+                                                                   if g == "method"}
+
+
+@pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_option_composes_and_resolves(group, option):
+    cfg = compose([f"{group}={option}"])
+    container = OmegaConf.to_container(cfg, resolve=True)  # every interpolation resolves
+    assert container["name"]
+    for path, node in _targets(cfg):
+        _check_keys_match(path, node)
+
+
+@pytest.mark.parametrize("option", [o for g, o in OPTIONS if g == "method"])
+def test_method_options_instantiate(option):
+    method = instantiate(compose([f"method={option}"]).method)
+    assert isinstance(method, RetrievalMethod)
+
+
+@pytest.mark.parametrize("option", [o for g, o in OPTIONS if g == "logger"])
+def test_logger_options_instantiate(option):
+    assert isinstance(instantiate(compose([f"logger={option}"]).logger), NullLogger)
+
+
+def test_defaults_are_the_offline_experiment():
+    cfg = compose()
+    assert cfg.dataset._target_.endswith("SyntheticDataset")
+    assert "_target_" not in cfg.model  # model=none: the dataset holds the embeddings
+    assert cfg.method._target_ == "nnn.methods.NNN"
+    assert cfg.logger._target_ == "nnn.loggers.WandbLogger" and cfg.logger.mode == "offline"
+    assert cfg.reference.fraction == 0.2
+
+
+@pytest.mark.parametrize("overrides", [["model=clip", "dataset=coco"],
+                                       ["model=blip_flickr", "dataset=flickr30k", "extract=ddp"],
+                                       ["dataset=precomputed", "experiment=flickr1k_clip_vitl14"]])
+def test_combinations_compose(overrides):
+    cfg = compose(overrides)
+    OmegaConf.to_container(cfg, resolve=True)
+    for path, node in _targets(cfg):
+        _check_keys_match(path, node)
+
+
+def test_experiment_needs_no_plus():
+    experiments = [o for g, o in OPTIONS if g == "experiment"]
+    assert experiments, "conf/experiment/ needs at least one example"
+    assert compose([f"experiment={experiments[0]}"]).name
+
+
+def test_no_secret_keys_in_configs():
+    for path in CONFIG_DIR.rglob("*.yaml"):
+        text = path.read_text().lower()
+        assert "api_key" not in text and "wandb_api" not in text, path
+
+
+def test_help_lists_groups_and_examples():
+    out = subprocess.run([sys.executable, "run.py", "--help"], cwd=REPO, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for word in ("method:", "dataset:", "Examples", "python run.py -m"):
+        assert word in out.stdout

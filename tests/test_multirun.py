@@ -1,0 +1,76 @@
+"""Sweeps: `python run.py -m ...` runs every job even when one fails, and summarises the sweep."""
+
+from __future__ import annotations
+
+import csv
+import subprocess
+import sys
+
+import pytest
+
+from nnn.hydra_callbacks import summarise_sweep
+from nnn.pipeline import CONFIG_DIR
+from nnn.results import SWEEP_CSV, read_results, sweep_rows
+
+REPO = CONFIG_DIR.parent
+
+
+def _multirun(sweep_dir, *overrides):
+    return subprocess.run([sys.executable, "run.py", "-m", "debug=tiny", "logger=none",
+                           f"hydra.sweep.dir={sweep_dir}", *overrides],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+def test_sweep_with_a_failing_job_runs_the_others(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = _multirun(sweep, "method.k=-1,2")
+    assert proc.returncode != 0  # the failure is reported ...
+    failed, done = read_results(sweep / "0"), read_results(sweep / "1")  # ... after both ran
+    assert failed["status"] == "failed" and "k" in failed["error"]
+    assert "method.k=-1" in failed["overrides"]
+    assert done["status"] == "completed" and "method.k=2" in done["overrides"]
+    rows = list(csv.DictReader((sweep / SWEEP_CSV).open()))
+    assert [(r["method.k"], r["status"]) for r in rows] == [("-1", "failed"), ("2", "completed")]
+    assert rows[0]["error"] and float(rows[1]["t2i/R@1 method"]) > 0
+
+
+def _check_alpha_sweep(sweep) -> None:
+    rows = list(csv.DictReader((sweep / SWEEP_CSV).open()))
+    assert [r["status"] for r in rows] == ["completed", "completed"]
+    assert [r["method.alpha"] for r in rows] == ["0.5", "0.75"]
+    assert all(float(r["t2i/R@1 delta"]) == float(r["t2i/R@1 method"]) - float(r["t2i/R@1 baseline"])
+               for r in rows)
+    for name in ("t2i_R1_vs_alpha.png", "i2t_R1_vs_alpha.png", "sweep_summary.json"):
+        assert (sweep / name).is_file(), name
+    for job in ("0", "1"):
+        assert (sweep / job / "hubness.png").is_file()
+
+
+def test_two_job_sweep_completes_with_summary_and_alpha_plot(tmp_path):
+    proc = _multirun(tmp_path / "sweep", "method.alpha=0.5,0.75")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _check_alpha_sweep(tmp_path / "sweep")
+
+
+@pytest.mark.slow
+def test_joblib_launcher_sweep(tmp_path):
+    proc = _multirun(tmp_path / "sweep", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                     "method.alpha=0.5,0.75")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _check_alpha_sweep(tmp_path / "sweep")
+
+
+def test_sweep_rows_keep_only_swept_parameters():
+    jobs = [{"job": "0", "overrides": ["debug=tiny", "method.k=1", "+x=a"],
+             "results": {"status": "completed", "objective": {"value": 50.0},
+                         "metrics": {"baseline": {"t2i/R@1": 40.0}, "method": {"t2i/R@1": 50.0},
+                                     "delta": {"t2i/R@1": 10.0}}}},
+            {"job": "1", "overrides": ["debug=tiny", "method.k=8", "+x=a"], "results": None}]
+    columns, rows = sweep_rows(jobs, ["t2i/R@1"])
+    assert columns[:4] == ["job", "status", "method.k", "objective"]
+    assert rows[0]["t2i/R@1 delta"] == 10.0 and rows[0]["objective"] == 50.0
+    assert rows[1]["status"] == "missing" and rows[1]["t2i/R@1 method"] is None
+
+
+def test_summarise_empty_directory(tmp_path):
+    assert summarise_sweep(tmp_path) == ([], [])

@@ -1,0 +1,161 @@
+"""The experiment pipeline end to end (synthetic data, offline), its results files and errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from nnn.errors import MissingResourceError
+from nnn.pipeline import CONFIG_DIR, compose, run
+from nnn.results import format_table, jsonable, read_results, write_results
+
+REPO = CONFIG_DIR.parent
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory):
+    """The default experiment (full size), logger off: (results, output dir)."""
+    out = tmp_path_factory.mktemp("default_run")
+    return run(compose(["logger=none"]), output_dir=out), out
+
+
+def test_default_run_nnn_beats_baseline(default_run):
+    results, _ = default_run
+    assert results["status"] == "completed"
+    m = results["metrics"]
+    for d in ("t2i", "i2t"):
+        base, meth = m["baseline"][f"{d}/R@1"], m["method"][f"{d}/R@1"]
+        assert meth - base > 5, (d, base, meth)
+        assert m["method"][f"{d}/R@1_ci_low"] > m["baseline"][f"{d}/R@1_ci_high"]
+        assert m["delta"][f"{d}/R@1"] == pytest.approx(meth - base)
+        for k in (5, 10):
+            assert f"{d}/R@{k}" in m["method"] and f"{d}/R@{k}_ci_low" in m["baseline"]
+    # hubness of the gallery before and after: NNN removes the t2i hubs
+    assert m["method"]["t2i/hubness/max"] < m["baseline"]["t2i/hubness/max"]
+    assert m["method"]["t2i/hubness/kurtosis"] < m["baseline"]["t2i/hubness/kurtosis"]
+
+
+def test_default_run_protocol_and_timings(default_run):
+    results, _ = default_run
+    data = results["data"]
+    assert data["dataset"] == "synthetic"
+    assert (data["test_images"], data["test_captions"]) == (1000, 5000)
+    assert data["reference_images"] == 1000  # 20% of the 5,000 training images
+    assert results["objective"] == {"metric": "t2i/R@1", "split": "test",
+                                    "value": results["metrics"]["method"]["t2i/R@1"]}
+    timings = results["timings_s"]
+    for stage in ("load", "t2i/fit", "t2i/evaluate", "i2t/fit", "i2t/evaluate",
+                  "t2i/evaluate/baseline", "total"):
+        assert timings[stage] >= 0, stage
+
+
+def test_default_run_files(default_run):
+    results, out = default_run
+    for name in ("results.json", "results.csv", "hubness.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert (out / "hubness.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert read_results(out)["metrics"] == jsonable(results["metrics"])
+    rows = {r["metric"]: r for r in csv.DictReader((out / "results.csv").open())}
+    r1 = rows["t2i/R@1"]
+    assert float(r1["method"]) == pytest.approx(results["metrics"]["method"]["t2i/R@1"])
+    assert float(r1["delta"]) > 5 and r1["baseline_ci_low"] != ""
+    assert "t2i/hubness/kurtosis" in rows
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_table_shows_baseline_method_and_delta(default_run):
+    table = format_table(default_run[0])
+    assert "baseline [95% CI]" in table and "delta" in table
+    assert "t2i/R@1" in table and "i2t/R@10" in table and "hubness/max" in table
+    assert "wall time" in table
+
+
+def test_failure_is_recorded_before_it_propagates(tmp_path):
+    with pytest.raises(Exception, match="k"):
+        run(compose(["debug=tiny", "logger=none", "method.k=-1"]), output_dir=tmp_path)
+    res = read_results(tmp_path)
+    assert res["status"] == "failed" and "k" in res["error"]
+
+
+def test_bad_direction_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match="eval.directions"):
+        run(compose(["debug=tiny", "logger=none", "eval.directions=[t2i,x2y]"]),
+            output_dir=tmp_path)
+
+
+def test_tuning_protocol_never_uses_test(tmp_path):
+    cfg = compose(["debug=tiny", "logger=none", "reference.tuning_size=test", "tune.enabled=true",
+                   "+tune.grid.alphas=[0.5,0.75]", "+tune.grid.ks=[1,4]"])
+    results = run(cfg, output_dir=tmp_path)
+    assert results["data"]["tuning_images"] == results["data"]["test_images"] == 100
+    for d in ("t2i", "i2t"):
+        best = results["tuning"][d]["best"]
+        assert best["alpha"] in (0.5, 0.75) and best["k"] in (1, 4)
+    assert results["objective"]["split"] == "tuning"
+    assert results["objective"]["value"] == results["tuning"]["t2i"]["best_score"]
+
+
+def test_one_direction_and_other_method(tmp_path):
+    results = run(compose(["debug=tiny", "logger=none", "method=dn", "eval.directions=[i2t]",
+                           "objective=i2t/R@5"]), output_dir=tmp_path)
+    assert results["method"]["name"] == "DN"
+    assert not [k for k in results["metrics"]["method"] if k.startswith("t2i/")]
+    assert results["objective"]["value"] == results["metrics"]["method"]["i2t/R@5"]
+
+
+def test_embedding_dataset_with_a_model_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="model=none"):
+        run(compose(["debug=tiny", "logger=none", "+model._target_=nnn.methods.Identity"]),
+            output_dir=tmp_path)
+
+
+def test_results_writing_is_json_safe(tmp_path):
+    res = {"status": "completed", "metrics": {"baseline": {"t2i/R@1": np.float32(50.0)},
+                                              "method": {"t2i/R@1": math.nan},
+                                              "delta": {"t2i/R@1": math.inf}}}
+    paths = write_results(tmp_path, res)
+    loaded = json.loads(paths["json"].read_text())
+    assert loaded["metrics"]["baseline"]["t2i/R@1"] == 50.0
+    assert loaded["metrics"]["method"]["t2i/R@1"] is None
+    assert "t2i/R@1,50.0" in paths["csv"].read_text()
+
+
+# -- missing resources -------------------------------------------------------------------------
+def test_missing_data_root_exits_cleanly(tmp_path):
+    missing = tmp_path / "no_data_here"
+    proc = subprocess.run([sys.executable, "run.py", "dataset=coco", "logger=none",
+                           f"paths.data_root={missing}", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    text = proc.stdout + proc.stderr
+    assert str(missing) in text and "dataset.download=true" in text
+    assert "Traceback" not in text
+    assert read_results(tmp_path / "run")["status"] == "failed"
+
+
+def test_missing_precomputed_file_names_it(tmp_path):
+    cfg = compose(["dataset=precomputed", "logger=none",
+                   f"dataset.image_path={tmp_path / 'nope.npy'}"])
+    with pytest.raises(FileNotFoundError, match="nope.npy"):
+        run(cfg, output_dir=tmp_path)
+
+
+@pytest.mark.skipif(not (CONFIG_DIR / "model" / "clip.yaml").is_file(),
+                    reason="conf/model/clip.yaml is not in this checkout")
+def test_missing_weights_offline_is_a_clear_error(tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO / "tests"))
+    from fixtures_karpathy import make_karpathy_fixture
+
+    make_karpathy_fixture(tmp_path / "data", "coco", n_train=10, n_test=6)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = compose(["model=clip", "dataset=coco", "logger=none", "reference.fraction=0.5",
+                   f"paths.data_root={tmp_path / 'data'}", f"paths.cache_dir={tmp_path / 'cache'}"])
+    with pytest.raises(MissingResourceError) as err:
+        run(cfg, output_dir=tmp_path / "run")
+    assert "clip" in str(err.value).lower() or "ViT" in str(err.value)
