@@ -1,0 +1,198 @@
+"""Checksummed, atomic downloads and archive extraction for the dataset loaders.
+
+- ``fetch(remote, dest_dir)``: stream a URL into a hidden temporary file beside the target while
+  hashing it (md5 and sha256), check the size and the expected checksum, then ``os.replace`` it
+  into place. On a mismatch the temporary file is deleted and ``ChecksumError`` raised, so a
+  partial or corrupt download never sits under the final name. A file already there is verified
+  instead of downloaded again (so a file fetched by hand, e.g. with ``wget -c``, is used as is).
+- Files without a published checksum are trusted on first use: their sha256 is computed on the
+  first download and recorded in ``<dest_dir>/checksums.json``; later verifications use it.
+- ``extract_member`` / ``extract_dir``: unpack one file or one top-level folder of a zip archive
+  into place atomically (temporary name, then rename); member paths that would escape the target
+  are refused.
+
+The opener is a parameter (default ``urllib.request.urlopen``), so tests use ``file://`` URLs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import urllib.request
+import uuid
+import zipfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+from tqdm.auto import tqdm
+
+from nnn._atomic import atomic_open, atomic_write_json
+
+log = logging.getLogger(__name__)
+
+CHECKSUMS_FILE = "checksums.json"
+_CHUNK = 1 << 20
+
+
+class ChecksumError(RuntimeError):
+    """A downloaded or existing file does not match its expected size or checksum."""
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """A file to fetch: url, local filename, and what is known about it (any may be None)."""
+
+    url: str
+    filename: str
+    size: int | None = None
+    md5: str | None = None
+    sha256: str | None = None
+
+
+def file_digests(path: Path, *, progress: bool = False) -> dict:
+    """{"size", "md5", "sha256"} of a file, read once in 1 MiB chunks."""
+    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+    size = 0
+    with open(path, "rb") as f, tqdm(total=path.stat().st_size, unit="B", unit_scale=True,
+                                      desc=f"verify {path.name}", disable=not progress) as bar:
+        while chunk := f.read(_CHUNK):
+            md5.update(chunk)
+            sha.update(chunk)
+            size += len(chunk)
+            bar.update(len(chunk))
+    return {"size": size, "md5": md5.hexdigest(), "sha256": sha.hexdigest()}
+
+
+def _recorded(dest_dir: Path) -> dict:
+    path = dest_dir / CHECKSUMS_FILE
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ChecksumError(f"{path} is not valid JSON ({e}); delete it to record checksums "
+                            "again on the next download") from e
+
+
+def _expected(remote: RemoteFile, dest_dir: Path) -> dict:
+    """The size/md5/sha256 to check against: the published ones, else the recorded ones."""
+    known = {k: v for k, v in (("size", remote.size), ("md5", remote.md5),
+                               ("sha256", remote.sha256)) if v is not None}
+    if "md5" in known or "sha256" in known:
+        return known
+    rec = _recorded(dest_dir).get(remote.filename, {})
+    return {**{k: rec[k] for k in ("size", "sha256") if k in rec}, **known}
+
+
+def _mismatches(got: dict, expected: dict) -> list[str]:
+    return [f"{k}: expected {expected[k]}, got {got[k]}" for k in ("size", "md5", "sha256")
+            if k in expected and str(expected[k]).lower() != str(got[k]).lower()]
+
+
+def _record(dest_dir: Path, remote: RemoteFile, got: dict) -> None:
+    rec = _recorded(dest_dir)
+    rec[remote.filename] = {"url": remote.url, "size": got["size"], "sha256": got["sha256"],
+                            "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+    atomic_write_json(dest_dir / CHECKSUMS_FILE, rec)
+    log.warning("%s has no published checksum; recorded sha256 %s (%d bytes) in %s on first "
+                "download (trust on first use)", remote.filename, got["sha256"], got["size"],
+                dest_dir / CHECKSUMS_FILE)
+
+
+def fetch(remote: RemoteFile, dest_dir: str | Path, *, opener: Callable | None = None,
+          progress: bool = True) -> Path:
+    """Download ``remote`` to ``dest_dir/remote.filename`` (verified, atomic); returns the path.
+
+    An existing file is verified, not re-downloaded; a mismatch raises ``ChecksumError`` naming
+    the file (delete it to download again).
+    """
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    target = dest_dir / remote.filename
+    expected = _expected(remote, dest_dir)
+    if target.exists():
+        bad = _mismatches(file_digests(target, progress=progress), expected)
+        if bad:
+            raise ChecksumError(f"existing file {target} does not match {remote.url} "
+                                f"({'; '.join(bad)}); delete it to download it again")
+        log.info("%s: present and verified", target)
+        return target
+    opener = opener or (lambda url: urllib.request.urlopen(url, timeout=60))
+    log.info("downloading %s -> %s", remote.url, target)
+    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
+    size = 0
+    try:
+        with atomic_open(target, "wb") as out, opener(remote.url) as response:
+            length = getattr(response, "headers", {}).get("Content-Length")
+            total = expected.get("size") or (int(length) if length else None)
+            with tqdm(total=total, unit="B", unit_scale=True, desc=remote.filename,
+                      disable=not progress) as bar:
+                while chunk := response.read(_CHUNK):
+                    out.write(chunk)
+                    md5.update(chunk)
+                    sha.update(chunk)
+                    size += len(chunk)
+                    bar.update(len(chunk))
+            got = {"size": size, "md5": md5.hexdigest(), "sha256": sha.hexdigest()}
+            bad = _mismatches(got, expected)
+            if bad:  # raising inside atomic_open deletes the temporary file
+                raise ChecksumError(f"download of {remote.url} is corrupt or incomplete "
+                                    f"({'; '.join(bad)}); nothing was kept, try again")
+    except OSError as e:
+        raise OSError(f"could not download {remote.url} to {target}: {e}. Check the network, "
+                      f"or fetch it by hand into {dest_dir} (docs/data.md)") from e
+    if "md5" not in expected and "sha256" not in expected:
+        _record(dest_dir, remote, got)
+    return target
+
+
+def _safe_members(archive: zipfile.ZipFile, dest: Path) -> None:
+    root = dest.resolve()
+    for name in archive.namelist():
+        p = PurePosixPath(name)
+        if p.is_absolute() or ".." in p.parts or not (root / name).resolve().is_relative_to(root):
+            raise ValueError(f"archive {archive.filename} holds an unsafe member path {name!r}")
+
+
+def extract_member(archive_path: Path, member_name: str, target: Path) -> Path:
+    """Write the archive member whose file name is ``member_name`` (any folder) to ``target``."""
+    with zipfile.ZipFile(archive_path) as archive:
+        matches = [n for n in archive.namelist() if PurePosixPath(n).name == member_name]
+        if not matches:
+            raise ValueError(f"{archive_path} holds no file named {member_name!r}")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with archive.open(matches[0]) as src, atomic_open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, _CHUNK)
+    return target
+
+
+def extract_dir(archive_path: Path, member_dir: str, target: Path, *,
+                progress: bool = True) -> Path:
+    """Unpack the archive's top-level folder ``member_dir`` as ``target`` (atomic rename).
+
+    Extraction happens in a hidden temporary folder beside ``target``; ``target`` appears only
+    once every file is written, so its presence means a complete extraction.
+    """
+    if target.exists():
+        return target
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
+    tmp.mkdir(parents=True)
+    try:
+        with zipfile.ZipFile(archive_path) as archive:
+            _safe_members(archive, tmp)
+            prefix = member_dir.rstrip("/") + "/"
+            members = [m for m in archive.infolist() if m.filename.startswith(prefix)]
+            if not members:
+                raise ValueError(f"{archive_path} has no folder {member_dir!r}")
+            for m in tqdm(members, desc=f"extract {archive_path.name}", unit="file",
+                          disable=not progress):
+                archive.extract(m, tmp)
+        os.replace(tmp / member_dir, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

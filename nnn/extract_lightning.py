@@ -1,0 +1,195 @@
+"""Extraction over several GPUs or nodes with Lightning's ``Trainer.predict``.
+
+``embed_split_lightning(encoder, split, cache, *, identity, accelerator="auto", devices="auto",
+num_nodes=1, strategy="ddp", **options)`` -> ``EmbeddingSet``; ``options`` as in
+``nnn.extract.embed_split`` (on_bad_image, batch_size, num_workers, pin_memory, shard_size,
+jpeg_draft, progress) plus ``trainer_kwargs`` for anything else the Trainer takes. The result and
+the cache entry are the same as the single-process path's, so either may compute an entry that
+the other then loads.
+
+How it runs: every rank loads the encoder on its own device (``encoder.device`` is set to the
+rank's device and ``encoder.load()`` called in ``setup``), reads the images that are still
+missing from the shards in the cache's work dir, and encodes its share of them (Lightning gives
+each rank a distinct slice of the rows with its ``UnrepeatedDistributedSampler``; when there
+are fewer rows than ranks, rows are repeated and the copies dropped at the merge). Each rank
+writes its results as shard files holding the *global* row numbers, so a killed job resumes
+with any number of ranks. After a barrier, rank 0 merges the shards in row order, encodes the
+captions, and stores the entry in the cache; the other ranks then load it. The work dir must be
+on a file system all nodes share (the cache root usually is).
+
+Launch as for any Lightning job: one process that spawns the others on a single machine
+(``strategy="ddp"`` re-runs the command line per device), or ``srun``/torchrun on a cluster. With
+Hydra and SLURM, see docs/data.md (``hydra/launcher=submitit_slurm``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from tqdm.auto import tqdm
+
+from nnn._arrays import check_positive_int
+from nnn.data.base import EmbeddingSet, RetrievalSplit
+from nnn.data.images import ImageRows, check_bad_image_policy, collate_rows
+from nnn.extract import TEXT_FILE, ShardDir, encode_pixels, finish_arrays, to_embedding_set
+
+log = logging.getLogger(__name__)
+
+
+class ImageEncoderModule(L.LightningModule):
+    """``predict_step``: a batch of ``collate_rows`` -> rows, embeddings and failures (NumPy)."""
+
+    def __init__(self, encoder, split: RetrievalSplit, shard_dir: Path, *, on_bad_image: str,
+                 batch_size: int, num_workers: int, pin_memory: bool, jpeg_draft: int | None,
+                 refresh: bool):
+        super().__init__()
+        self.encoder = encoder
+        self.split = split
+        self.shard_dir = Path(shard_dir)
+        self.on_bad_image = on_bad_image
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.jpeg_draft = jpeg_draft
+        self.refresh = refresh
+        self.pending = np.zeros(0, dtype=np.int64)
+
+    def setup(self, stage: str) -> None:
+        device = self.trainer.strategy.root_device
+        self.encoder.device = str(device)
+        self.encoder.load()
+        shards = ShardDir(self.shard_dir, self.split.n_images)
+        if self.trainer.is_global_zero:  # only rank 0 deletes files
+            if self.refresh:
+                for file in [*shards.path.glob("images-*.npz"), shards.path / TEXT_FILE]:
+                    file.unlink(missing_ok=True)
+            shards.parts(remove_invalid=True)
+        self.trainer.strategy.barrier("nnn-extract-scan")
+        pending = shards.pending(self.on_bad_image, remove_invalid=False)
+        world = self.trainer.world_size
+        if len(pending) < world:  # every rank needs at least one row; copies are merged away
+            pending = np.resize(pending if len(pending) else np.zeros(1, np.int64), world)
+        self.pending = pending.astype(np.int64)
+        if self.trainer.is_global_zero:
+            log.info("split %r: %d of %d images to encode on %d ranks", self.split.name,
+                     len(pending), self.split.n_images, world)
+
+    def predict_dataloader(self) -> torch.utils.data.DataLoader:
+        dataset = ImageRows(self.split.image_paths, self.encoder.image_preprocessor(),
+                            rows=self.pending, jpeg_draft=self.jpeg_draft)
+        return torch.utils.data.DataLoader(
+            dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
+            collate_fn=collate_rows, pin_memory=self.pin_memory and self.device.type == "cuda")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        rows = batch["rows"].cpu().numpy()
+        emb = (encode_pixels(self.encoder, batch["pixels"], self.device) if len(rows)
+               else np.zeros((0, 0), np.float32))
+        return {"rows": rows, "emb": emb, "failed_rows": batch["failed_rows"].cpu().numpy(),
+                "errors": list(batch["errors"])}
+
+
+class ShardWriter(BasePredictionWriter):
+    """Writes each rank's predictions as shard files of about ``shard_size`` images."""
+
+    def __init__(self, shard_dir: Path, n_images: int, shard_size: int, progress: bool):
+        super().__init__(write_interval="batch")
+        self.shards = ShardDir(shard_dir, n_images)
+        self.shard_size = shard_size
+        self.progress = progress
+        self._buf: list[dict] = []
+        self._bar = None
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero and self.progress:
+            # rank 0 sees its own share; the bar counts it times the number of ranks
+            self._bar = tqdm(total=len(pl_module.pending), unit="img",
+                             desc=f"embed {pl_module.split.name} ({trainer.world_size} ranks)")
+
+    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch,
+                           batch_idx, dataloader_idx=0) -> None:
+        self._buf.append(prediction)
+        if self._bar is not None:
+            self._bar.update(trainer.world_size * (len(prediction["rows"]) +
+                                                   len(prediction["failed_rows"])))
+        if sum(len(p["rows"]) + len(p["failed_rows"]) for p in self._buf) >= self.shard_size:
+            self._flush(trainer.global_rank)
+
+    def on_predict_epoch_end(self, trainer, pl_module) -> None:
+        self._flush(trainer.global_rank)
+        if self._bar is not None:
+            self._bar.close()
+
+    def _flush(self, rank: int) -> None:
+        if not self._buf:
+            return
+        with_rows = [p for p in self._buf if len(p["rows"])]
+        rows = (np.concatenate([p["rows"] for p in with_rows]) if with_rows
+                else np.zeros(0, np.int64))
+        emb = (np.concatenate([p["emb"] for p in with_rows]) if with_rows
+               else np.zeros((0, 0), np.float32))
+        failed = np.concatenate([p["failed_rows"] for p in self._buf])
+        errors = [e for p in self._buf for e in p["errors"]]
+        self.shards.write(rows, emb, failed, errors, tag=f"r{rank:04d}")
+        self._buf = []
+
+
+def embed_split_lightning(encoder, split: RetrievalSplit, cache, *, identity: dict,
+                          accelerator: str = "auto", devices="auto", num_nodes: int = 1,
+                          strategy: str = "ddp", on_bad_image: str = "error",
+                          batch_size: int = 256, num_workers: int = 4, pin_memory: bool = True,
+                          shard_size: int = 8192, jpeg_draft: int | None = None,
+                          progress: bool = True,
+                          trainer_kwargs: dict | None = None) -> EmbeddingSet:
+    """Embeddings of ``split`` computed with ``Trainer.predict`` (see the module doc)."""
+    if hasattr(encoder, "embed_split"):
+        return encoder.embed_split(split)
+    on_bad_image = check_bad_image_policy(on_bad_image)
+    batch_size = check_positive_int(batch_size, "batch_size")
+    shard_size = check_positive_int(shard_size, "shard_size")
+    if jpeg_draft is not None:
+        identity = {**identity, "jpeg_draft": check_positive_int(jpeg_draft, "jpeg_draft")}
+    if not cache.refresh:
+        arrays = cache.load(identity)
+        if arrays is not None:
+            log.info("split %r: embeddings found in the cache", split.name)
+            return to_embedding_set(split, arrays)
+    shard_dir = cache.work_dir(identity)
+    module = ImageEncoderModule(encoder, split, shard_dir, on_bad_image=on_bad_image,
+                                batch_size=batch_size, num_workers=num_workers,
+                                pin_memory=pin_memory, jpeg_draft=jpeg_draft,
+                                refresh=cache.refresh)
+    writer = ShardWriter(shard_dir, split.n_images, shard_size, progress)
+    # precision stays 32-true: encode_pixels applies the encoder's own autocast, as in one process
+    trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+                        strategy=strategy, callbacks=[writer], logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, **(trainer_kwargs or {}))
+    trainer.predict(module, return_predictions=False)
+    trainer.strategy.barrier("nnn-extract-written")
+    error = None
+    if trainer.is_global_zero:
+        try:
+            arrays = finish_arrays(encoder, split, ShardDir(shard_dir, split.n_images),
+                                   on_bad_image=on_bad_image,
+                                   device=trainer.strategy.root_device)
+            cache.store(identity, arrays)
+        except Exception as e:  # every rank must hear about it, or the others would wait
+            error = e
+    merged = trainer.strategy.broadcast(error is None, src=0)
+    if error is not None:
+        raise error
+    if not merged:
+        raise RuntimeError(f"split {split.name!r}: rank 0 failed to merge the shards in "
+                           f"{shard_dir}; see its error")
+    arrays = cache.load(identity)
+    if arrays is None:
+        raise RuntimeError(f"split {split.name!r}: the merged embeddings are not readable from "
+                           f"the cache at {cache.root} on rank {trainer.global_rank}; is the "
+                           "cache directory shared by all nodes?")
+    return to_embedding_set(split, arrays)

@@ -1,0 +1,251 @@
+"""Single-process extraction: correctness against direct encoding, cache, shards and resume,
+bad images, and the precomputed-encoder shortcut. Uses a tiny random open_clip model."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fixtures_karpathy import corrupt, make_karpathy_fixture, tiny_clip_encoder
+from PIL import Image
+
+from nnn.cache import EmbeddingCache
+from nnn.data.coco import COCO
+from nnn.data.flickr30k import Flickr30k
+from nnn.data.images import BadImageError
+from nnn.extract import PART_GLOB, ShardDir, _shard_batches, embed_dataset_split, embed_split
+
+PICTURE = re.compile(r"in picture (\d+),")
+OPTS = dict(batch_size=4, shard_size=6, num_workers=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    return tiny_clip_encoder(tmp_path_factory.mktemp("openclip_cfg")).load()
+
+
+@pytest.fixture
+def coco(tmp_path):
+    make_karpathy_fixture(tmp_path / "data", "coco", n_train=11, n_restval=4, n_val=3, n_test=4,
+                          extra_captions={2: 2})
+    return COCO(tmp_path / "data")
+
+
+class Counting:
+    """Wraps an encoder; counts encoded images and can fail after ``fail_after`` image batches."""
+
+    def __init__(self, inner, fail_after: int | None = None):
+        self.inner, self.fail_after = inner, fail_after
+        self.images = self.batches = 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def encode_image_batch(self, pixels):
+        if self.fail_after is not None and self.batches >= self.fail_after:
+            raise RuntimeError("injected crash")
+        self.batches += 1
+        self.images += len(pixels)
+        return self.inner.encode_image_batch(pixels)
+
+
+def _reference(encoder, split):
+    """Float64 reference: each image decoded and encoded alone, each caption alone."""
+    with torch.no_grad():
+        img = np.stack([encoder.encode_image_batch(
+            encoder.image_transform(Image.open(p).convert("RGB"))[None]).double().numpy()[0]
+            for p in split.image_paths])
+        txt = np.concatenate([encoder.encode_text_batch([c]).double().numpy()
+                              for c in split.captions])
+    return (img / np.linalg.norm(img, axis=1, keepdims=True),
+            txt / np.linalg.norm(txt, axis=1, keepdims=True))
+
+
+def test_shard_batches_never_straddle():
+    for n, b, s in [(0, 4, 6), (1, 4, 6), (13, 4, 6), (24, 8, 8), (17, 5, 3)]:
+        batches, ends = _shard_batches(n, b, s)
+        assert [i for bt in batches for i in bt] == list(range(n))
+        assert all(len(bt) <= b and len({i // s for i in bt}) == 1 for bt in batches)
+        assert sum(ends) == -(-n // s)
+        assert all(e == (bt[-1] % s == s - 1 or bt[-1] == n - 1) for bt, e in zip(batches, ends))
+
+
+def test_matches_direct_encoding_and_caches(encoder, coco, tmp_path):
+    cache = EmbeddingCache(tmp_path / "cache")
+    split = coco.split("train")  # 15 images: not a multiple of batch 4 or shard 6
+    es = embed_dataset_split(encoder, coco, "train", cache, **OPTS)
+    ref_img, ref_txt = _reference(encoder, split)
+    assert es.image.shape == (15, 16) and es.text.shape == (split.n_captions, 16)
+    np.testing.assert_allclose(es.image, ref_img, atol=1e-5)
+    np.testing.assert_allclose(es.text, ref_txt, atol=1e-5)
+    assert np.array_equal(es.caption_to_image, split.caption_to_image)
+    assert es.meta["n_bad_images"] == 0 and es.name == "train"
+    assert not (cache.root / ".work" / cache.last.key).exists()  # work dir removed after store
+    counting = Counting(encoder)
+    again = embed_dataset_split(counting, coco, "train", cache, **OPTS)
+    assert cache.last.hit and counting.images == 0
+    np.testing.assert_array_equal(again.image, es.image)
+    # workers, another batch/shard size: same numbers (fresh cache)
+    other = embed_dataset_split(encoder, coco, "train", EmbeddingCache(tmp_path / "c2"),
+                                batch_size=3, shard_size=5, num_workers=2, progress=False)
+    np.testing.assert_allclose(other.image, es.image, atol=1e-6)
+
+
+def test_resume_after_crash(encoder, coco, tmp_path):
+    split = coco.split("train")
+    cache = EmbeddingCache(tmp_path / "cache")
+    crashing = Counting(encoder, fail_after=3)  # batches of 4 in shards of 6: shard 1 done
+    with pytest.raises(RuntimeError, match="injected crash"):
+        embed_dataset_split(crashing, coco, "train", cache, **OPTS)
+    ident_key = next((cache.root / ".work").iterdir())
+    parts = sorted(ident_key.glob(PART_GLOB))
+    assert len(parts) == 1  # shard 0 (rows 0-5) written; batch 3 was lost with the crash
+    resumed = Counting(encoder)
+    es = embed_dataset_split(resumed, coco, "train", cache, **OPTS)
+    assert resumed.images == split.n_images - 6  # finished shard not recomputed
+    fresh = embed_dataset_split(encoder, coco, "train", EmbeddingCache(tmp_path / "fresh"), **OPTS)
+    np.testing.assert_array_equal(es.image, fresh.image)
+    np.testing.assert_array_equal(es.text, fresh.text)
+    np.testing.assert_array_equal(es.caption_to_image, fresh.caption_to_image)
+    assert not ident_key.exists()
+
+
+def test_corrupt_shard_is_recomputed(encoder, coco, tmp_path):
+    cache = EmbeddingCache(tmp_path / "cache")
+    with pytest.raises(RuntimeError, match="injected crash"):
+        embed_dataset_split(Counting(encoder, fail_after=3), coco, "train", cache, **OPTS)
+    work = next((cache.root / ".work").iterdir())
+    (part,) = work.glob(PART_GLOB)
+    part.write_bytes(part.read_bytes()[:100])  # a torn file (e.g. disk full)
+    resumed = Counting(encoder)
+    es = embed_dataset_split(resumed, coco, "train", cache, **OPTS)
+    assert resumed.images == 15
+    fresh = embed_dataset_split(encoder, coco, "train", EmbeddingCache(tmp_path / "fresh"), **OPTS)
+    np.testing.assert_array_equal(es.image, fresh.image)
+
+
+def test_bad_image_error_names_it(encoder, coco, tmp_path):
+    split = coco.split("test")
+    corrupt(split.image_paths[2], "truncate")
+    with pytest.raises(BadImageError, match=rf"image {split.image_ids[2]} \(") as err:
+        embed_dataset_split(encoder, coco, "test", EmbeddingCache(tmp_path / "c"), **OPTS)
+    assert str(split.image_paths[2]) in str(err.value) and "on_bad_image=skip" in str(err.value)
+    split.image_paths[3].unlink()  # a missing file is a bad image too
+    with pytest.raises(BadImageError, match=split.image_ids[3]):
+        embed_dataset_split(encoder, coco, "test", EmbeddingCache(tmp_path / "c"), **OPTS)
+
+
+@pytest.mark.parametrize("kind", ["truncate", "garbage"])
+def test_bad_image_skip_keeps_index_consistent(encoder, tmp_path, kind):
+    records = make_karpathy_fixture(tmp_path / "data", "flickr30k", n_train=9, n_val=2, n_test=3)
+    ds = Flickr30k(tmp_path / "data", on_bad_image="skip")
+    split = ds.split("train")
+    bad_rows = [1, 6]
+    for r in bad_rows:
+        corrupt(split.image_paths[r], kind)
+    es = embed_dataset_split(encoder, ds, "train", EmbeddingCache(tmp_path / "c"), **OPTS)
+    keep = [r for r in range(split.n_images) if r not in bad_rows]
+    assert es.meta["n_bad_images"] == 2
+    assert es.meta["bad_image_ids"] == [split.image_ids[r] for r in bad_rows]
+    assert es.image.shape[0] == len(keep) and es.text.shape[0] == 5 * len(keep)
+    # same numbers as embedding only the good images, and captions still point at their images
+    good = split.subset_images(keep)
+    ref_img, ref_txt = _reference(encoder, good)
+    np.testing.assert_allclose(es.image, ref_img, atol=1e-5)
+    np.testing.assert_allclose(es.text, ref_txt, atol=1e-5)
+    stem = {r["imgid"]: r["filename"][:-4] for r in records}
+    for caption, row in zip(good.captions, es.caption_to_image):
+        assert good.image_ids[row] == stem[int(PICTURE.search(caption).group(1))]
+
+
+def test_jpeg_draft_is_keyed_and_close(encoder, tmp_path):
+    make_karpathy_fixture(tmp_path / "data", "flickr30k", n_train=3, n_val=2, n_test=3,
+                          image_size=(160, 120))
+    ds = Flickr30k(tmp_path / "data")
+    cache = EmbeddingCache(tmp_path / "c")
+    full = embed_dataset_split(encoder, ds, "test", cache, **OPTS)
+    key_full = cache.last.key
+    draft = embed_dataset_split(encoder, ds, "test", cache, jpeg_draft=32, **OPTS)
+    assert cache.last.key != key_full and not cache.last.hit
+    cos = np.sum(full.image * draft.image, axis=1)
+    assert np.all(cos > 0.9) and not np.array_equal(full.image, draft.image)
+
+
+def test_encoder_with_embed_split_is_used(coco, tmp_path):
+    class Precomputed:
+        def __init__(self):
+            self.calls = []
+
+        def embed_split(self, split):
+            self.calls.append(split.name)
+            return "precomputed"
+
+    enc = Precomputed()
+    split = coco.split("val")
+    out = embed_split(enc, split, EmbeddingCache(tmp_path / "c"), identity={"x": 1})
+    assert out == "precomputed"
+    assert enc.calls == ["val"] and not (tmp_path / "c").exists()
+
+
+def test_shard_dir_dedups_and_validates(tmp_path):
+    shards = ShardDir(tmp_path / "w", n_images=5)
+    a = np.eye(3, 4, dtype=np.float32)
+    shards.write([0, 1, 2], a, [4], ["OSError: broken"], tag="x")
+    b = np.array([[0, 0, 0, 1]], dtype=np.float32)
+    shards.write([2, 3], np.concatenate([a[2:], b]), tag="y")  # row 2 again (sampler padding)
+    (tmp_path / "w" / "images-z-bad.npz").write_bytes(b"junk")
+    rows, emb, failed = shards.assemble()
+    assert rows.tolist() == [0, 1, 2, 3] and emb.shape == (4, 4)
+    np.testing.assert_array_equal(emb, np.concatenate([a, b]))
+    assert failed == {4: "OSError: broken"}
+    assert not (tmp_path / "w" / "images-z-bad.npz").exists()
+    assert shards.pending("error").tolist() == [4] and shards.pending("skip").tolist() == []
+    with pytest.raises(ValueError):
+        shards.write([7], b, tag="out")  # fine to write ...
+        shards._read(next((tmp_path / "w").glob("images-out-*.npz")), None)  # ... refused on read
+
+
+def test_bad_options(encoder, coco, tmp_path):
+    cache = EmbeddingCache(tmp_path / "c")
+    for bad in (dict(batch_size=0), dict(shard_size=-1), dict(num_workers=-1),
+                dict(on_bad_image="maybe"), dict(jpeg_draft=0)):
+        with pytest.raises(ValueError):
+            embed_dataset_split(encoder, coco, "val", cache, **{**OPTS, **bad})
+
+
+def _compose(overrides):
+    """conf/config.yaml with ``overrides``; the hydra node is kept (launcher checks)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        try:
+            return compose("config", overrides=overrides, return_hydra_config=True)
+        except ConfigCompositionException:  # extract/ not yet in the defaults list
+            return compose("config", overrides=[f"+{o}" if o.startswith("extract=") else o
+                                                for o in overrides], return_hydra_config=True)
+
+
+@pytest.mark.parametrize("dataset", ["coco", "flickr30k"])
+def test_configs_drive_extraction(encoder, tmp_path, dataset):
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    make_karpathy_fixture(tmp_path / "data", dataset, n_train=3, n_val=2, n_test=3)
+    cfg = _compose([f"dataset={dataset}", "extract=default", f"paths.data_root={tmp_path / 'data'}",
+                    "extract.num_workers=0", "extract.progress=false"])
+    ds = instantiate(cfg.dataset)
+    assert type(ds) is {"coco": COCO, "flickr30k": Flickr30k}[dataset]
+    assert ds.captions_per_image == 5 and ds.on_bad_image == "error" and not ds.download
+    options = OmegaConf.to_container(cfg.extract, resolve=True)
+    es = embed_dataset_split(encoder, ds, "test", EmbeddingCache(tmp_path / "c"), **options)
+    assert es.image.shape == (3, 16)
+    ddp = _compose([f"dataset={dataset}", "extract=ddp", "hydra/launcher=submitit_slurm",
+                    "hydra.launcher.gpus_per_node=4", "hydra.launcher.tasks_per_node=4"])
+    assert ddp.extract.lightning.strategy == "ddp" and ddp.extract.batch_size == 256
+    assert ddp.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert ddp.hydra.launcher.tasks_per_node == 4

@@ -1,0 +1,123 @@
+"""Lightning predict path: two CPU processes (DDP over gloo) give the one-process embeddings;
+resume from shards; bad-image policy. Uses a tiny random open_clip model."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fixtures_karpathy import corrupt, make_karpathy_fixture, tiny_clip_encoder
+
+from nnn.cache import EmbeddingCache
+from nnn.data.flickr30k import Flickr30k
+from nnn.data.images import BadImageError
+from nnn.extract import embed_dataset_split
+
+TESTS = Path(__file__).resolve().parent
+OPTS = dict(batch_size=3, shard_size=4, num_workers=0, progress=False)
+pytestmark = pytest.mark.filterwarnings("ignore:.*treespec:FutureWarning")  # Lightning vs torch
+ONE_CPU = dict(accelerator="cpu", devices=1, strategy="auto")
+
+DDP_SCRIPT = """
+import sys
+sys.path.insert(0, {tests!r})
+import numpy as np
+import torch.distributed as dist
+from fixtures_karpathy import tiny_clip_encoder
+from nnn.cache import EmbeddingCache
+from nnn.data.flickr30k import Flickr30k
+from nnn.extract import embed_dataset_split
+
+data, cache_root, cfg, out = sys.argv[1:5]
+es = embed_dataset_split(tiny_clip_encoder(cfg).load(), Flickr30k(data, on_bad_image="skip"),
+                         "train", EmbeddingCache(cache_root), batch_size=3, shard_size=4,
+                         num_workers=0, progress=False,
+                         lightning=dict(accelerator="cpu", devices=2, strategy="ddp"))
+rank = dist.get_rank()
+np.savez(out + f".rank{{rank}}.npz", image=es.image, text=es.text, c2i=es.caption_to_image,
+         bad=np.array(es.meta["bad_image_ids"]), world=dist.get_world_size())
+"""
+
+
+@pytest.fixture(scope="module")
+def encoder(tmp_path_factory):
+    return tiny_clip_encoder(tmp_path_factory.mktemp("openclip_cfg")).load()
+
+
+@pytest.fixture
+def flickr(tmp_path):
+    make_karpathy_fixture(tmp_path / "data", "flickr30k", n_train=13, n_val=2, n_test=3)
+    return tmp_path / "data"
+
+
+@pytest.mark.slow  # two fresh interpreters import torch, Lightning, open_clip: 20-30 s on 2 cores
+def test_ddp_two_cpu_processes_match_one_process(flickr, tmp_path, encoder):
+    ds = Flickr30k(flickr, on_bad_image="skip")
+    corrupt(ds.split("train").image_paths[4], "garbage")  # 12 good of 13: uneven over 2 ranks
+    script = tmp_path / "ddp_extract.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(TESTS)))
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, str(script), str(flickr), str(tmp_path / "cache"),
+                           str(tmp_path / "cfg"), str(out)], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    single = embed_dataset_split(encoder, ds, "train", EmbeddingCache(tmp_path / "single"), **OPTS)
+    for rank in (0, 1):  # every rank returns the merged result
+        got = np.load(f"{out}.rank{rank}.npz")
+        assert int(got["world"]) == 2
+        np.testing.assert_allclose(got["image"], single.image, atol=1e-5)
+        np.testing.assert_allclose(got["text"], single.text, atol=1e-5)
+        np.testing.assert_array_equal(got["c2i"], single.caption_to_image)
+        assert got["bad"].tolist() == single.meta["bad_image_ids"]
+        assert single.meta["bad_image_ids"] == [ds.split("train").image_ids[4]]
+    assert not any((tmp_path / "cache" / ".work").iterdir())  # shards removed after the merge
+
+
+class Counting:
+    def __init__(self, inner, fail_after=None):
+        self.inner, self.fail_after, self.batches, self.images = inner, fail_after, 0, 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def load(self):  # the Lightning path (re)loads on the rank's device
+        self.inner.load()
+        return self
+
+    def encode_image_batch(self, pixels):
+        if self.fail_after is not None and self.batches >= self.fail_after:
+            raise RuntimeError("injected crash")
+        self.batches += 1
+        self.images += len(pixels)
+        return self.inner.encode_image_batch(pixels)
+
+
+def test_lightning_resumes_shards_of_a_crashed_run(flickr, tmp_path, encoder):
+    ds = Flickr30k(flickr)
+    cache = EmbeddingCache(tmp_path / "cache")
+    with pytest.raises(RuntimeError, match="injected crash"):  # one process, shard 0 written
+        embed_dataset_split(Counting(encoder, fail_after=2), ds, "train", cache, **OPTS)
+    resumed = Counting(encoder)
+    es = embed_dataset_split(resumed, ds, "train", cache, lightning=ONE_CPU, **OPTS)
+    assert resumed.images == 13 - 4
+    fresh = embed_dataset_split(encoder, ds, "train", EmbeddingCache(tmp_path / "fresh"), **OPTS)
+    np.testing.assert_allclose(es.image, fresh.image, atol=1e-6)
+    np.testing.assert_array_equal(es.caption_to_image, fresh.caption_to_image)
+    again = Counting(encoder)  # a cache hit: the Trainer is not even built
+    embed_dataset_split(again, ds, "train", cache, lightning=ONE_CPU, **OPTS)
+    assert again.images == 0 and again.batches == 0
+
+
+def test_lightning_bad_image_error(flickr, tmp_path, encoder):
+    ds = Flickr30k(flickr)
+    split = ds.split("test")
+    corrupt(split.image_paths[1], "truncate")
+    with pytest.raises(BadImageError, match=split.image_ids[1]):
+        embed_dataset_split(encoder, ds, "test", EmbeddingCache(tmp_path / "c"),
+                            lightning=ONE_CPU, **OPTS)
