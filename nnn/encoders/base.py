@@ -44,6 +44,15 @@ class Encoder(ABC):
     def image_transform(self, image) -> torch.Tensor:
         """One PIL image -> (3, H, W) float tensor, as the model expects."""
 
+    def image_preprocessor(self):
+        """A picklable callable doing what ``image_transform`` does, for DataLoader workers.
+
+        Prefer it to the bound method ``encoder.image_transform``, which pickles the whole
+        encoder, model included, into each worker (spawn/forkserver start methods). Adapters
+        return their bare transform; this default returns the bound method.
+        """
+        return self.image_transform
+
     @abstractmethod
     def encode_image_batch(self, pixels: torch.Tensor) -> torch.Tensor:
         """(b, 3, H, W) -> (b, d) L2-normalised float32."""

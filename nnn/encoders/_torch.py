@@ -1,0 +1,137 @@
+"""What every adapter around a torch model shares: device, precision, autocast, unit-norm outputs.
+
+Precision: the model's weights stay float32; ``fp16``/``bf16`` run the forward pass under
+``torch.autocast``. On CPU, ``fp16`` falls back to ``fp32`` with a warning (CPU float16 kernels
+are slow or missing), and ``encoder.precision`` then reads ``"fp32"``, so the cache identity
+names what actually ran; ``bf16`` works on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import warnings
+from abc import abstractmethod
+from typing import Callable
+
+import torch
+
+from nnn._arrays import check_positive_int, resolve_device
+from nnn.encoders.base import Encoder
+
+_HALF_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def import_or_explain(module: str, install: str):
+    """``importlib.import_module(module)``, or ImportError saying how to install it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as e:
+        raise ImportError(f"this encoder needs the '{module}' package, which is not installed "
+                          f"in this environment ({e}); install it with: {install}") from e
+
+
+def effective_precision(precision: str, device: torch.device) -> str:
+    """``precision`` as it will run on ``device``: fp16 on CPU becomes fp32 (with a warning)."""
+    if precision == "fp16" and device.type == "cpu":
+        warnings.warn("precision='fp16' is not supported on CPU (float16 kernels are slow or "
+                      "missing there); running in fp32 instead. Use precision=bf16 for reduced "
+                      "precision on CPU, or a CUDA device for fp16.", UserWarning, stacklevel=3)
+        return "fp32"
+    return precision
+
+
+def autocast(device: torch.device, precision: str):
+    """Autocast context for ``precision`` on ``device`` (``fp32``: no autocast)."""
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=_HALF_DTYPES[precision])
+
+
+def unit_rows(features: torch.Tensor) -> torch.Tensor:
+    """(b, d) features of any dtype/device -> (b, d) float32 CPU rows of unit L2 norm."""
+    return torch.nn.functional.normalize(features.float(), dim=-1).cpu()
+
+
+class TorchModelEncoder(Encoder):
+    """Base of the adapters that run a torch model (open_clip, transformers, LAVIS).
+
+    Subclasses set ``family`` and implement ``_load(device)`` (build ``self._model`` and
+    ``self._preprocess``, a picklable PIL image -> (3, H, W) tensor callable),
+    ``_image_features`` ((b, 3, H, W) on the device -> (b, d)), ``_text_features`` (b captions
+    -> (b, d)) and ``_describe()`` (identity entries: model, weights, preprocessing).
+    """
+
+    family: str = ""
+
+    def __init__(self, *, device: str = "auto", precision: str = "fp32", batch_size: int = 256):
+        super().__init__(device=device, precision=precision,
+                         batch_size=check_positive_int(batch_size, "batch_size"))
+        self._model = None
+        self._preprocess: Callable | None = None
+        self._device: torch.device | None = None
+
+    # -- what subclasses provide ------------------------------------------------------------
+    @abstractmethod
+    def _load(self, device: torch.device) -> None:
+        """Build ``self._model`` (float32, on ``device``) and ``self._preprocess``."""
+
+    @abstractmethod
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(b, 3, H, W) on the model's device -> (b, d) unnormalised features."""
+
+    @abstractmethod
+    def _text_features(self, captions: list[str]) -> torch.Tensor:
+        """b captions -> (b, d) unnormalised features."""
+
+    @abstractmethod
+    def _describe(self) -> dict:
+        """JSON-able identity entries beyond family, precision and adapter_version."""
+
+    # -- the Encoder interface --------------------------------------------------------------
+    def load(self) -> "TorchModelEncoder":
+        self._device = resolve_device(self.device)
+        self.precision = effective_precision(self.precision, self._device)
+        self._load(self._device)
+        self._model.eval()
+        return self
+
+    def _loaded_model(self):
+        if self._model is None:
+            raise RuntimeError(f"{type(self).__name__} is not loaded; call .load() first (it "
+                               "builds the model and its preprocessing)")
+        return self._model
+
+    def cache_identity(self) -> dict:
+        """Family, model, weights, preprocessing, precision and adapter version (needs load())."""
+        self._loaded_model()
+        return {"family": self.family, **self._describe(), "precision": self.precision,
+                "adapter_version": self.adapter_version}
+
+    def image_preprocessor(self) -> Callable:
+        self._loaded_model()
+        return self._preprocess
+
+    def image_transform(self, image) -> torch.Tensor:
+        return self.image_preprocessor()(image)
+
+    def encode_image_batch(self, pixels: torch.Tensor) -> torch.Tensor:
+        self._loaded_model()
+        if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or pixels.shape[1] != 3:
+            shape = tuple(getattr(pixels, "shape", ()))
+            raise ValueError(f"pixels must be a (b, 3, H, W) tensor from image_transform, got "
+                             f"{type(pixels).__name__} of shape {shape}")
+        with torch.inference_mode(), autocast(self._device, self.precision):
+            features = self._image_features(pixels.to(self._device, torch.float32,
+                                                      non_blocking=True))
+        return unit_rows(features)
+
+    def encode_text_batch(self, captions: list[str]) -> torch.Tensor:
+        self._loaded_model()
+        captions = list(captions)
+        if not captions or not all(isinstance(c, str) for c in captions):
+            raise ValueError(f"captions must be a non-empty list of strings, got "
+                             f"{[type(c).__name__ for c in captions[:5]] or 'an empty list'}")
+        with torch.inference_mode(), autocast(self._device, self.precision):
+            features = self._text_features(captions)
+        return unit_rows(features)

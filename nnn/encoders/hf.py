@@ -1,0 +1,225 @@
+"""Hugging Face transformers image-text models: CLIP, SigLIP, ALIGN and BLIP retrieval.
+
+``model_id`` is a hub id (``openai/clip-vit-base-patch32``, ``google/siglip-base-patch16-224``,
+``kakaobrain/align-base``, ``Salesforce/blip-itm-base-coco``) or a local folder saved with
+``save_pretrained`` (model, tokenizer and image processor). The transformers class and the way
+embeddings are read from it come from ``ARCHITECTURES``, keyed by the checkpoint's
+``config.architectures[0]`` (override with ``architecture``):
+
+- dual encoders (``CLIPModel``, ``SiglipModel``, ``AlignModel``): ``get_image_features`` /
+  ``get_text_features`` (a tensor in transformers 4.x, an output object whose
+  ``pooler_output`` holds the projected features in 5.x).
+- ``BlipForImageTextRetrieval``: the contrastive (ITC) embeddings, i.e. what its
+  ``forward(use_itm_head=False)`` compares: ``vision_proj`` of the vision [CLS] state and
+  ``text_proj`` of the text [CLS] state, the text encoded without cross-attention to the image.
+  The image-text matching head is not used.
+
+Text: ``text_padding="max_length"`` pads every caption to ``max_text_length`` (SigLIP needs
+this: it was trained so and pools the last position); ``max_text_length`` defaults to the
+smaller of the tokenizer's and the text model's limits. ``caption_style="blip"`` cleans
+captions as BLIP's own evaluation does (lower case, ``.!"()*#:;~`` -> spaces) before
+tokenising. Weights stay float32; fp16/bf16 run under autocast. ``import nnn.encoders.hf``
+does not import transformers: ``load()`` does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import torch
+
+from nnn.encoders._sources import fingerprint, hub_access
+from nnn.encoders._torch import TorchModelEncoder, import_or_explain
+
+_INSTALL = "pip install transformers (or this project's [encoders] extra)"
+
+
+def _pooled(output) -> torch.Tensor:
+    """A features tensor, or (transformers 5.x) the ``pooler_output`` of an output object."""
+    return output if isinstance(output, torch.Tensor) else output.pooler_output
+
+
+class DualEncoderHead:
+    """Models with ``get_image_features`` / ``get_text_features`` (projected embeddings)."""
+
+    @staticmethod
+    def image(model, pixel_values: torch.Tensor) -> torch.Tensor:
+        return _pooled(model.get_image_features(pixel_values=pixel_values))
+
+    @staticmethod
+    def text(model, tokens: dict) -> torch.Tensor:
+        return _pooled(model.get_text_features(**tokens))
+
+
+class BlipContrastiveHead:
+    """``BlipForImageTextRetrieval``: projections of the unimodal [CLS] states (ITC, not ITM)."""
+
+    @staticmethod
+    def image(model, pixel_values: torch.Tensor) -> torch.Tensor:
+        states = model.vision_model(pixel_values=pixel_values).last_hidden_state
+        return model.vision_proj(states[:, 0, :])
+
+    @staticmethod
+    def text(model, tokens: dict) -> torch.Tensor:
+        states = model.text_encoder(input_ids=tokens["input_ids"],
+                                    attention_mask=tokens.get("attention_mask")).last_hidden_state
+        return model.text_proj(states[:, 0, :])
+
+
+#: transformers class name -> how embeddings are read from it
+ARCHITECTURES = {
+    "CLIPModel": DualEncoderHead,
+    "SiglipModel": DualEncoderHead,
+    "AlignModel": DualEncoderHead,
+    "BlipForImageTextRetrieval": BlipContrastiveHead,
+}
+
+
+_BLIP_PUNCTUATION = re.compile(r'[.!"()*#:;~]')
+
+
+def blip_caption(text: str) -> str:
+    """BLIP's evaluation-time caption cleaning: lower case, ``.!"()*#:;~`` become spaces,
+    whitespace runs collapse to one space."""
+    return " ".join(_BLIP_PUNCTUATION.sub(" ", text.lower()).split())
+
+
+#: caption_style -> function applied to each caption before tokenising (None: as given)
+CAPTION_STYLES = {"raw": None, "blip": blip_caption}
+
+
+class HFImageTransform:
+    """Picklable PIL image -> (3, H, W) float tensor through a transformers image processor."""
+
+    def __init__(self, processor):
+        self.processor = processor
+
+    def __call__(self, image) -> torch.Tensor:
+        return self.processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    def __repr__(self) -> str:
+        return f"HFImageTransform({type(self.processor).__name__})"
+
+
+class HFEncoder(TorchModelEncoder):
+    """A transformers image-text model -> L2-normalised float32 embeddings (b, d)."""
+
+    family = "hf"
+    adapter_version = "1"
+
+    def __init__(self, *, model_id: str, revision: str | None = None,
+                 architecture: str | None = None, text_padding: str = "longest",
+                 max_text_length: int | None = None, caption_style: str = "raw",
+                 cache_dir: str | None = None,
+                 device: str = "auto", precision: str = "fp32", batch_size: int = 256):
+        super().__init__(device=device, precision=precision, batch_size=batch_size)
+        if not isinstance(model_id, str) or not model_id:
+            raise ValueError(f"model_id must be a Hugging Face model id or a local folder, got "
+                             f"{model_id!r}")
+        if architecture is not None and architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture={architecture!r} is not supported; choose one of "
+                             f"{sorted(ARCHITECTURES)} (or null to read it from the checkpoint)")
+        if text_padding not in ("longest", "max_length"):
+            raise ValueError(f"text_padding must be 'longest' or 'max_length', got "
+                             f"{text_padding!r}")
+        if caption_style not in CAPTION_STYLES:
+            raise ValueError(f"caption_style must be one of {sorted(CAPTION_STYLES)}, got "
+                             f"{caption_style!r}")
+        if max_text_length is not None and (isinstance(max_text_length, bool)
+                                            or not isinstance(max_text_length, int)
+                                            or max_text_length < 2):
+            raise ValueError(f"max_text_length must be an integer >= 2 or null, got "
+                             f"{max_text_length!r}")
+        self.model_id = model_id
+        self.revision = revision
+        self.architecture = architecture
+        self.text_padding = text_padding
+        self.max_text_length = max_text_length
+        self.caption_style = caption_style
+        self.cache_dir = cache_dir
+        self._head = None
+        self._tokenizer = None
+        self._commit = None
+        self._library = None
+
+    @property
+    def _local_dir(self) -> Path | None:
+        path = Path(self.model_id).expanduser()
+        return path if path.is_dir() else None
+
+    def _how_to_fetch(self) -> str:
+        return (f"run once with network access (files are cached), or pre-download with "
+                f"`hf download {self.model_id}` on a machine that has it and copy the Hugging Face "
+                "cache (HF_HOME), or set model.model_id to a local folder saved with "
+                "save_pretrained")
+
+    def _architecture(self, config) -> str:
+        if self.architecture is not None:
+            return self.architecture
+        found = (getattr(config, "architectures", None) or [None])[0]
+        if found not in ARCHITECTURES:
+            raise ValueError(f"{self.model_id}: checkpoint architecture {found!r} is not one this "
+                             f"adapter knows ({sorted(ARCHITECTURES)}); set model.architecture "
+                             "to the one whose outputs it matches")
+        return found
+
+    def _text_limit(self, config) -> int:
+        """max_text_length, else min(tokenizer limit, text model's position embeddings)."""
+        if self.max_text_length is not None:
+            return self.max_text_length
+        limits = [self._tokenizer.model_max_length,
+                  getattr(getattr(config, "text_config", None), "max_position_embeddings", None)]
+        limits = [n for n in limits if isinstance(n, int) and 1 < n < 100_000]
+        if not limits:
+            raise ValueError(f"{self.model_id}: cannot tell the longest caption the text model "
+                             "takes; set model.max_text_length")
+        return min(limits)
+
+    def _load(self, device: torch.device) -> None:
+        transformers = import_or_explain("transformers", _INSTALL)
+        self._library = f"transformers {transformers.__version__}"
+        local = self._local_dir
+        what = f"Hugging Face model {self.model_id}" \
+            + (f"@{self.revision}" if self.revision else "")
+        with hub_access(what, self._how_to_fetch(), remote=local is None) as offline:
+            kw = {"revision": self.revision, "cache_dir": self.cache_dir,
+                  "local_files_only": offline}
+            config = transformers.AutoConfig.from_pretrained(self.model_id, **kw)
+            architecture = self._architecture(config)
+            model = getattr(transformers, architecture).from_pretrained(self.model_id, **kw)
+            processor = transformers.AutoImageProcessor.from_pretrained(self.model_id, **kw)
+            self._tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_id, **kw)
+        self.architecture = architecture
+        self._head = ARCHITECTURES[architecture]
+        self._commit = getattr(model.config, "_commit_hash", None)
+        self._model = model.float().to(device)
+        self._preprocess = HFImageTransform(processor)
+        self.max_text_length = self._text_limit(model.config)
+
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._head.image(self._model, pixels)
+
+    def _text_features(self, captions: list[str]) -> torch.Tensor:
+        clean = CAPTION_STYLES[self.caption_style]
+        if clean is not None:
+            captions = [clean(c) for c in captions]
+        tokens = self._tokenizer(captions, padding=self.text_padding, truncation=True,
+                                 max_length=self.max_text_length, return_tensors="pt")
+        return self._head.text(self._model, {k: v.to(self._device) for k, v in tokens.items()})
+
+    def _describe(self) -> dict:
+        local = self._local_dir
+        processor = self._preprocess.processor
+        return {"model_id": self.model_id,
+                "weights": fingerprint(local) if local is not None
+                else {"revision": self.revision, "commit": self._commit},
+                "architecture": self.architecture,
+                "image_processor": {"class": type(processor).__name__,
+                                    **json.loads(processor.to_json_string())},
+                "tokenizer": {"class": type(self._tokenizer).__name__,
+                              "vocab_size": len(self._tokenizer), "padding": self.text_padding,
+                              "max_length": self.max_text_length,
+                              "caption_style": self.caption_style},
+                "library": self._library}

@@ -1,0 +1,106 @@
+"""LAVIS (salesforce-lavis) retrieval models: ALBEF and BLIP fine-tuned on COCO or Flickr30k.
+
+LAVIS 1.0.2 pins timm==0.4.12 and transformers<4.27, so it cannot share an environment with
+open_clip 3.x: it lives in its own environment, set up as in ``docs/lavis.md``. ``import
+nnn.encoders.lavis`` does not import LAVIS: ``load()`` does, and explains this when it is absent.
+
+Model: ``lavis.models.load_model_and_preprocess(name, model_type, is_eval=True, device=...)``,
+e.g. ``albef_retrieval`` / ``blip_retrieval`` with ``coco`` or ``flickr``. The retrieval models
+have no ``extract_features``; the embeddings are their contrastive (ITC) features, computed as
+LAVIS's own retrieval evaluation does before its ITM re-ranking:
+
+- image: ``vision_proj(visual_encoder.forward_features(image)[:, 0, :])``;
+- text: the ``eval`` text processor on each caption, then ``model.tokenizer`` (padded to
+  ``max_text_length``, 35 as in LAVIS's evaluation) and
+  ``text_proj(text_encoder.forward_text(tokens).last_hidden_state[:, 0, :])``;
+
+both L2-normalised. Images go through the ``eval`` visual processor (a picklable transform).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+
+import torch
+
+from nnn.encoders._sources import hub_access
+from nnn.encoders._torch import TorchModelEncoder
+
+LAVIS_ENV_HINT = ("LAVIS (salesforce-lavis 1.0.2) pins timm==0.4.12 and transformers<4.27, so it "
+                  "cannot be installed beside open_clip 3.x. Create a separate environment for it "
+                  "as described step by step in docs/lavis.md, and run the ALBEF/BLIP (LAVIS) "
+                  "extraction from there.")
+
+
+def import_lavis_models():
+    """``lavis.models``, or ImportError explaining that LAVIS needs its own environment."""
+    try:
+        return importlib.import_module("lavis.models")
+    except ImportError as e:
+        raise ImportError(f"could not import LAVIS ({e}). {LAVIS_ENV_HINT}") from e
+
+
+def _installed_version(distribution: str) -> str | None:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+class LavisEncoder(TorchModelEncoder):
+    """A LAVIS ALBEF/BLIP retrieval model -> L2-normalised float32 ITC embeddings (b, 256)."""
+
+    family = "lavis"
+    adapter_version = "1"
+
+    def __init__(self, *, name: str = "albef_retrieval", model_type: str = "coco",
+                 max_text_length: int = 35, device: str = "auto", precision: str = "fp32",
+                 batch_size: int = 256):
+        super().__init__(device=device, precision=precision, batch_size=batch_size)
+        for key, value in (("name", name), ("model_type", model_type)):
+            if not isinstance(value, str) or not value:
+                raise ValueError(f"{key} must be a non-empty string (e.g. name='albef_retrieval', "
+                                 f"model_type='coco'), got {value!r}")
+        if isinstance(max_text_length, bool) or not isinstance(max_text_length, int) \
+                or max_text_length < 2:
+            raise ValueError(f"max_text_length must be an integer >= 2, got {max_text_length!r}")
+        self.name = name
+        self.model_type = model_type
+        self.max_text_length = max_text_length
+        self._text_processor = None
+        self._library = None
+
+    def _load(self, device: torch.device) -> None:
+        models = import_lavis_models()
+        self._library = f"salesforce-lavis {_installed_version('salesforce-lavis')}"
+        what = f"LAVIS model {self.name} ({self.model_type}) or its bert-base-uncased tokenizer"
+        how = ("run once with network access in the LAVIS environment (LAVIS caches the "
+               "checkpoint under its cache folder and the tokenizer in the Hugging Face cache)")
+        # LAVIS's transformers (<4.27) raises a bare OSError when the tokenizer is not cached
+        with hub_access(what, how, remote=True, also=(OSError,)):
+            model, vis_processors, txt_processors = models.load_model_and_preprocess(
+                name=self.name, model_type=self.model_type, is_eval=True, device=device)
+        self._model = model.float().to(device)
+        self._preprocess = vis_processors["eval"]
+        self._text_processor = txt_processors["eval"]
+
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        states = self._model.visual_encoder.forward_features(pixels)
+        return self._model.vision_proj(states[:, 0, :])
+
+    def _text_features(self, captions: list[str]) -> torch.Tensor:
+        texts = [self._text_processor(c) for c in captions]
+        tokens = self._model.tokenizer(texts, padding="max_length", truncation=True,
+                                       max_length=self.max_text_length,
+                                       return_tensors="pt").to(self._device)
+        states = self._model.text_encoder.forward_text(tokens).last_hidden_state
+        return self._model.text_proj(states[:, 0, :])
+
+    def _describe(self) -> dict:
+        return {"name": self.name, "model_type": self.model_type,
+                "image_preprocess": repr(getattr(self._preprocess, "transform", self._preprocess)),
+                "text_preprocess": {"class": type(self._text_processor).__name__,
+                                    "max_words": getattr(self._text_processor, "max_words", None),
+                                    "max_length": self.max_text_length},
+                "library": self._library}

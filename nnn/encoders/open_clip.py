@@ -1,0 +1,131 @@
+"""open_clip models: any ``(model_name, pretrained)`` pair that open_clip knows.
+
+``model_name`` may also be ``hf-hub:ORG/REPO`` (an open_clip model published on the Hugging
+Face hub, with ``pretrained=None``). ``pretrained`` is an open_clip tag (``openai``,
+``laion2b_s34b_b88k``, ``webli``, ...; ``open_clip.list_pretrained_tags_by_model(name)``), a
+local checkpoint file, or ``None`` (random weights: tests). ``model_config_dir`` registers
+extra architecture JSON files (``open_clip.add_model_config``), so custom models work by name.
+Weights are downloaded on first use into the Hugging Face cache; offline, a missing file
+raises ``MissingResourceError``.
+
+The model is built in float32 (``precision="fp32"`` to open_clip); fp16/bf16 run under
+autocast (see ``nnn.encoders._torch``). ``import nnn.encoders.open_clip`` does not import
+open_clip: ``load()`` does.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+
+import torch
+
+from nnn.encoders._sources import fingerprint, hub_access
+from nnn.encoders._torch import TorchModelEncoder, import_or_explain
+from nnn.errors import MissingResourceError
+
+_INSTALL = "pip install open_clip_torch (or this project's [encoders] extra)"
+
+
+class OpenClipEncoder(TorchModelEncoder):
+    """open_clip image and text towers -> L2-normalised float32 embeddings (b, embed_dim)."""
+
+    family = "open_clip"
+    adapter_version = "1"
+
+    def __init__(self, *, model_name: str, pretrained: str | None = None,
+                 model_config_dir: str | None = None, cache_dir: str | None = None,
+                 device: str = "auto", precision: str = "fp32", batch_size: int = 256):
+        super().__init__(device=device, precision=precision, batch_size=batch_size)
+        if not isinstance(model_name, str) or not model_name:
+            raise ValueError(f"model_name must be an open_clip model name such as 'ViT-B-32', "
+                             f"got {model_name!r}")
+        self.model_name = model_name
+        self.pretrained = None if pretrained in (None, "", "none", "None") else str(pretrained)
+        self.model_config_dir = model_config_dir
+        self.cache_dir = cache_dir
+        self._tokenizer = None
+        self._library = None
+
+    def _checkpoint_path(self) -> Path | None:
+        """The local checkpoint ``pretrained`` names, or None for a tag / no weights."""
+        if self.pretrained is None:
+            return None
+        path = Path(self.pretrained).expanduser()
+        looks_like_file = path.suffix in (".pt", ".pth", ".bin", ".safetensors") \
+            or "/" in self.pretrained
+        if path.is_file():
+            return path
+        if looks_like_file:
+            raise MissingResourceError(f"open_clip checkpoint {path} (model.pretrained) does not "
+                                       "exist; give the path of a downloaded checkpoint file, or "
+                                       "an open_clip pretrained tag such as 'openai'")
+        return None
+
+    @property
+    def _hub_repo(self) -> str | None:
+        """ORG/REPO for an ``hf-hub:`` model name, else None."""
+        return self.model_name[len("hf-hub:"):] if self.model_name.startswith("hf-hub:") else None
+
+    def _check_names(self, open_clip) -> None:
+        if self._hub_repo is not None:
+            return
+        known = open_clip.list_models()
+        if self.model_name not in known:
+            close = difflib.get_close_matches(self.model_name, known, n=5)
+            raise ValueError(f"open_clip has no model {self.model_name!r} (close: {close}); see "
+                             "open_clip.list_models(), or register its JSON config with "
+                             "model.model_config_dir=DIR")
+        if self.pretrained is not None and self._checkpoint_path() is None:
+            tags = open_clip.list_pretrained_tags_by_model(self.model_name)
+            if self.pretrained not in tags:
+                raise ValueError(f"open_clip has no pretrained tag {self.pretrained!r} for "
+                                 f"{self.model_name}; known tags: {tags}, or give a local "
+                                 "checkpoint path, or null for random weights")
+
+    def _how_to_fetch(self, open_clip) -> str:
+        repo = self._hub_repo or (open_clip.get_pretrained_cfg(self.model_name, self.pretrained)
+                                  .get("hf_hub", "") if self.pretrained else "").strip("/")
+        fetch = f"`hf download {repo}`" if repo else "any run with network access"
+        return (f"run once with network access (files are cached), or pre-download with {fetch} "
+                "on a machine that has it and copy the Hugging Face cache (HF_HOME), or set "
+                "model.pretrained to a local checkpoint file")
+
+    def _load(self, device: torch.device) -> None:
+        open_clip = import_or_explain("open_clip", _INSTALL)
+        self._library = f"open_clip {open_clip.__version__}"
+        if self.model_config_dir is not None:
+            cfg_dir = Path(self.model_config_dir).expanduser()
+            if not cfg_dir.is_dir():
+                raise FileNotFoundError(f"model_config_dir {cfg_dir} is not a folder of open_clip "
+                                        "model JSON files")
+            open_clip.add_model_config(cfg_dir)
+        self._check_names(open_clip)
+        checkpoint = self._checkpoint_path()
+        text_cfg = (open_clip.get_model_config(self.model_name) or {}).get("text_cfg", {})
+        remote = (self.pretrained is not None and checkpoint is None) \
+            or self._hub_repo is not None or bool(text_cfg.get("hf_tokenizer_name"))
+        what = f"open_clip model {self.model_name} (pretrained={self.pretrained})"
+        with hub_access(what, self._how_to_fetch(open_clip), remote=remote):
+            model, _, preprocess = open_clip.create_model_and_transforms(
+                self.model_name, pretrained=str(checkpoint) if checkpoint else self.pretrained,
+                precision="fp32", device=device, cache_dir=self.cache_dir)
+            self._tokenizer = open_clip.get_tokenizer(self.model_name, cache_dir=self.cache_dir)
+        self._model, self._preprocess = model, preprocess
+
+    def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._model.encode_image(pixels)
+
+    def _text_features(self, captions: list[str]) -> torch.Tensor:
+        return self._model.encode_text(self._tokenizer(captions).to(self._device))
+
+    def _describe(self) -> dict:
+        open_clip = import_or_explain("open_clip", _INSTALL)
+        checkpoint = self._checkpoint_path()
+        tokenizer = f"{type(self._tokenizer).__name__}(context_length=" \
+                    f"{getattr(self._tokenizer, 'context_length', None)})"
+        return {"model_name": self.model_name,
+                "pretrained": fingerprint(checkpoint) if checkpoint else self.pretrained,
+                "model_config": open_clip.get_model_config(self.model_name),
+                "image_preprocess": str(self._preprocess), "tokenizer": tokenizer,
+                "library": self._library}
