@@ -14,12 +14,12 @@ import torch
 from scipy.special import logsumexp
 
 from nnn.methods import DBNorm, QBNorm
-from nnn.methods._bank_stats import chunk_rows
+from nnn.methods._bank_stats import bank_stats, chunk_rows
 
 N_G, N_QB, N_GB, N_Q, D = 53, 211, 103, 41, 24
 CHUNK = 7
 #: a memory budget (MiB) that gives CHUNK-row bank chunks for a gallery of N_G
-BUDGET = (CHUNK + 0.5) * ((N_G + D) * 4 + 12) / 2**20
+BUDGET = (CHUNK + 0.5) * ((2 * N_G + D) * 4 + 12) / 2**20
 TOP = 5
 
 
@@ -94,6 +94,104 @@ def check_against(model, q, ref, atol):
 def test_budget_gives_many_uneven_chunks():
     assert chunk_rows(N_G, D, BUDGET) == CHUNK
     assert N_QB % CHUNK and N_GB % CHUNK and N_QB // CHUNK > 10
+
+
+# -- bank statistics: many betas from one pass -------------------------------------------------
+class CountingBank(np.ndarray):
+    """A bank that counts the rows read from it (slices of it), to count streamed passes."""
+
+    rows_read = 0
+
+    def __getitem__(self, key):
+        out = super().__getitem__(key)
+        CountingBank.rows_read += len(out)
+        return np.asarray(out)
+
+
+def test_bank_stats_many_betas_in_one_pass_match_float64(data):
+    g, qb, _, _ = data
+    betas = (0.001, 0.5, 20.0, 100.0, 400.0)
+    bank = qb.view(CountingBank)
+    CountingBank.rows_read = 0
+    stats = bank_stats(bank, torch.from_numpy(g), betas=betas, activation_k=3,
+                       memory_budget_mb=BUDGET, progress=False)
+    assert CountingBank.rows_read == N_QB           # every bank row streamed exactly once
+    assert sorted(stats.log_norms) == list(betas)
+    np.testing.assert_array_equal(stats.activation, activation_ref(qb, g, 3))
+    for beta in betas:
+        got = stats.log_norm(beta)
+        assert got.dtype == np.float64 and got.shape == (N_G,) and np.isfinite(got).all()
+        np.testing.assert_allclose(got, logsumexp(beta * sim(qb, g), axis=0), rtol=0,
+                                   atol=1e-6 + 5e-7 * beta)
+        # a beta's value does not depend on the other betas of the pass: equal to a one-beta pass
+        alone = bank_stats(qb, torch.from_numpy(g), betas=[beta], activation_k=3,
+                           memory_budget_mb=BUDGET, progress=False)
+        np.testing.assert_array_equal(alone.log_norm(beta), got)
+        np.testing.assert_array_equal(alone.activation, stats.activation)
+
+
+def test_bank_stats_bad_betas(data):
+    g, qb, _, _ = data
+    for betas in ([], [0.0, 1.0], [-1.0], [float("nan")]):
+        with pytest.raises(ValueError, match="betas must be"):
+            bank_stats(qb, torch.from_numpy(g), betas=betas, activation_k=1, memory_budget_mb=1)
+    stats = bank_stats(qb, torch.from_numpy(g), betas=[1.0, 1.0], activation_k=1,
+                       memory_budget_mb=1)
+    assert list(stats.log_norms) == [1.0]
+    with pytest.raises(ValueError, match=r"beta=2.0 was not fitted \(fitted: \[1.0\]\)"):
+        stats.log_norm(2.0)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_qbnorm_with_params_equals_fresh_fit_without_a_pass(data, dynamic):
+    g, qb, _, q = data
+    m = QBNorm(beta=5.0, beta_grid=(20.0, 60.0), dynamic=dynamic, memory_budget_mb=BUDGET)
+    m.fit(g, query_bank=qb)
+    before = m.score(q)
+    for beta in (60.0, 20.0, 5.0):
+        other = m.with_params(beta=beta)
+        fresh = QBNorm(beta=beta, dynamic=dynamic, memory_budget_mb=BUDGET).fit(g, query_bank=qb)
+        assert other.beta == beta and other.query_stats_ is m.query_stats_
+        np.testing.assert_array_equal(other.log_norm_query_, fresh.log_norm_query_)
+        np.testing.assert_array_equal(other.score(q), fresh.score(q))
+    np.testing.assert_array_equal(m.score(q), before)                 # the original is unchanged
+    with pytest.raises(ValueError, match="beta=7.0 was not fitted"):
+        m.with_params(beta=7.0)
+    with pytest.raises(ValueError, match="beta=0"):
+        m.with_params(beta=0.0)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        QBNorm().with_params(beta=20.0)
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_dbnorm_with_params_equals_fresh_fit_without_a_pass(data, dynamic):
+    g, qb, gb, q = data
+    m = DBNorm(beta_query=0.0, beta_gallery=0.5, beta_query_grid=(2.0, 20.0),
+               beta_gallery_grid=(10.0,), dynamic=dynamic, memory_budget_mb=BUDGET)
+    assert m.requires == ("query_bank", "gallery_bank")   # the query grid needs the query bank
+    m.fit(g, query_bank=qb, gallery_bank=gb)
+    for bq, bg in ((20.0, 10.0), (2.0, 0.0), (0.0, 10.0), (20.0, 0.5)):
+        other = m.with_params(beta_query=bq, beta_gallery=bg)
+        fresh = DBNorm(beta_query=bq, beta_gallery=bg, dynamic=dynamic, memory_budget_mb=BUDGET)
+        fresh.fit(g, query_bank=qb, gallery_bank=gb)
+        for name in ("log_norm_query_", "log_norm_gallery_", "activation_query_",
+                     "activation_gallery_"):
+            a, b = getattr(other, name), getattr(fresh, name)
+            assert (a is None) == (b is None), name
+            if a is not None:
+                np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(other.score(q), fresh.score(q))
+    assert m.with_params(beta_query=2.0).beta_gallery == 0.5           # None keeps the value
+    with pytest.raises(ValueError, match="beta_gallery=3.0 was not fitted"):
+        m.with_params(beta_gallery=3.0)
+    with pytest.raises(ValueError, match="constant"):
+        m.with_params(beta_query=0.0, beta_gallery=0.0)
+    qb_only = DBNorm(beta_query=2.0, beta_gallery=0.0, memory_budget_mb=BUDGET)
+    qb_only.fit(g, query_bank=qb)
+    with pytest.raises(ValueError, match="needs the gallery bank"):
+        qb_only.with_params(beta_gallery=10.0)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        DBNorm(beta_query=1.0, beta_gallery=1.0).with_params(beta_query=2.0)
 
 
 # -- QBNorm ------------------------------------------------------------------------------------
@@ -229,6 +327,8 @@ def test_missing_bank_is_named(data):
     (dict(activation_k=True), "activation_k"),
     (dict(memory_budget_mb=0), "memory_budget_mb"),
     (dict(memory_budget_mb=float("nan")), "memory_budget_mb"),
+    (dict(beta_grid=(1.0, 0.0)), "beta_grid must hold betas > 0"),
+    (dict(beta_grid=(1.0, -2.0)), "beta_grid"),
 ])
 def test_qbnorm_bad_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -240,6 +340,8 @@ def test_qbnorm_bad_parameters(kwargs, match):
     (dict(beta_query=1.0, beta_gallery=float("nan")), "beta_gallery"),
     (dict(beta_query=0.0, beta_gallery=0.0), "constant"),
     (dict(beta_query=1.0, beta_gallery=1.0, activation_k=-2), "activation_k"),
+    (dict(beta_query=1.0, beta_gallery=1.0, beta_gallery_grid=[0.0]), "beta_gallery_grid"),
+    (dict(beta_query=1.0, beta_gallery=1.0, beta_query_grid=["x"]), "beta_query_grid"),
 ])
 def test_dbnorm_bad_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):

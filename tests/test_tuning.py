@@ -207,6 +207,66 @@ def test_db_norm_stages_match_formula(sets, direction):
     assert isinstance(est, DBNorm) and (est.beta_query, est.beta_gallery) == (0.0, 5.0)
 
 
+@pytest.fixture
+def bank_passes(monkeypatch):
+    """Records (bank rows, sorted distinct betas) for every streamed bank pass (one call of
+    ``bank_stats`` streams its bank once) of QBNorm / DBNorm fits."""
+    import nnn.methods.db_norm as db_mod
+    import nnn.methods.qb_norm as qb_mod
+    passes = []
+    for mod in (qb_mod, db_mod):
+        def counted(bank, gallery, *, betas, _run=mod.bank_stats, **kw):
+            passes.append((len(bank), tuple(sorted(set(betas)))))
+            return _run(bank, gallery, betas=betas, **kw)
+        monkeypatch.setattr(mod, "bank_stats", counted)
+    return passes
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+def test_qb_norm_one_pass_grid_equals_fresh_fits(sets, direction, dynamic, bank_passes):
+    tuning, refs = sets
+    betas = (0.0, 0.5, 7.0, 60.0, 150.0)
+    res = tune_qb_norm(tuning, refs, direction, betas=betas, dynamic=dynamic, progress=False)
+    task = RetrievalTask.from_sets(tuning, refs, direction)
+    assert bank_passes == [(len(task.query_bank), (0.5, 7.0, 60.0, 150.0))]   # one pass
+    fresh = [task.recall_at_1(task.fit(T.make_estimator("qb_norm", {"beta": b}, dynamic=dynamic,
+                                                        progress=False))) for b in betas]
+    assert len(bank_passes) == 1 + 4                                   # + one per fresh fit
+    np.testing.assert_allclose([p["R@1"] for p in res.grid], fresh, rtol=0, atol=1e-5)
+    assert res.best == {"beta": betas[int(np.argmax(fresh))]}
+    assert len(set(fresh)) > 1
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+def test_db_norm_one_pass_grid_equals_fresh_fits(sets, direction, dynamic, bank_passes):
+    tuning, refs = sets
+    stages = [((0.0, 0.5, 20.0), (0.0, 0.5, 20.0)), ((0.0, 2.0, 100.0), (0.0, 30.0))]
+    res = tune_db_norm(tuning, refs, direction, stages=stages, dynamic=dynamic, progress=False)
+    task = RetrievalTask.from_sets(tuning, refs, direction)
+    # one pass per bank, each for all the betas > 0 of its axis
+    assert bank_passes == [(len(task.query_bank), (0.5, 2.0, 20.0, 100.0)),
+                           (len(task.gallery_bank), (0.5, 20.0, 30.0))]
+    assert len(res.grid) == 3 * 3 + 3 * 2 - 1                          # (0, 0) shared
+    fresh = [task.recall_at_1(task.fit(T.make_estimator(
+        "db_norm", {k: p[k] for k in ("beta_query", "beta_gallery")}, dynamic=dynamic,
+        progress=False))) for p in res.grid]
+    np.testing.assert_allclose([p["R@1"] for p in res.grid], fresh, rtol=0, atol=1e-5)
+    best = res.grid[int(np.argmax(fresh))]
+    assert res.best == {"beta_query": best["beta_query"], "beta_gallery": best["beta_gallery"]}
+    assert len(set(fresh)) > 1
+
+
+def test_only_zero_betas_need_no_bank_pass(sets, bank_passes):
+    tuning, refs = sets
+    assert tune_qb_norm(tuning, refs, betas=(0.0,)).grid[0]["R@1"] == pytest.approx(
+        db_r1(tuning, refs, "t2i", 0.0, 0.0))
+    tune_db_norm(tuning, refs, stages=[((0.0,), (0.0,))])
+    tune_db_norm(tuning, refs, stages=[((0.0,), (0.0, 4.0))])         # the gallery bank only
+    assert bank_passes == [(len(refs.image), (4.0,))]
+
+
 @pytest.mark.parametrize("direction", ["t2i", "i2t"])
 def test_dn_grid_matches_formula(sets, direction):
     tuning, refs = sets
@@ -231,6 +291,10 @@ def test_dispatcher_and_bad_inputs(sets):
         tune_db_norm(tuning, refs, stages=[])
     with pytest.raises(ValueError, match="betas is empty"):
         tune_qb_norm(tuning, refs, betas=[])
+    with pytest.raises(ValueError, match="set by the tuner"):
+        tune_qb_norm(tuning, refs, beta_grid=(1.0,))
+    with pytest.raises(ValueError, match="set by the tuner"):
+        tune_db_norm(tuning, refs, beta_gallery_grid=(1.0,))
     with pytest.raises(ValueError, match="finite"):
         tune_dn(tuning, refs, lams=[float("nan")])
     other = EmbeddingSet("other", refs.image[:, :6].copy(), refs.text[:, :6].copy(), refs.caption_to_image)

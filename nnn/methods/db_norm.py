@@ -6,13 +6,15 @@ bugs); the betas are named by the bank they scale.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from nnn._arrays import check_non_negative, check_positive_int
-from nnn.methods._bank_stats import bank_stats, check_memory_budget, top1_in
+from nnn.methods._bank_stats import bank_stats, check_beta_grid, check_memory_budget, top1_in
 from nnn.methods.base import RetrievalMethod
 
-_BANKS = ("query_bank", "gallery_bank")
+_SIDES = ("query", "gallery")
 
 
 class DBNorm(RetrievalMethod):
@@ -37,48 +39,90 @@ class DBNorm(RetrievalMethod):
     (ignored if given) and its fitted attributes are ``None``. So ``beta_gallery=0`` is QB-Norm
     and needs no gallery bank. Both betas 0 would make every score constant: ``ValueError``.
 
-    Banks are streamed in chunks sized by ``memory_budget_mb``. Fitted: ``log_norm_query_``,
+    Each bank is streamed once, in chunks sized by ``memory_budget_mb``. That pass also computes
+    the normalisers of the betas in ``beta_query_grid`` / ``beta_gallery_grid`` (betas > 0), so
+    ``with_params`` with any of them is a fitted copy without another pass (a grid search costs
+    one pass per bank); a bank is needed if its beta or any beta of its grid is > 0. Fitted:
+    ``query_stats_``, ``gallery_stats_`` (``BankStats``), ``log_norm_query_``,
     ``log_norm_gallery_`` (n_g,) float64 and ``activation_query_``, ``activation_gallery_``
-    (n_g,) bool (or ``None`` for a dropped factor).
+    (n_g,) bool (or ``None`` for a dropped factor / an unused bank).
     """
 
-    def __init__(self, *, beta_query: float, beta_gallery: float, dynamic: bool = False,
-                 activation_k: int = 1, memory_budget_mb: float = 256.0, progress: bool = True,
-                 batch_size: int = 4096, device: str = "cpu", normalize: bool = False):
+    def __init__(self, *, beta_query: float, beta_gallery: float, beta_query_grid=None,
+                 beta_gallery_grid=None, dynamic: bool = False, activation_k: int = 1,
+                 memory_budget_mb: float = 256.0, progress: bool = True, batch_size: int = 4096,
+                 device: str = "cpu", normalize: bool = False):
         super().__init__(batch_size=batch_size, device=device, normalize=normalize)
-        self.beta_query = check_non_negative(beta_query, "beta_query")
-        self.beta_gallery = check_non_negative(beta_gallery, "beta_gallery")
-        if self.beta_query == 0 and self.beta_gallery == 0:
-            raise ValueError("beta_query=0 and beta_gallery=0 make every DBNorm score the same "
-                             "constant; set at least one beta > 0 (Identity ranks by raw "
-                             "similarity)")
+        self.beta_query, self.beta_gallery = self._check_betas(beta_query, beta_gallery)
+        self.beta_query_grid = check_beta_grid(beta_query_grid, "beta_query_grid")
+        self.beta_gallery_grid = check_beta_grid(beta_gallery_grid, "beta_gallery_grid")
         self.dynamic = bool(dynamic)
         self.activation_k = check_positive_int(activation_k, "activation_k")
         self.memory_budget_mb = check_memory_budget(memory_budget_mb)
         self.progress = bool(progress)
 
+    @staticmethod
+    def _check_betas(beta_query, beta_gallery) -> tuple[float, float]:
+        betas = (check_non_negative(beta_query, "beta_query"),
+                 check_non_negative(beta_gallery, "beta_gallery"))
+        if betas == (0, 0):
+            raise ValueError("beta_query=0 and beta_gallery=0 make every DBNorm score the same "
+                             "constant; set at least one beta > 0 (Identity ranks by raw "
+                             "similarity)")
+        return betas
+
+    def _side_betas(self, side: str) -> tuple[float, ...]:
+        """The betas > 0 whose normalisers ``fit`` computes over ``side``'s bank."""
+        beta = getattr(self, f"beta_{side}")
+        return tuple(b for b in (beta, *getattr(self, f"beta_{side}_grid")) if b > 0)
+
     @property
     def requires(self) -> tuple[str, ...]:
-        """The banks of the factors whose beta is > 0."""
-        return tuple(name for name, beta in zip(_BANKS, (self.beta_query, self.beta_gallery))
-                     if beta > 0)
+        """The banks with a beta > 0 (the factor's or one of its grid)."""
+        return tuple(f"{side}_bank" for side in _SIDES if self._side_betas(side))
 
     def _fit(self, gallery, query_bank, gallery_bank):
         check_positive_int(self.activation_k, "activation_k", upper=len(gallery),
                            upper_name="the gallery size")
+        for side, bank in zip(_SIDES, (query_bank, gallery_bank)):
+            betas = self._side_betas(side)
+            stats = bank_stats(
+                bank, self._gallery_t, betas=betas, activation_k=self.activation_k,
+                memory_budget_mb=self.memory_budget_mb, desc=f"DBNorm {side} bank",
+                progress=self.progress) if betas else None
+            setattr(self, f"{side}_stats_", stats)
+        self._set_factors()
+
+    def _set_factors(self) -> None:
+        """Set ``log_norm_*_``, ``activation_*_`` and the scoring tensors for the current betas."""
         self._factors = []  # (log_norm (n_g,) float32, activation (n_g,) bool) on device_
-        for side, beta, bank in (("query", self.beta_query, query_bank),
-                                 ("gallery", self.beta_gallery, gallery_bank)):
+        for side in _SIDES:
+            beta, stats = getattr(self, f"beta_{side}"), getattr(self, f"{side}_stats_")
             log_norm = activation = None
             if beta > 0:
-                log_norm, activation = bank_stats(
-                    bank, self._gallery_t, beta=beta, activation_k=self.activation_k,
-                    memory_budget_mb=self.memory_budget_mb, desc=f"DBNorm {side} bank",
-                    progress=self.progress)
+                if stats is None:
+                    raise ValueError(f"beta_{side}={beta} needs the {side} bank, which was not "
+                                     f"fitted; refit with beta_{side} > 0 or it in "
+                                     f"beta_{side}_grid")
+                log_norm, activation = stats.log_norm(beta, f"beta_{side}"), stats.activation
                 self._factors.append((torch.from_numpy(log_norm).float().to(self.device_),
                                       torch.from_numpy(activation).to(self.device_)))
             setattr(self, f"log_norm_{side}_", log_norm)
             setattr(self, f"activation_{side}_", activation)
+
+    def with_params(self, *, beta_query: float | None = None,
+                    beta_gallery: float | None = None) -> "DBNorm":
+        """A fitted copy with other betas (each 0, the fitted one or one of its grid), from the
+        stored statistics: no bank pass. ``None`` keeps the current value."""
+        if not hasattr(self, "query_stats_"):
+            raise RuntimeError("DBNorm is not fitted; call fit(gallery, query_bank=..., "
+                               "gallery_bank=...) first")
+        other = copy.copy(self)
+        other.beta_query, other.beta_gallery = self._check_betas(
+            self.beta_query if beta_query is None else beta_query,
+            self.beta_gallery if beta_gallery is None else beta_gallery)
+        other._set_factors()
+        return other
 
     def _score_block(self, q: torch.Tensor) -> torch.Tensor:
         s = q @ self._gallery_t.T

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from nnn._arrays import check_non_negative, check_positive_int
-from nnn.methods._bank_stats import bank_stats, check_memory_budget, top1_in
+from nnn.methods._bank_stats import bank_stats, check_beta_grid, check_memory_budget, top1_in
 from nnn.methods.base import RetrievalMethod
 
 
@@ -21,36 +23,60 @@ class QBNorm(RetrievalMethod):
     different scales; ranking is per query, so this is harmless, but do not compare scores
     across queries.
 
-    The bank is streamed in chunks sized by ``memory_budget_mb`` (MiB of per-chunk temporaries);
-    the bank x gallery matrix is never built. Fitted: ``log_norm_query_`` (n_g,) float64,
+    The bank is streamed once, in chunks sized by ``memory_budget_mb`` (MiB of per-chunk
+    temporaries); the bank x gallery matrix is never built. That pass also computes the
+    normaliser of every beta in ``beta_grid`` (betas > 0), so ``with_params(beta=b)`` for any
+    of them is a fitted copy without another pass (a beta search costs one pass). Fitted:
+    ``query_stats_`` (``BankStats``), ``log_norm_query_`` (n_g,) float64 for ``beta``,
     ``activation_query_`` (n_g,) bool (always computed; used only when ``dynamic``).
     """
 
     requires = ("query_bank",)
 
-    def __init__(self, *, beta: float = 20.0, dynamic: bool = False, activation_k: int = 1,
-                 memory_budget_mb: float = 256.0, progress: bool = True, batch_size: int = 4096,
-                 device: str = "cpu", normalize: bool = False):
+    def __init__(self, *, beta: float = 20.0, beta_grid=None, dynamic: bool = False,
+                 activation_k: int = 1, memory_budget_mb: float = 256.0, progress: bool = True,
+                 batch_size: int = 4096, device: str = "cpu", normalize: bool = False):
         super().__init__(batch_size=batch_size, device=device, normalize=normalize)
-        self.beta = check_non_negative(beta, "beta")
-        if self.beta == 0:
-            raise ValueError("beta=0 makes every QBNorm score the same constant (-log n_bank); use "
-                             "beta > 0 (the reference code's default is 20), or Identity for raw "
-                             "similarities")
+        self.beta = self._check_beta(beta)
+        self.beta_grid = check_beta_grid(beta_grid, "beta_grid")
         self.dynamic = bool(dynamic)
         self.activation_k = check_positive_int(activation_k, "activation_k")
         self.memory_budget_mb = check_memory_budget(memory_budget_mb)
         self.progress = bool(progress)
 
+    @staticmethod
+    def _check_beta(beta) -> float:
+        beta = check_non_negative(beta, "beta")
+        if beta == 0:
+            raise ValueError("beta=0 makes every QBNorm score the same constant (-log n_bank); use "
+                             "beta > 0 (the reference code's default is 20), or Identity for raw "
+                             "similarities")
+        return beta
+
     def _fit(self, gallery, query_bank, gallery_bank):
         check_positive_int(self.activation_k, "activation_k", upper=len(gallery),
                            upper_name="the gallery size")
-        self.log_norm_query_, self.activation_query_ = bank_stats(
-            query_bank, self._gallery_t, beta=self.beta, activation_k=self.activation_k,
-            memory_budget_mb=self.memory_budget_mb, desc="QBNorm query bank",
-            progress=self.progress)
-        self._log_norm_t = torch.from_numpy(self.log_norm_query_).float().to(self.device_)
+        self.query_stats_ = bank_stats(
+            query_bank, self._gallery_t, betas=(self.beta, *self.beta_grid),
+            activation_k=self.activation_k, memory_budget_mb=self.memory_budget_mb,
+            desc="QBNorm query bank", progress=self.progress)
+        self.activation_query_ = self.query_stats_.activation
         self._activation_t = torch.from_numpy(self.activation_query_).to(self.device_)
+        self._set_log_norm()
+
+    def _set_log_norm(self) -> None:
+        self.log_norm_query_ = self.query_stats_.log_norm(self.beta)
+        self._log_norm_t = torch.from_numpy(self.log_norm_query_).float().to(self.device_)
+
+    def with_params(self, *, beta: float) -> "QBNorm":
+        """A fitted copy with another ``beta`` (the fitted one or one of ``beta_grid``), from the
+        stored statistics: no bank pass."""
+        if not hasattr(self, "query_stats_"):
+            raise RuntimeError("QBNorm is not fitted; call fit(gallery, query_bank=...) first")
+        other = copy.copy(self)
+        other.beta = self._check_beta(beta)
+        other._set_log_norm()
+        return other
 
     def _score_block(self, q: torch.Tensor) -> torch.Tensor:
         s = q @ self._gallery_t.T
