@@ -105,3 +105,17 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         raise ValueError(f"device={device!r} was requested but CUDA is not available; "
                          "use device='cpu' or 'auto'")
     return dev
+
+
+def as_tensor(a: np.ndarray) -> torch.Tensor:
+    """``torch.from_numpy`` without the copy, also for read-only arrays (cached memmaps).
+
+    PyTorch warns that writing to a tensor over a read-only array is undefined; every caller
+    here only reads (or moves the tensor to another device/dtype), so the warning is silenced
+    instead of copying a possibly multi-GB bank.
+    """
+    if a.flags.writeable:
+        return torch.from_numpy(a)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(a)

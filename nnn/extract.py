@@ -12,9 +12,11 @@ API
 
 ``embed_split(encoder, split, cache, *, identity, on_bad_image="error", batch_size=256,
 num_workers=4, pin_memory=True, shard_size=8192, device=None, jpeg_draft=None, progress=True)``
-    -> ``EmbeddingSet``. On a cache hit the stored arrays are returned (memory-mapped) and no
-    image is read. An encoder with its own ``embed_split(split)`` (precomputed embeddings) is
-    simply asked for them.
+    -> ``EmbeddingSet``. On a cache hit the stored arrays are returned (memory-mapped), no image
+    is read and the encoder is not loaded (its ``cache_identity()`` needs only its
+    configuration). On a miss the encoder is loaded (``encoder.load()``, unless
+    ``encoder.is_loaded``) before the first image. An encoder with its own
+    ``embed_split(split)`` (precomputed embeddings) is simply asked for them.
 
 How a miss is computed
 ----------------------
@@ -229,6 +231,13 @@ def to_embedding_set(split: RetrievalSplit, arrays: dict[str, np.ndarray]) -> Em
 
 
 # -- single-process extraction ---------------------------------------------------------------------
+def ensure_loaded(encoder) -> None:
+    """Load ``encoder`` unless it is loaded already (called on a cache miss only)."""
+    if not encoder.is_loaded:
+        log.info("loading encoder %s", type(encoder).__name__)
+        encoder.load()
+
+
 def _shard_batches(n: int, batch_size: int, shard_size: int) -> tuple[list[list[int]], list[bool]]:
     """Batches of positions 0..n-1 that never straddle a shard; and which one ends a shard."""
     batches, ends = [], []
@@ -308,6 +317,7 @@ def embed_split(encoder, split: RetrievalSplit, cache, *, identity: dict,
     dev = resolve_device(device if device is not None else getattr(encoder, "device", None))
 
     def compute() -> dict[str, np.ndarray]:
+        ensure_loaded(encoder)
         shards = ShardDir(cache.work_dir(identity), split.n_images)
         pending = shards.pending(on_bad_image)
         if len(pending) < split.n_images:

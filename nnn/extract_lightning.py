@@ -17,14 +17,20 @@ with any number of ranks. After a barrier, rank 0 merges the shards in row order
 captions, and stores the entry in the cache; the other ranks then load it. The work dir must be
 on a file system all nodes share (the cache root usually is).
 
+On a cache hit no Trainer is built and the encoder is not loaded. Every rank returns the merged
+``EmbeddingSet``.
+
 Launch as for any Lightning job: one process that spawns the others on a single machine
 (``strategy="ddp"`` re-runs the command line per device), or ``srun``/torchrun on a cluster. With
-Hydra and SLURM, see docs/data.md (``hydra/launcher=submitit_slurm``).
+Hydra and SLURM, see docs/data.md (``hydra/launcher=submitit_slurm``). Whatever follows the
+extraction in such a re-run command belongs to rank 0 alone: ``is_global_zero()`` tells a process
+which it is, from the environment the launcher set before the process started.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import lightning as L
@@ -39,6 +45,30 @@ from nnn.data.images import ImageRows, check_bad_image_policy, collate_rows
 from nnn.extract import TEXT_FILE, ShardDir, encode_pixels, finish_arrays, to_embedding_set
 
 log = logging.getLogger(__name__)
+
+
+#: variables a launcher sets to a process's rank (torchrun: RANK; srun: SLURM_PROCID; Lightning's
+#: own launcher, which re-runs the command per device: NODE_RANK and LOCAL_RANK)
+RANK_VARIABLES = ("RANK", "SLURM_PROCID", "NODE_RANK", "LOCAL_RANK")
+
+
+def is_global_zero() -> bool:
+    """Whether this process is global rank 0 of a multi-process run (True when alone).
+
+    The initialised process group's rank when there is one; otherwise rank 0 is the process
+    whose rank variables (``RANK_VARIABLES``) are all 0 or unset, which the launchers fix before
+    the process starts, so this holds before any Trainer exists (e.g. when every split is cached).
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank() == 0
+    for name in RANK_VARIABLES:
+        value = os.environ.get(name, "").strip()
+        if value and value != "0":
+            if not value.isdigit():
+                raise ValueError(f"environment variable {name}={value!r} is not a rank (an "
+                                 "integer >= 0); unset it or fix the launcher")
+            return False
+    return True
 
 
 class ImageEncoderModule(L.LightningModule):

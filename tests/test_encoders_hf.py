@@ -116,7 +116,7 @@ def load(path, **kw) -> HFEncoder:
 def reference(kind, enc, px, captions):
     """Normalised (image, text) embeddings as the model's own forward pass computes them."""
     tokens = enc._tokenizer(captions, padding=enc.text_padding, truncation=True,
-                            max_length=enc.max_text_length, return_tensors="pt")
+                            max_length=enc.text_length, return_tensors="pt")
     with torch.no_grad():
         if kind == "blip":  # forward(use_itm_head=False) gives cosine similarities only
             return enc._model(input_ids=tokens["input_ids"], pixel_values=px,
@@ -129,7 +129,7 @@ def reference(kind, enc, px, captions):
 @pytest.mark.parametrize("kind", KINDS)
 def test_embeddings_match_the_models_forward(kind, saved, images):
     enc = load(saved[kind], batch_size=2)
-    assert enc.architecture == {"clip": "CLIPModel", "siglip": "SiglipModel", "align": "AlignModel",
+    assert enc.model_class == {"clip": "CLIPModel", "siglip": "SiglipModel", "align": "AlignModel",
                                 "blip": "BlipForImageTextRetrieval"}[kind]
     px = torch.stack([enc.image_transform(im) for im in images])
     img = enc.encode_image_batch(px)
@@ -169,16 +169,41 @@ def test_identity_and_picklable_transform(saved, images):
     enc = load(saved["clip"])
     ident = enc.cache_identity()
     assert json.loads(json.dumps(ident)) == ident
-    assert ident["family"] == "hf" and ident["architecture"] == "CLIPModel"
+    assert ident["family"] == "hf" and ident["architecture"] is None  # from the checkpoint
+    assert enc.model_class == "CLIPModel" and enc.text_length == 24  # resolved by load()
     assert ident["weights"]["path"] == str(saved["clip"].resolve())
-    assert "model.safetensors" in ident["weights"]["files"]
-    assert ident["image_processor"]["crop_size"] == {"height": 32, "width": 32}
-    assert ident["tokenizer"]["max_length"] == 24 and ident["precision"] == "fp32"
+    assert {"model.safetensors", "preprocessor_config.json"} <= set(ident["weights"]["files"])
+    assert ident["text"] == {"padding": "longest", "max_length": None, "caption_style": "raw"}
+    assert ident["precision"] == "fp32" and ident["library"] == \
+        f"transformers {transformers.__version__}"
     assert load(saved["clip"], precision="bf16").cache_identity() != ident
     assert load(saved["clip"], caption_style="blip").cache_identity() != ident
     transform = pickle.loads(pickle.dumps(enc.image_preprocessor()))
     assert isinstance(transform, HFImageTransform)
     assert torch.equal(transform(images[0]), enc.image_transform(images[0]))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_identity_needs_no_load_and_survives_it(kind, saved):
+    enc = HFEncoder(model_id=str(saved[kind]), device="cpu")
+    before = enc.cache_identity()
+    assert not enc.is_loaded
+    assert enc.load().is_loaded and enc.cache_identity() == before
+
+
+def test_hub_identity_offline_without_weights(monkeypatch, tmp_path):
+    monkeypatch.setattr(HFEncoder, "_load", lambda *a: pytest.fail("loaded a model"))
+    hub = dict(model_id="openai/clip-vit-base-patch32", cache_dir=str(tmp_path))
+    ident = HFEncoder(**hub).cache_identity()
+    assert ident["model_id"] == hub["model_id"] and ident["weights"] == {"revision": None}
+    for other in (dict(hub, model_id="openai/clip-vit-large-patch14"),
+                  dict(hub, revision="3d74acf"),
+                  dict(hub, precision="bf16"), dict(hub, text_padding="max_length"),
+                  dict(hub, max_text_length=64), dict(hub, architecture="CLIPModel")):
+        assert HFEncoder(**other).cache_identity() != ident
+    assert HFEncoder(**hub, batch_size=7).cache_identity() == ident
+    monkeypatch.setattr(HFEncoder, "adapter_version", "2")
+    assert HFEncoder(**hub).cache_identity() == {**ident, "adapter_version": "2"}
 
 
 def test_architecture_comes_from_config_data(saved, tmp_path):

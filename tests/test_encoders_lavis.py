@@ -127,7 +127,18 @@ def test_loads_through_load_model_and_preprocess(fake_lavis):
     ident = enc.cache_identity()
     assert ident["family"] == "lavis" and ident["name"] == "albef_retrieval"
     assert ident["model_type"] == "flickr" and ident["precision"] == "fp32"
-    assert ident["text_preprocess"]["max_length"] == 35 and ident["adapter_version"]
+    assert ident["max_text_length"] == 35 and ident["adapter_version"]
+
+
+def test_identity_needs_neither_lavis_nor_a_load(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lavis", None)  # `import lavis` would fail
+    enc = LavisEncoder(model_type="flickr", device="cpu")
+    ident = enc.cache_identity()
+    assert ident["library"] == "salesforce-lavis None"  # not installed in this environment
+    for other in (dict(model_type="coco"), dict(model_type="flickr", name="blip_retrieval"),
+                  dict(model_type="flickr", max_text_length=30),
+                  dict(model_type="flickr", precision="bf16")):
+        assert LavisEncoder(device="cpu", **other).cache_identity() != ident
 
 
 def test_image_embeddings_are_normalised_projected_cls_states(fake_lavis):

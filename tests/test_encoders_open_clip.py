@@ -119,16 +119,56 @@ def test_image_preprocessor_pickles(encoder, images):
     assert torch.equal(transform(images[0]), encoder.image_transform(images[0]))
 
 
+def unloaded(config_dir, name="nnn-tiny-a", **kw) -> OpenClipEncoder:
+    return OpenClipEncoder(model_name=name, model_config_dir=str(config_dir), device="cpu", **kw)
+
+
 def test_identity_names_what_determines_the_embeddings(encoder, config_dir):
     ident = encoder.cache_identity()
     assert json.loads(json.dumps(ident)) == ident
     assert ident["family"] == "open_clip" and ident["model_name"] == "nnn-tiny-a"
     assert ident["pretrained"] is None and ident["precision"] == "fp32"
     assert ident["model_config"]["embed_dim"] == 32
-    assert "Normalize" in ident["image_preprocess"] and ident["adapter_version"]
+    assert ident["library"].startswith("open_clip ") and ident["adapter_version"]
     assert make(config_dir, "nnn-tiny-b").cache_identity() != ident
     bf16 = make(config_dir, precision="bf16").cache_identity()
     assert bf16["precision"] == "bf16" and bf16 != ident
+
+
+def test_identity_needs_no_load_and_survives_it(config_dir, monkeypatch):
+    """The identity comes from the configuration: the same before and after load(), so a cache
+    entry is found without building the model."""
+    enc = unloaded(config_dir)
+    before = enc.cache_identity()
+    assert not enc.is_loaded
+    torch.manual_seed(0)
+    assert enc.load().is_loaded and enc.cache_identity() == before
+    fp16 = unloaded(config_dir, precision="fp16")
+    assert fp16.cache_identity() == before  # fp16 on CPU runs, and is named, as fp32
+    with pytest.warns(UserWarning, match="fp16.*CPU"):
+        fp16.load()
+    assert fp16.cache_identity() == before
+    with monkeypatch.context() as m:  # on CUDA fp16 is what runs (nothing is built here)
+        m.setattr(torch.cuda, "is_available", lambda: True)
+        cuda = OpenClipEncoder(model_name="nnn-tiny-a", model_config_dir=str(config_dir),
+                               device="auto", precision="fp16").cache_identity()
+    assert cuda["precision"] == "fp16" and cuda != before
+    monkeypatch.setattr(OpenClipEncoder, "adapter_version", "2")
+    assert unloaded(config_dir).cache_identity() == {**before, "adapter_version": "2"}
+
+
+def test_identity_of_pretrained_tags_offline_without_weights(monkeypatch):
+    monkeypatch.setattr(OpenClipEncoder, "_load", lambda *a: pytest.fail("loaded a model"))
+    ident = OpenClipEncoder(model_name="ViT-B-32", pretrained="openai").cache_identity()
+    assert ident["pretrained"] == "openai" and ident["model_config"]["embed_dim"] == 512
+    for other in (dict(model_name="ViT-B-16", pretrained="openai"),
+                  dict(model_name="ViT-B-32", pretrained="laion2b_s34b_b79k"),
+                  dict(model_name="ViT-B-32", pretrained="openai", precision="bf16")):
+        assert OpenClipEncoder(**other).cache_identity() != ident
+    hub = OpenClipEncoder(model_name="hf-hub:org/model").cache_identity()  # no config download
+    assert hub["model_name"] == "hf-hub:org/model" and hub["model_config"] is None
+    with pytest.raises(ValueError, match="no pretrained tag 'opnai'"):
+        OpenClipEncoder(model_name="ViT-B-32", pretrained="opnai").cache_identity()
 
 
 def test_bf16_on_cpu_is_close_to_fp32(encoder, config_dir, images):

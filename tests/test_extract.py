@@ -3,6 +3,7 @@ bad images, and the precomputed-encoder shortcut. Uses a tiny random open_clip m
 
 from __future__ import annotations
 
+import pickle
 import re
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from nnn.cache import EmbeddingCache
 from nnn.data.coco import COCO
 from nnn.data.flickr30k import Flickr30k
 from nnn.data.images import BadImageError
-from nnn.extract import PART_GLOB, ShardDir, _shard_batches, embed_dataset_split, embed_split
+from nnn.errors import MissingResourceError
+from nnn.extract import (PART_GLOB, ShardDir, _shard_batches, embed_dataset_split, embed_split,
+                         image_loader)
 
 PICTURE = re.compile(r"in picture (\d+),")
 OPTS = dict(batch_size=4, shard_size=6, num_workers=0, progress=False)
@@ -172,6 +175,72 @@ def test_jpeg_draft_is_keyed_and_close(encoder, tmp_path):
     assert cache.last.key != key_full and not cache.last.hit
     cos = np.sum(full.image * draft.image, axis=1)
     assert np.all(cos > 0.9) and not np.array_equal(full.image, draft.image)
+
+
+def test_cache_hit_needs_no_model_and_a_miss_loads_it(encoder, coco, tmp_path):
+    cache = EmbeddingCache(tmp_path / "cache")
+    stored = embed_dataset_split(encoder, coco, "val", cache, **OPTS)
+
+    def no_weights():
+        raise RuntimeError("no weights on this machine")
+
+    offline = tiny_clip_encoder(encoder.model_config_dir)  # same configuration, never loaded
+    offline.load = no_weights
+    assert offline.cache_identity() == encoder.cache_identity()
+    hit = embed_dataset_split(offline, coco, "val", cache, **OPTS)
+    assert cache.last.hit and not offline.is_loaded
+    np.testing.assert_array_equal(hit.image, stored.image)
+    np.testing.assert_array_equal(hit.text, stored.text)
+    with pytest.raises(RuntimeError, match="no weights"):  # a miss needs the model
+        embed_dataset_split(offline, coco, "test", cache, **OPTS)
+    lazy = tiny_clip_encoder(encoder.model_config_dir)
+    miss = embed_dataset_split(lazy, coco, "test", cache, **OPTS)
+    assert not cache.last.hit and lazy.is_loaded
+    ref_img, _ = _reference(encoder, coco.split("test"))
+    np.testing.assert_allclose(miss.image, ref_img, atol=1e-5)
+
+
+def test_loader_workers_get_the_transform_not_the_encoder(encoder, coco):
+    """Workers started with spawn/forkserver unpickle the dataset: it must not hold the model."""
+    split = coco.split("val")
+    loader = image_loader(encoder, split, np.arange(split.n_images), [[0, 1], [2]],
+                          num_workers=0, pin_memory=False, device=torch.device("cpu"),
+                          jpeg_draft=None)
+    assert loader.dataset.transform is encoder.image_preprocessor()
+    model_bytes = sum(t.numel() * t.element_size() for t in encoder._model.state_dict().values())
+    assert len(pickle.dumps(loader.dataset)) < model_bytes / 10
+
+
+def test_pipeline_completes_offline_from_the_cache(tmp_path, monkeypatch):
+    """model=clip (ViT-B-32, openai weights, not on this machine) with HF_HUB_OFFLINE=1: once
+    its embeddings are cached, a run needs neither the weights nor the network."""
+    from nnn.encoders.open_clip import OpenClipEncoder
+    from nnn.pipeline import compose, run
+
+    make_karpathy_fixture(tmp_path / "data", "coco", n_train=10, n_test=6)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cfg = compose(["model=clip", "dataset=coco", "logger=none", "reference.fraction=0.5",
+                   "method.k=2", "eval.n_boot=20", "extract.num_workers=0",
+                   "extract.progress=false",
+                   f"paths.data_root={tmp_path / 'data'}", f"paths.cache_dir={tmp_path / 'cache'}"])
+    tiny = tiny_clip_encoder(tmp_path / "tiny_cfg").load()
+
+    def tiny_weights(self, device):  # stands in for the download, under model=clip's identity
+        self._model, self._preprocess, self._tokenizer = (tiny._model, tiny._preprocess,
+                                                          tiny._tokenizer)
+
+    with monkeypatch.context() as m:
+        m.setattr(OpenClipEncoder, "_load", tiny_weights)
+        first = run(cfg, output_dir=tmp_path / "first")
+    loads = []
+    real_load = OpenClipEncoder.load
+    monkeypatch.setattr(OpenClipEncoder, "load", lambda self: loads.append(self) or real_load(self))
+    again = run(cfg, output_dir=tmp_path / "again")
+    assert again["status"] == "completed" and loads == []
+    assert again["metrics"] == first["metrics"]
+    with pytest.raises(MissingResourceError, match="ViT-B-32"):  # the weights are not here
+        OpenClipEncoder(model_name="ViT-B-32", pretrained="openai", device="cpu",
+                        cache_dir=str(tmp_path / "hf")).load()
 
 
 def test_encoder_with_embed_split_is_used(coco, tmp_path):

@@ -3,22 +3,26 @@ resume from shards; bad-image policy. Uses a tiny random open_clip model."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_karpathy import corrupt, make_karpathy_fixture, tiny_clip_encoder
+from fixtures_karpathy import (TINY_NAME, corrupt, make_karpathy_fixture, register_tiny_config,
+                               tiny_clip_encoder)
 
+from nnn import extract_lightning
 from nnn.cache import EmbeddingCache
 from nnn.data.flickr30k import Flickr30k
 from nnn.data.images import BadImageError
 from nnn.extract import embed_dataset_split
+from nnn.extract_lightning import RANK_VARIABLES, is_global_zero
 
 TESTS = Path(__file__).resolve().parent
+REPO = TESTS.parent
 OPTS = dict(batch_size=3, shard_size=4, num_workers=0, progress=False)
 pytestmark = pytest.mark.filterwarnings("ignore:.*treespec:FutureWarning")  # Lightning vs torch
 ONE_CPU = dict(accelerator="cpu", devices=1, strategy="auto")
@@ -121,3 +125,70 @@ def test_lightning_bad_image_error(flickr, tmp_path, encoder):
     with pytest.raises(BadImageError, match=split.image_ids[1]):
         embed_dataset_split(encoder, ds, "test", EmbeddingCache(tmp_path / "c"),
                             lightning=ONE_CPU, **OPTS)
+
+
+# -- ranks > 0 stop after the extraction ---------------------------------------------------------
+def _tiny_run_overrides(data, tmp_path) -> list[str]:
+    """A raw-image run with the tiny open_clip model (random weights) on the fixture data."""
+    config_dir = tmp_path / "open_clip_cfg"
+    register_tiny_config(config_dir)
+    return ["dataset=flickr30k", "model=open_clip", f"model.model_name={TINY_NAME}",
+            "model.pretrained=null", f"model.model_config_dir={config_dir}", "device=cpu",
+            "logger=none", "method.k=2", "reference.fraction=0.5",
+            "eval.n_boot=20", "extract.num_workers=0", "extract.progress=false",
+            f"paths.data_root={data}", f"paths.cache_dir={tmp_path / 'cache'}"]
+
+
+def test_is_global_zero_reads_the_launchers_variables(monkeypatch):
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert is_global_zero()  # a process on its own
+    monkeypatch.setenv("NODE_RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    assert is_global_zero()  # Lightning's launcher, rank 0
+    for name, value in [("LOCAL_RANK", "1"), ("NODE_RANK", "1"), ("RANK", "3"),
+                        ("SLURM_PROCID", "2")]:
+        with monkeypatch.context() as m:
+            m.setenv(name, value)
+            assert not is_global_zero(), name
+    monkeypatch.setenv("RANK", "x")
+    with pytest.raises(ValueError, match="RANK='x'"):
+        is_global_zero()
+
+
+def test_rank_above_zero_extracts_then_stops(flickr, tmp_path, monkeypatch):
+    """A re-run command on rank 1 (here: every split already cached, so no Trainer is needed)
+    returns after the extraction: no results, plots or logger."""
+    from nnn.pipeline import compose, run
+
+    overrides = _tiny_run_overrides(flickr, tmp_path)
+    first = run(compose(overrides), output_dir=tmp_path / "rank0")  # fills the cache
+    assert first["status"] == "completed" and (tmp_path / "rank0" / "results.json").is_file()
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(extract_lightning.L, "Trainer",
+                        lambda *a, **k: pytest.fail("a cache hit built a Trainer"))
+    cfg = compose([*overrides, "extract=ddp", "extract.lightning.accelerator=cpu",
+                   "extract.lightning.devices=2", "extract.num_workers=0",
+                   "extract.progress=false"])
+    out = tmp_path / "rank1"
+    assert run(cfg, output_dir=out) == {"status": "extraction rank", "objective": None}
+    assert not out.exists()
+
+
+@pytest.mark.slow  # two interpreters import torch, Lightning, open_clip, Hydra: ~30 s on 2 cores
+def test_run_py_with_two_ddp_processes_writes_results_once(flickr, tmp_path):
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "run.py", *_tiny_run_overrides(flickr, tmp_path), "extract=ddp",
+           "extract.lightning.accelerator=cpu", "extract.lightning.devices=2",
+           "extract.num_workers=0", "extract.progress=false", f"hydra.run.dir={run_dir}"]
+    env = {k: v for k, v in os.environ.items() if k not in RANK_VARIABLES}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**env, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "completed" and results["data"]["test_images"] == 3
+    rank1 = (run_dir / "train_ddp_process_1.log").read_text()
+    assert "DDP extraction rank done" in rank1 and "results in" not in rank1
+    assert "results in" in (run_dir / "run.log").read_text()

@@ -11,7 +11,9 @@ from safetensors.numpy import save_file as save_safetensors_numpy
 from safetensors.torch import save_file as save_safetensors_torch
 
 from nnn import metrics
+from nnn.data import precomputed
 from nnn.data.precomputed import PrecomputedDataset, load_caption_index, load_embedding_set
+from nnn.errors import MissingResourceError
 from nnn.methods.base import RetrievalMethod
 
 SHARED_DATA = Path(os.environ.get("NNN_SHARED_DATA")
@@ -114,13 +116,13 @@ def test_missing_and_unsupported_files(tmp_path, pairs):
     image, text, _ = pairs
     np.save(tmp_path / "img.npy", image)
     missing = tmp_path / "nope" / "txt.npy"
-    with pytest.raises(FileNotFoundError, match="test text embeddings file .*nope/txt.npy.* "
-                                                 "provide \\(n_captions, d\\) float embeddings"):
+    with pytest.raises(MissingResourceError, match="test text embeddings file .*nope/txt.npy.* "
+                                                    "provide \\(n_captions, d\\) float embeddings"):
         load_embedding_set(tmp_path / "img.npy", missing)
     (tmp_path / "img.csv").write_text("1,2\n")
     with pytest.raises(ValueError, match="unsupported type '.csv'"):
         load_embedding_set(tmp_path / "img.csv", tmp_path / "img.npy")
-    with pytest.raises(FileNotFoundError, match="caption_index file"):
+    with pytest.raises(MissingResourceError, match="caption_index file"):
         load_embedding_set(tmp_path / "img.npy", tmp_path / "img.npy", str(tmp_path / "i.json"))
 
 
@@ -196,6 +198,28 @@ def test_dataset_splits_off_a_training_part(tmp_path, pairs):
         again.split("val")
     with pytest.raises(ValueError, match="train_fraction"):
         PrecomputedDataset(**{**kw, "train_fraction": 1.0}).splits()
+
+
+def test_dataset_reads_its_files_once(tmp_path, pairs, monkeypatch):
+    image, text, c2i = pairs
+    data = PrecomputedDataset(image_path=save_array(tmp_path / "img.npy", image),
+                              text_path=save_array(tmp_path / "txt.npy", text),
+                              caption_index=str(save_array(tmp_path / "c2i.npy", c2i)),
+                              train_fraction=0.4, seed=3)
+    read = []
+    real = precomputed.load_array
+    monkeypatch.setattr(precomputed, "load_array", lambda path, *a, **kw: read.append(
+        Path(path).name) or real(path, *a, **kw))
+    train, test = data.split("train"), data.split("test")
+    assert sorted(read) == ["c2i.npy", "img.npy", "txt.npy"]
+    for f in ("img.npy", "txt.npy", "c2i.npy"):
+        (tmp_path / f).unlink()
+    assert data.split("train") is train and data.splits()["test"] is test
+    assert len(read) == 3 and "_splits" not in repr(data)
+    np.testing.assert_array_equal(PrecomputedDataset(
+        image_path=save_array(tmp_path / "img.npy", image),
+        text_path=save_array(tmp_path / "txt.npy", text), caption_index=c2i, train_fraction=0.4,
+        seed=3).split("test").image, test.image)
 
 
 class BiasedDot(RetrievalMethod):

@@ -14,6 +14,7 @@ The training split (source of references, banks and the tuning split) comes from
 seeded ``train_fraction`` of the images (with their captions) is split off as "train" and the
 rest is "test" (disjoint, see ``nnn.data.splits.train_test_split``).
 
+A missing file raises ``nnn.errors.MissingResourceError`` naming the path and what to put there.
 Nothing is unpickled: ``np.load(allow_pickle=False)``, ``torch.load(weights_only=True)`` and
 ``safetensors`` only. A ``.pt`` / ``.safetensors`` file must hold one tensor (or a dict with a
 single tensor). Embeddings are checked (2-D, floating, finite, same dimension); rows that are not
@@ -45,6 +46,7 @@ from safetensors.torch import load_file as load_safetensors
 from nnn._arrays import as_matrix, check_positive_int
 from nnn.data.base import EmbeddingSet
 from nnn.data.splits import train_test_split
+from nnn.errors import MissingResourceError
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +57,8 @@ INDEX_SUFFIXES = ARRAY_SUFFIXES + (".json", ".txt")
 def _existing_file(path, what: str, expected: str, suffixes: tuple[str, ...]) -> Path:
     path = Path(path).expanduser()
     if not path.is_file():
-        raise FileNotFoundError(f"{what} file {str(path)!r} does not exist (resolved to "
-                                f"{str(path.resolve())!r}); provide {expected}")
+        raise MissingResourceError(f"{what} file {str(path)!r} does not exist (resolved to "
+                                   f"{str(path.resolve())!r}); provide {expected}")
     if path.suffix.lower() not in suffixes:
         raise ValueError(f"{what} file {str(path)!r} has unsupported type {path.suffix!r}; "
                          f"save it as one of {', '.join(suffixes)}")
@@ -162,7 +164,8 @@ class PrecomputedDataset:
     Keyword-only: ``image_path``, ``text_path``, ``caption_index`` (evaluation split);
     ``train_image_path``, ``train_text_path``, ``train_caption_index`` (optional training split;
     its index defaults to ``caption_index`` when that is "identity" or an int);
-    ``train_fraction`` and ``seed`` (used only without training files); ``normalize``.
+    ``train_fraction`` and ``seed`` (used only without training files); ``normalize``. The
+    files are read once, on first use; later calls return the same ``EmbeddingSet`` objects.
     """
 
     def __init__(self, *, image_path, text_path, caption_index="identity",
@@ -181,9 +184,15 @@ class PrecomputedDataset:
         self.train_image_path, self.train_text_path = train_image_path, train_text_path
         self.train_caption_index = train_caption_index
         self.train_fraction, self.seed, self.normalize = train_fraction, seed, normalize
+        self._splits: dict[str, EmbeddingSet] | None = None
 
     def splits(self) -> dict[str, EmbeddingSet]:
-        """Read the files: {"train": training split, "test": evaluation split}."""
+        """{"train": training split, "test": evaluation split} (files read on the first call)."""
+        if self._splits is None:
+            self._splits = self._read_splits()
+        return dict(self._splits)
+
+    def _read_splits(self) -> dict[str, EmbeddingSet]:
         test = load_embedding_set(self.image_path, self.text_path, self.caption_index,
                                   name="test", normalize=self.normalize)
         if self.train_image_path is not None:
@@ -199,10 +208,11 @@ class PrecomputedDataset:
                 "test": test.subset_images(test_rows, name="test")}
 
     def split(self, name: str) -> EmbeddingSet:
-        """One split, "train" or "test" (reads the files)."""
+        """One split, "train" or "test" (reads the files on first use)."""
         if name not in ("train", "test"):
             raise ValueError(f"unknown split {name!r}; available: ['train', 'test']")
         return self.splits()[name]
 
     def __repr__(self) -> str:
-        return f"PrecomputedDataset({', '.join(f'{k}={v!r}' for k, v in vars(self).items())})"
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"PrecomputedDataset({args})"

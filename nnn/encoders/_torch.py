@@ -2,14 +2,20 @@
 
 Precision: the model's weights stay float32; ``fp16``/``bf16`` run the forward pass under
 ``torch.autocast``. On CPU, ``fp16`` falls back to ``fp32`` with a warning (CPU float16 kernels
-are slow or missing), and ``encoder.precision`` then reads ``"fp32"``, so the cache identity
-names what actually ran; ``bf16`` works on CPU.
+are slow or missing), and ``encoder.precision`` then reads ``"fp32"``; the cache identity names
+the precision that runs on the encoder's device, decided from the device alone (no load), so it
+is the same before and after ``load()``. ``bf16`` works on CPU.
+
+Cache identity: ``cache_identity()`` is built from configuration only (``_describe``), never
+from the loaded model, so a run whose embeddings are cached needs neither the weights nor a
+network.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.metadata
 import warnings
 from abc import abstractmethod
 from typing import Callable
@@ -31,12 +37,23 @@ def import_or_explain(module: str, install: str):
                           f"in this environment ({e}); install it with: {install}") from e
 
 
-def effective_precision(precision: str, device: torch.device) -> str:
-    """``precision`` as it will run on ``device``: fp16 on CPU becomes fp32 (with a warning)."""
+def installed_version(distribution: str) -> str | None:
+    """The installed version of ``distribution`` (e.g. ``"transformers"``), None when absent."""
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def effective_precision(precision: str, device: torch.device, *, warn: bool = True) -> str:
+    """``precision`` as it will run on ``device``: fp16 on CPU becomes fp32 (with a warning
+    when ``warn``)."""
     if precision == "fp16" and device.type == "cpu":
-        warnings.warn("precision='fp16' is not supported on CPU (float16 kernels are slow or "
-                      "missing there); running in fp32 instead. Use precision=bf16 for reduced "
-                      "precision on CPU, or a CUDA device for fp16.", UserWarning, stacklevel=3)
+        if warn:
+            warnings.warn("precision='fp16' is not supported on CPU (float16 kernels are slow "
+                          "or missing there); running in fp32 instead. Use precision=bf16 for "
+                          "reduced precision on CPU, or a CUDA device for fp16.", UserWarning,
+                          stacklevel=3)
         return "fp32"
     return precision
 
@@ -59,7 +76,8 @@ class TorchModelEncoder(Encoder):
     Subclasses set ``family`` and implement ``_load(device)`` (build ``self._model`` and
     ``self._preprocess``, a picklable PIL image -> (3, H, W) tensor callable),
     ``_image_features`` ((b, 3, H, W) on the device -> (b, d)), ``_text_features`` (b captions
-    -> (b, d)) and ``_describe()`` (identity entries: model, weights, preprocessing).
+    -> (b, d)) and ``_describe()`` (identity entries: model, weights, user-set preprocessing
+    options, library version; from configuration alone, without loading anything).
     """
 
     family: str = ""
@@ -86,7 +104,8 @@ class TorchModelEncoder(Encoder):
 
     @abstractmethod
     def _describe(self) -> dict:
-        """JSON-able identity entries beyond family, precision and adapter_version."""
+        """JSON-able identity entries beyond family, precision and adapter_version, computed
+        from configuration alone: no weights, no download, the same before and after load()."""
 
     # -- the Encoder interface --------------------------------------------------------------
     def load(self) -> "TorchModelEncoder":
@@ -102,10 +121,15 @@ class TorchModelEncoder(Encoder):
                                "builds the model and its preprocessing)")
         return self._model
 
+    @property
+    def is_loaded(self) -> bool:
+        return self._model is not None
+
     def cache_identity(self) -> dict:
-        """Family, model, weights, preprocessing, precision and adapter version (needs load())."""
-        self._loaded_model()
-        return {"family": self.family, **self._describe(), "precision": self.precision,
+        """Family, model, weights, options, library, the precision that runs on the device and
+        adapter version; from configuration alone (no load, no download)."""
+        precision = effective_precision(self.precision, resolve_device(self.device), warn=False)
+        return {"family": self.family, **self._describe(), "precision": precision,
                 "adapter_version": self.adapter_version}
 
     def image_preprocessor(self) -> Callable:

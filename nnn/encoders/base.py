@@ -2,7 +2,9 @@
 
 An encoder is chosen by config data (family + model name + pretrained tag). Its heavy imports
 happen in ``load()``, never at module import. ``cache_identity()`` lists everything that
-determines its embeddings, so that the embedding cache misses whenever one of them changes.
+determines its embeddings, so that the embedding cache misses whenever one of them changes; it
+is computed from the configuration alone, so a cache hit needs no ``load()`` (no weights, no
+network). Callers load lazily: ``if not encoder.is_loaded: encoder.load()``, on a miss only.
 """
 
 from __future__ import annotations
@@ -35,10 +37,17 @@ class Encoder(ABC):
     def load(self) -> "Encoder":
         """Build the model and its preprocessing (downloads weights when online). Returns self."""
 
+    @property
+    def is_loaded(self) -> bool:
+        """Whether ``load()`` has built what encoding needs. This default says False, so that
+        callers load before encoding; adapters that keep a model report whether they have it."""
+        return False
+
     @abstractmethod
     def cache_identity(self) -> dict:
         """JSON-able dict of everything that determines the embeddings (model, tag, precision,
-        preprocessing, adapter_version)."""
+        user-set preprocessing options, library version, adapter_version). It must not need
+        ``load()``: it is read before the cache lookup, and must not change once loaded."""
 
     @abstractmethod
     def image_transform(self, image) -> torch.Tensor:

@@ -20,18 +20,27 @@ smaller of the tokenizer's and the text model's limits. ``caption_style="blip"``
 captions as BLIP's own evaluation does (lower case, ``.!"()*#:;~`` -> spaces) before
 tokenising. Weights stay float32; fp16/bf16 run under autocast. ``import nnn.encoders.hf``
 does not import transformers: ``load()`` does.
+
+The constructor's arguments stay as given; ``load()`` records what it resolved in
+``model_class`` (the transformers class used) and ``text_length`` (tokens per caption).
+
+Cache identity (no weights, no download): model id and revision (or, for a local folder, its
+files' fingerprint), the configured architecture / text options / caption style, the
+transformers version, precision and adapter version. The image processor and tokenizer come
+with the checkpoint, so model id + revision determine them. With ``revision: null`` the
+identity names the hub's main branch, whatever commit it holds: pin a commit for embeddings
+that must never be silently mixed across model updates.
 """
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
 import torch
 
 from nnn.encoders._sources import fingerprint, hub_access
-from nnn.encoders._torch import TorchModelEncoder, import_or_explain
+from nnn.encoders._torch import TorchModelEncoder, import_or_explain, installed_version
 
 _INSTALL = "pip install transformers (or this project's [encoders] extra)"
 
@@ -139,10 +148,10 @@ class HFEncoder(TorchModelEncoder):
         self.max_text_length = max_text_length
         self.caption_style = caption_style
         self.cache_dir = cache_dir
+        self.model_class: str | None = None  # resolved by load()
+        self.text_length: int | None = None  # resolved by load()
         self._head = None
         self._tokenizer = None
-        self._commit = None
-        self._library = None
 
     @property
     def _local_dir(self) -> Path | None:
@@ -179,7 +188,6 @@ class HFEncoder(TorchModelEncoder):
 
     def _load(self, device: torch.device) -> None:
         transformers = import_or_explain("transformers", _INSTALL)
-        self._library = f"transformers {transformers.__version__}"
         local = self._local_dir
         what = f"Hugging Face model {self.model_id}" \
             + (f"@{self.revision}" if self.revision else "")
@@ -191,12 +199,11 @@ class HFEncoder(TorchModelEncoder):
             model = getattr(transformers, architecture).from_pretrained(self.model_id, **kw)
             processor = transformers.AutoImageProcessor.from_pretrained(self.model_id, **kw)
             self._tokenizer = transformers.AutoTokenizer.from_pretrained(self.model_id, **kw)
-        self.architecture = architecture
+        self.model_class = architecture
         self._head = ARCHITECTURES[architecture]
-        self._commit = getattr(model.config, "_commit_hash", None)
         self._model = model.float().to(device)
         self._preprocess = HFImageTransform(processor)
-        self.max_text_length = self._text_limit(model.config)
+        self.text_length = self._text_limit(model.config)
 
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._head.image(self._model, pixels)
@@ -206,20 +213,15 @@ class HFEncoder(TorchModelEncoder):
         if clean is not None:
             captions = [clean(c) for c in captions]
         tokens = self._tokenizer(captions, padding=self.text_padding, truncation=True,
-                                 max_length=self.max_text_length, return_tensors="pt")
+                                 max_length=self.text_length, return_tensors="pt")
         return self._head.text(self._model, {k: v.to(self._device) for k, v in tokens.items()})
 
     def _describe(self) -> dict:
         local = self._local_dir
-        processor = self._preprocess.processor
         return {"model_id": self.model_id,
                 "weights": fingerprint(local) if local is not None
-                else {"revision": self.revision, "commit": self._commit},
+                else {"revision": self.revision},
                 "architecture": self.architecture,
-                "image_processor": {"class": type(processor).__name__,
-                                    **json.loads(processor.to_json_string())},
-                "tokenizer": {"class": type(self._tokenizer).__name__,
-                              "vocab_size": len(self._tokenizer), "padding": self.text_padding,
-                              "max_length": self.max_text_length,
-                              "caption_style": self.caption_style},
-                "library": self._library}
+                "text": {"padding": self.text_padding, "max_length": self.max_text_length,
+                         "caption_style": self.caption_style},
+                "library": f"transformers {installed_version('transformers')}"}

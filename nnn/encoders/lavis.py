@@ -15,17 +15,21 @@ LAVIS's own retrieval evaluation does before its ITM re-ranking:
   ``text_proj(text_encoder.forward_text(tokens).last_hidden_state[:, 0, :])``;
 
 both L2-normalised. Images go through the ``eval`` visual processor (a picklable transform).
+
+Cache identity (no weights, no LAVIS import): name, model type, ``max_text_length``, the
+installed salesforce-lavis version (its processors follow from name and model type),
+precision and adapter version. Outside the LAVIS environment the version reads None, so
+entries computed there are found only from there.
 """
 
 from __future__ import annotations
 
 import importlib
-import importlib.metadata
 
 import torch
 
 from nnn.encoders._sources import hub_access
-from nnn.encoders._torch import TorchModelEncoder
+from nnn.encoders._torch import TorchModelEncoder, installed_version
 
 LAVIS_ENV_HINT = ("LAVIS (salesforce-lavis 1.0.2) pins timm==0.4.12 and transformers<4.27, so it "
                   "cannot be installed beside open_clip 3.x. Create a separate environment for it "
@@ -39,13 +43,6 @@ def import_lavis_models():
         return importlib.import_module("lavis.models")
     except ImportError as e:
         raise ImportError(f"could not import LAVIS ({e}). {LAVIS_ENV_HINT}") from e
-
-
-def _installed_version(distribution: str) -> str | None:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 class LavisEncoder(TorchModelEncoder):
@@ -69,11 +66,9 @@ class LavisEncoder(TorchModelEncoder):
         self.model_type = model_type
         self.max_text_length = max_text_length
         self._text_processor = None
-        self._library = None
 
     def _load(self, device: torch.device) -> None:
         models = import_lavis_models()
-        self._library = f"salesforce-lavis {_installed_version('salesforce-lavis')}"
         what = f"LAVIS model {self.name} ({self.model_type}) or its bert-base-uncased tokenizer"
         how = ("run once with network access in the LAVIS environment (LAVIS caches the "
                "checkpoint under its cache folder and the tokenizer in the Hugging Face cache)")
@@ -99,8 +94,5 @@ class LavisEncoder(TorchModelEncoder):
 
     def _describe(self) -> dict:
         return {"name": self.name, "model_type": self.model_type,
-                "image_preprocess": repr(getattr(self._preprocess, "transform", self._preprocess)),
-                "text_preprocess": {"class": type(self._text_processor).__name__,
-                                    "max_words": getattr(self._text_processor, "max_words", None),
-                                    "max_length": self.max_text_length},
-                "library": self._library}
+                "max_text_length": self.max_text_length,
+                "library": f"salesforce-lavis {installed_version('salesforce-lavis')}"}

@@ -10,7 +10,13 @@ raises ``MissingResourceError``.
 
 The model is built in float32 (``precision="fp32"`` to open_clip); fp16/bf16 run under
 autocast (see ``nnn.encoders._torch``). ``import nnn.encoders.open_clip`` does not import
-open_clip: ``load()`` does.
+open_clip: ``load()`` and ``cache_identity()`` do.
+
+Cache identity (no weights, no download): model name, pretrained tag (or the local
+checkpoint's fingerprint), the architecture's config from open_clip's registry (custom ones
+from ``model_config_dir``; none for ``hf-hub:`` models, which the repository names), the
+open_clip version, precision and adapter version. The image preprocessing and tokenizer follow
+from the model name and tag in a given open_clip version, so they are not listed.
 """
 
 from __future__ import annotations
@@ -45,7 +51,7 @@ class OpenClipEncoder(TorchModelEncoder):
         self.model_config_dir = model_config_dir
         self.cache_dir = cache_dir
         self._tokenizer = None
-        self._library = None
+        self._configs_registered = False
 
     def _checkpoint_path(self) -> Path | None:
         """The local checkpoint ``pretrained`` names, or None for a tag / no weights."""
@@ -91,18 +97,28 @@ class OpenClipEncoder(TorchModelEncoder):
                 "on a machine that has it and copy the Hugging Face cache (HF_HOME), or set "
                 "model.pretrained to a local checkpoint file")
 
-    def _load(self, device: torch.device) -> None:
+    def _open_clip(self):
+        """open_clip, with ``model_config_dir`` registered and the names checked (no download)."""
         open_clip = import_or_explain("open_clip", _INSTALL)
-        self._library = f"open_clip {open_clip.__version__}"
-        if self.model_config_dir is not None:
+        if self.model_config_dir is not None and not self._configs_registered:
             cfg_dir = Path(self.model_config_dir).expanduser()
             if not cfg_dir.is_dir():
                 raise FileNotFoundError(f"model_config_dir {cfg_dir} is not a folder of open_clip "
                                         "model JSON files")
             open_clip.add_model_config(cfg_dir)
+            self._configs_registered = True
         self._check_names(open_clip)
+        return open_clip
+
+    def _model_config(self, open_clip) -> dict | None:
+        """The architecture's config from open_clip's registry; None for ``hf-hub:`` models
+        (their config lives in the repository: reading it would download)."""
+        return None if self._hub_repo is not None else open_clip.get_model_config(self.model_name)
+
+    def _load(self, device: torch.device) -> None:
+        open_clip = self._open_clip()
         checkpoint = self._checkpoint_path()
-        text_cfg = (open_clip.get_model_config(self.model_name) or {}).get("text_cfg", {})
+        text_cfg = (self._model_config(open_clip) or {}).get("text_cfg", {})
         remote = (self.pretrained is not None and checkpoint is None) \
             or self._hub_repo is not None or bool(text_cfg.get("hf_tokenizer_name"))
         what = f"open_clip model {self.model_name} (pretrained={self.pretrained})"
@@ -120,12 +136,9 @@ class OpenClipEncoder(TorchModelEncoder):
         return self._model.encode_text(self._tokenizer(captions).to(self._device))
 
     def _describe(self) -> dict:
-        open_clip = import_or_explain("open_clip", _INSTALL)
+        open_clip = self._open_clip()
         checkpoint = self._checkpoint_path()
-        tokenizer = f"{type(self._tokenizer).__name__}(context_length=" \
-                    f"{getattr(self._tokenizer, 'context_length', None)})"
         return {"model_name": self.model_name,
                 "pretrained": fingerprint(checkpoint) if checkpoint else self.pretrained,
-                "model_config": open_clip.get_model_config(self.model_name),
-                "image_preprocess": str(self._preprocess), "tokenizer": tokenizer,
-                "library": self._library}
+                "model_config": self._model_config(open_clip),
+                "library": f"open_clip {open_clip.__version__}"}

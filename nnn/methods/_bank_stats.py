@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from nnn._arrays import check_non_negative
+from nnn._arrays import as_tensor, check_non_negative
 
 _BYTES_PER_VALUE = 4  # float32
 #: the (c, n_g) float32 buffers of a chunk: similarities, and one beta's shifted exponent
@@ -114,7 +114,7 @@ def bank_stats(bank: np.ndarray, gallery: torch.Tensor, *, betas: Sequence[float
                disable=not progress or n_b * n_g < _PROGRESS_MIN_SCORES)
     with torch.inference_mode():
         for start in bar:
-            xb = torch.from_numpy(bank[start:start + step]).to(dev)
+            xb = as_tensor(bank[start:start + step]).to(dev)
             s = torch.mm(xb, gallery.T, out=sims[:len(xb)])           # (c, n_g)
             _, top = torch.topk(s, activation_k, dim=1, sorted=False)  # (c, activation_k)
             activation[top.reshape(-1)] = True

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from nnn._arrays import as_matrix, check_positive_int, resolve_device
+from nnn._arrays import as_matrix, as_tensor, check_positive_int, resolve_device
 
 
 class RetrievalMethod:
@@ -44,7 +44,7 @@ class RetrievalMethod:
                 banks[name] = as_matrix(bank, name, dim=g.shape[1], normalize=self.normalize)
         self.device_ = resolve_device(self.device)
         self.gallery_ = g
-        self._gallery_t = torch.from_numpy(g).to(self.device_)
+        self._gallery_t = as_tensor(g).to(self.device_)
         self._fit(g, **banks)
         return self
 
@@ -65,7 +65,7 @@ class RetrievalMethod:
     def _blocks(self, q: np.ndarray):
         for start in range(0, len(q), self.batch_size):
             stop = min(start + self.batch_size, len(q))
-            block = torch.from_numpy(q[start:stop]).to(self.device_)
+            block = as_tensor(q[start:stop]).to(self.device_)
             yield start, stop, self._score_block(block)
 
     def score(self, queries) -> np.ndarray:

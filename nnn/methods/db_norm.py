@@ -10,7 +10,7 @@ import copy
 
 import torch
 
-from nnn._arrays import check_non_negative, check_positive_int
+from nnn._arrays import as_tensor, check_non_negative, check_positive_int
 from nnn.methods._bank_stats import bank_stats, check_beta_grid, check_memory_budget, top1_in
 from nnn.methods.base import RetrievalMethod
 
@@ -105,8 +105,8 @@ class DBNorm(RetrievalMethod):
                                      f"fitted; refit with beta_{side} > 0 or it in "
                                      f"beta_{side}_grid")
                 log_norm, activation = stats.log_norm(beta, f"beta_{side}"), stats.activation
-                self._factors.append((torch.from_numpy(log_norm).float().to(self.device_),
-                                      torch.from_numpy(activation).to(self.device_)))
+                self._factors.append((as_tensor(log_norm).float().to(self.device_),
+                                      as_tensor(activation).to(self.device_)))
             setattr(self, f"log_norm_{side}_", log_norm)
             setattr(self, f"activation_{side}_", activation)
 

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import torch
 
+from nnn._arrays import as_tensor
 from nnn.methods.base import RetrievalMethod
 
 
@@ -41,8 +42,8 @@ class DN(RetrievalMethod):
         self.query_mean_ = query_bank.mean(axis=0, dtype=np.float64)
         self.gallery_mean_ = gallery_bank.mean(axis=0, dtype=np.float64)
         centred = gallery - (self.lam * self.gallery_mean_).astype(np.float32)
-        self._centred_gallery_t = torch.from_numpy(centred).to(self.device_)
-        self._query_shift_t = torch.from_numpy(
+        self._centred_gallery_t = as_tensor(centred).to(self.device_)
+        self._query_shift_t = as_tensor(
             (self.lam * self.query_mean_).astype(np.float32)).to(self.device_)
 
     def _score_block(self, q: torch.Tensor) -> torch.Tensor:
