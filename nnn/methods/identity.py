@@ -1,0 +1,14 @@
+"""Identity: the uncorrected similarity, the baseline every method is compared with."""
+
+from __future__ import annotations
+
+import torch
+
+from nnn.methods.base import RetrievalMethod
+
+
+class Identity(RetrievalMethod):
+    """``score(q, r) = s(q, r) = q . r``; needs no banks (any given to ``fit`` are only checked)."""
+
+    def _score_block(self, q: torch.Tensor) -> torch.Tensor:
+        return q @ self._gallery_t.T

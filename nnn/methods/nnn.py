@@ -1,0 +1,139 @@
+"""NNN, Nearest Neighbor Normalization (Chowdhury et al., EMNLP 2024).
+
+Each gallery item r gets a bias b(r) = alpha * mean of the k largest s(q', r) over a reference
+set of queries q' (the query bank); the score is s(q, r) - b(r).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+
+from nnn._arrays import check_non_negative, check_positive_int
+from nnn.methods._topk import ReferenceTopK
+from nnn.methods.base import RetrievalMethod
+
+
+class NNN(RetrievalMethod):
+    """Nearest Neighbor Normalization: ``score(q, r) = q . r - bias_[r]``.
+
+    ``fit(gallery (n_g, d), query_bank=refs (n_r, d))`` finds, for every gallery item, its
+    K_max = max(k, k_max) largest similarities to the references once and keeps them sorted in
+    ``topk_sims_`` (n_g, K_max) float32. ``bias_`` (n_g,) float32 = alpha * mean of the first k;
+    any other k <= K_max and alpha come from the same table without another pass
+    (``bias_for``, ``bias_grid``, ``with_params``).
+
+    Backends: "exact" (torch GEMM + selection on ``device``, in ``dtype``; references streamed in
+    ``ref_batch_size`` chunks if given; similarity blocks kept within ``memory_budget_mb``) or
+    "faiss" (``index`` "flat", "ivf" or "ivf_fp16" with ``nlist``/``nprobe``; on GPU FAISS when
+    available and the device is CUDA, see ``use_gpu_faiss``). An IVF search that finds fewer than
+    K_max neighbours for some gallery item raises ``RuntimeError`` (raise ``nprobe``). Scoring always runs in float32 on ``device``,
+    ``batch_size`` queries at a time.
+    """
+
+    requires = ("query_bank",)
+
+    def __init__(self, *, k: int = 16, alpha: float = 0.75, k_max: int | None = None,
+                 backend: str = "exact", index: str = "flat", nlist: int | None = None,
+                 nprobe: int = 32, dtype: str = "float32", memory_budget_mb: float = 512.0,
+                 ref_batch_size: int | None = None, use_gpu_faiss: bool | str = "auto",
+                 progress: bool = True, batch_size: int = 4096, device: str = "cpu",
+                 normalize: bool = False):
+        super().__init__(batch_size=batch_size, device=device, normalize=normalize)
+        self.k = check_positive_int(k, "k")
+        self.alpha = check_non_negative(alpha, "alpha")
+        self.k_max = None if k_max is None else check_positive_int(k_max, "k_max")
+        self.backend, self.index, self.nlist, self.nprobe = backend, index, nlist, nprobe
+        self.dtype, self.memory_budget_mb, self.ref_batch_size = dtype, memory_budget_mb, ref_batch_size
+        self.use_gpu_faiss, self.progress = use_gpu_faiss, progress
+        self._search = ReferenceTopK(
+            backend=backend, index=index, nlist=nlist, nprobe=nprobe, dtype=dtype,
+            memory_budget_mb=memory_budget_mb, ref_batch_size=ref_batch_size,
+            use_gpu_faiss=use_gpu_faiss, progress=progress)
+        if device == "cpu":
+            self._search.check_device(torch.device("cpu"))
+
+    # -- fitting -------------------------------------------------------------------------------
+    def _fit(self, gallery, query_bank, gallery_bank):
+        n_refs = len(query_bank)
+        k_table = max(self.k, self.k_max or self.k)
+        for name, value in (("k", self.k), ("k_max", k_table)):
+            if value > n_refs:
+                raise ValueError(f"{name}={value} is larger than the number of references "
+                                 f"(query_bank has {n_refs} rows); use {name} <= {n_refs} or "
+                                 "a larger query bank")
+        self.topk_sims_ = self._search.run(gallery, query_bank, k_table, self.device_)
+        self.k_max_ = k_table
+        self.n_references_ = n_refs
+        self._cumsum = None
+        self._set_bias(self.bias_for(self.k, self.alpha))
+
+    def _set_bias(self, bias: np.ndarray) -> None:
+        self.bias_ = bias
+        self._bias_t = torch.from_numpy(bias).to(self.device_)
+
+    def _table_cumsum(self) -> np.ndarray:
+        """Running sums of ``topk_sims_`` along K, (n_g, K_max) float64, computed once."""
+        if self._cumsum is None:
+            self._cumsum = np.cumsum(self.topk_sims_, axis=1, dtype=np.float64)
+        return self._cumsum
+
+    def _check_table_k(self, k) -> int:
+        self._require_fitted()
+        k = check_positive_int(k, "k")
+        if k > self.k_max_:
+            raise ValueError(f"k={k} is larger than the stored top-k table (k_max_={self.k_max_})"
+                             f"; refit with k_max >= {k} (at most the {self.n_references_} "
+                             "references)")
+        return k
+
+    def _require_fitted(self) -> None:
+        if not hasattr(self, "topk_sims_"):
+            raise RuntimeError("NNN is not fitted; call fit(gallery, query_bank=...) first")
+
+    # -- biases from the table -----------------------------------------------------------------
+    def bias_for(self, k: int, alpha: float) -> np.ndarray:
+        """Biases (n_g,) float32 = alpha * mean of the k largest reference similarities."""
+        k = self._check_table_k(k)
+        alpha = check_non_negative(alpha, "alpha")
+        return (alpha / k * self._table_cumsum()[:, k - 1]).astype(np.float32)
+
+    def bias_grid(self, ks, alphas) -> np.ndarray:
+        """Biases for every (alpha, k): (len(alphas), len(ks), n_g) float32, from one table."""
+        ks = [self._check_table_k(k) for k in ks]
+        alphas = np.array([check_non_negative(a, "alpha") for a in alphas], dtype=np.float64)
+        means = self._table_cumsum()[:, np.array(ks) - 1] / np.array(ks)     # (n_g, n_k)
+        return (alphas[:, None, None] * means.T[None]).astype(np.float32)
+
+    def with_params(self, *, k: int | None = None, alpha: float | None = None) -> "NNN":
+        """A fitted copy with another k (<= ``k_max_``) and/or alpha; shares the top-k table."""
+        self._require_fitted()
+        k = self.k if k is None else self._check_table_k(k)
+        alpha = self.alpha if alpha is None else check_non_negative(alpha, "alpha")
+        other = copy.copy(self)
+        other.k, other.alpha = k, alpha
+        other._set_bias(self.bias_for(k, alpha))
+        return other
+
+    # -- scoring -------------------------------------------------------------------------------
+    def _score_block(self, q: torch.Tensor) -> torch.Tensor:
+        return q @ self._gallery_t.T - self._bias_t
+
+    def fold(self):
+        """NNN as a plain inner-product problem.
+
+        Returns ``(gallery_aug, fold_queries)``: gallery_aug (n_g, d+1) float32 = [r, -b(r)] and
+        the method ``fold_queries`` mapping queries (n_q, d) to [q, 1] (n_q, d+1), so that
+        <[q, 1], [r, -b(r)]> = s(q, r) - b(r) and any inner-product index (e.g.
+        ``faiss.IndexFlatIP``) over gallery_aug returns NNN's ranking.
+        """
+        self._require_fitted()
+        gallery_aug = np.concatenate([self.gallery_, -self.bias_[:, None]], axis=1)
+        return np.ascontiguousarray(gallery_aug, dtype=np.float32), self.fold_queries
+
+    def fold_queries(self, queries) -> np.ndarray:
+        """Queries (n_q, d) -> [q, 1] (n_q, d+1) float32, for an index over ``fold()``'s gallery."""
+        q = self._check_queries(queries)
+        return np.concatenate([q, np.ones((len(q), 1), dtype=np.float32)], axis=1)

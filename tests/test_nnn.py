@@ -1,0 +1,289 @@
+"""NNN against a float64 NumPy reference written from the formula, plus its table, fold, FAISS
+backends, input checks and effect on hubs (synthetic) and on real CLIP embeddings."""
+
+from __future__ import annotations
+
+import faiss
+import numpy as np
+import pytest
+import torch
+
+from nnn.methods import NNN, Identity
+from nnn.methods._topk import block_topk, default_nlist, exact_topk
+
+# odd sizes: no chunk size below divides them
+N_G, N_R, N_Q, D = 53, 1013, 29, 12
+
+
+def ref_bias(gallery, refs, k, alpha):
+    """alpha * mean of the k largest s(q', r) over references q', float64 (n_g,)."""
+    s = gallery.astype(np.float64) @ refs.astype(np.float64).T               # (n_g, n_r)
+    return alpha * np.sort(s, axis=1)[:, ::-1][:, :k].mean(axis=1)
+
+
+def ref_scores(queries, gallery, bias):
+    return queries.astype(np.float64) @ gallery.astype(np.float64).T - bias[None, :]
+
+
+def budget_for_rows(rows, cols, itemsize=4):
+    """memory_budget_mb that makes the exact backend take ``rows`` gallery rows per block."""
+    return (rows * cols * itemsize + 1) / 2**20
+
+
+@pytest.fixture
+def data(unit):
+    return unit(N_G, D), unit(N_R, D), unit(N_Q, D)
+
+
+@pytest.mark.parametrize("ref_batch_size", [None, 397])
+@pytest.mark.parametrize("k,alpha", [(1, 0.75), (5, 0.5), (40, 1.25)])
+def test_bias_score_search_match_reference(data, k, alpha, ref_batch_size):
+    g, r, q = data
+    chunk = ref_batch_size or N_R
+    m = NNN(k=k, alpha=alpha, batch_size=8, ref_batch_size=ref_batch_size,
+            memory_budget_mb=budget_for_rows(7, chunk)).fit(g, query_bank=r)
+    want_bias = ref_bias(g, r, k, alpha)
+    assert m.bias_.dtype == np.float32 and m.bias_.shape == (N_G,)
+    np.testing.assert_allclose(m.bias_, want_bias, atol=1e-6)
+    want = ref_scores(q, g, want_bias)
+    np.testing.assert_allclose(m.score(q), want, atol=1e-5)
+    scores, ids = m.search(q, top_k=10)
+    np.testing.assert_array_equal(ids, np.argsort(-want, axis=1, kind="stable")[:, :10])
+    np.testing.assert_allclose(scores, np.take_along_axis(want, ids, 1), atol=1e-5)
+    assert ids.dtype == np.int64 and scores.dtype == np.float32
+
+
+def test_topk_table_is_sorted_reference_similarities(data):
+    g, r, _ = data
+    m = NNN(k=3, k_max=50, memory_budget_mb=budget_for_rows(11, N_R)).fit(g, query_bank=r)
+    want = np.sort(g.astype(np.float64) @ r.T.astype(np.float64), axis=1)[:, ::-1][:, :50]
+    assert m.topk_sims_.shape == (N_G, 50) and m.k_max_ == 50 and m.n_references_ == N_R
+    np.testing.assert_allclose(m.topk_sims_, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("n_cols", [37, 1000, 1601, 5003])
+def test_block_topk_exact_with_ties(rng, n_cols):
+    # integer-valued rows have many ties; the grouped pre-selection must still be exact
+    for sims in (rng.standard_normal((13, n_cols)), rng.integers(0, 6, (13, n_cols))):
+        sims = sims.astype(np.float32)
+        s = torch.from_numpy(sims)
+        for k in (1, 9, 25):
+            got = torch.sort(block_topk(s, k), dim=1, descending=True).values.numpy()
+            np.testing.assert_array_equal(got, np.sort(sims, axis=1)[:, ::-1][:, :k])
+
+
+def test_exact_topk_across_blocks_and_chunks(unit):
+    x, refs = unit(31, 9), unit(2999, 9)
+    want = np.sort(x.astype(np.float64) @ refs.T.astype(np.float64), axis=1)[:, ::-1][:, :70]
+    for chunk in (None, 1200, 71, 5):
+        got = exact_topk(torch.from_numpy(x), torch.from_numpy(refs), 70,
+                         memory_budget_mb=budget_for_rows(4, chunk or 2999), ref_batch_size=chunk,
+                         progress=False)
+        np.testing.assert_allclose(got.numpy(), want, atol=1e-6)
+
+
+def test_torch_input_and_no_mutation(data):
+    g, r, q = data
+    scale = np.float32(3.0)
+    g2, r2, q2 = g * scale, r * scale, q * scale
+    copies = [a.copy() for a in (g2, r2, q2)]
+    m = NNN(k=5, normalize=True).fit(torch.from_numpy(g2), query_bank=torch.from_numpy(r2))
+    got = m.score(torch.from_numpy(q2))
+    for a, c in zip((g2, r2, q2), copies):
+        np.testing.assert_array_equal(a, c)
+    np.testing.assert_allclose(got, ref_scores(q, g, ref_bias(g, r, 5, 0.75)), atol=1e-5)
+    m.search(q2)
+    np.testing.assert_array_equal(q2, copies[2])
+
+
+def test_non_normalised_input_warns(data):
+    g, r, q = data
+    with pytest.warns(UserWarning, match="not L2-normalised"):
+        NNN(k=5).fit(2 * g, query_bank=r)
+
+
+def test_grid_and_with_params_equal_per_k_refits(data):
+    g, r, q = data
+    ks, alphas = [1, 2, 7, 16, 64], [0.0, 0.25, 0.875, 1.5]
+    m = NNN(k=7, alpha=0.5, k_max=64, memory_budget_mb=budget_for_rows(9, N_R)).fit(
+        g, query_bank=r)
+    grid = m.bias_grid(ks, alphas)
+    assert grid.shape == (len(alphas), len(ks), N_G) and grid.dtype == np.float32
+    for j, k in enumerate(ks):
+        fresh = NNN(k=k, alpha=1.0).fit(g, query_bank=r).bias_
+        for i, a in enumerate(alphas):
+            np.testing.assert_allclose(grid[i, j], a * fresh, atol=1e-6)
+            np.testing.assert_allclose(grid[i, j], ref_bias(g, r, k, a), atol=1e-6)
+    other = m.with_params(k=16, alpha=1.25)
+    assert other.topk_sims_ is m.topk_sims_ and (other.k, other.alpha) == (16, 1.25)
+    assert (m.k, m.alpha) == (7, 0.5)  # the original is untouched
+    np.testing.assert_allclose(other.bias_, ref_bias(g, r, 16, 1.25), atol=1e-6)
+    np.testing.assert_allclose(other.score(q), ref_scores(q, g, ref_bias(g, r, 16, 1.25)),
+                               atol=1e-5)
+    np.testing.assert_allclose(m.with_params(alpha=0.5).bias_, m.bias_)
+
+
+def test_table_k_limits(data):
+    g, r, _ = data
+    m = NNN(k=4, k_max=10).fit(g, query_bank=r)
+    with pytest.raises(ValueError, match=r"k=11 .*k_max_=10"):
+        m.with_params(k=11)
+    with pytest.raises(ValueError, match=r"k=11 .*k_max_=10"):
+        m.bias_grid([2, 11], [0.5])
+    with pytest.raises(ValueError, match="alpha must be a finite number >= 0, got -0.5"):
+        m.bias_grid([2], [-0.5])
+    with pytest.raises(ValueError, match="alpha must be a finite number >= 0, got -1"):
+        m.with_params(alpha=-1)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        NNN().bias_grid([1], [1.0])
+
+
+def test_fold_reproduces_scores_and_faiss_ranking(data):
+    g, r, q = data
+    m = NNN(k=9, alpha=0.75).fit(g, query_bank=r)
+    gallery_aug, fold_queries = m.fold()
+    qa = fold_queries(q)
+    assert gallery_aug.shape == (N_G, D + 1) and qa.shape == (N_Q, D + 1)
+    np.testing.assert_allclose(qa @ gallery_aug.T, m.score(q), atol=1e-6)
+    index = faiss.IndexFlatIP(D + 1)
+    index.add(gallery_aug)
+    dist, ids = index.search(qa, 10)
+    scores, want_ids = m.search(q, 10)
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_allclose(dist, scores, atol=1e-5)
+
+
+def test_faiss_flat_and_full_probe_ivf_equal_exact(data):
+    g, r, q = data
+    exact = NNN(k=20, k_max=40).fit(g, query_bank=r)
+    flat = NNN(k=20, k_max=40, backend="faiss").fit(g, query_bank=r)
+    nlist = default_nlist(N_R)
+    ivf = NNN(k=20, k_max=40, backend="faiss", index="ivf", nprobe=nlist).fit(g, query_bank=r)
+    for m in (flat, ivf):
+        np.testing.assert_allclose(m.topk_sims_, exact.topk_sims_, atol=1e-5)
+        np.testing.assert_allclose(m.bias_, exact.bias_, atol=1e-5)
+        np.testing.assert_array_equal(m.search(q, 5)[1], exact.search(q, 5)[1])
+    # float16 storage: each similarity off by at most ~2 * 2^-11 for unit vectors
+    ivf16 = NNN(k=20, k_max=40, backend="faiss", index="ivf_fp16", nprobe=nlist).fit(
+        g, query_bank=r)
+    np.testing.assert_allclose(ivf16.topk_sims_, exact.topk_sims_, atol=1e-3)
+    np.testing.assert_allclose(ivf16.bias_, exact.bias_, atol=1e-3)
+    # an explicit nlist larger than the references is clamped
+    clamped = NNN(k=2, backend="faiss", index="ivf", nlist=10**6, nprobe=10**6).fit(
+        g[:5], query_bank=r[:40])
+    np.testing.assert_allclose(clamped.bias_, NNN(k=2).fit(g[:5], query_bank=r[:40]).bias_,
+                               atol=1e-5)
+
+
+def test_ivf_with_too_few_probes_raises(data):
+    g, r, _ = data
+    with pytest.raises(RuntimeError, match=r"fewer than k=500 neighbours .*nprobe=1"):
+        NNN(k=500, backend="faiss", index="ivf", nlist=64, nprobe=1).fit(g, query_bank=r)
+
+
+def _bad_fit_cases():
+    rng = np.random.default_rng(3)
+    g = rng.standard_normal((20, 6)).astype(np.float32)
+    g /= np.linalg.norm(g, axis=1, keepdims=True)
+    r = g[::-1].copy()
+    nan_g = g.copy()
+    nan_g[3, 2] = np.nan
+    inf_r = r.copy()
+    inf_r[0, 0] = np.inf
+    return [
+        (dict(), dict(gallery=g, query_bank=r[:, :5]), "query_bank has dimension 5"),
+        (dict(), dict(gallery=nan_g, query_bank=r), "gallery contains NaN or Inf"),
+        (dict(), dict(gallery=g, query_bank=inf_r), "query_bank contains NaN or Inf"),
+        (dict(), dict(gallery=g[:0], query_bank=r), r"gallery is empty \(shape \(0, 6\)\)"),
+        (dict(), dict(gallery=g, query_bank=r[:0]), r"query_bank is empty"),
+        (dict(), dict(gallery=g[0], query_bank=r), r"gallery must be 2-D .*shape \(6,\)"),
+        (dict(), dict(gallery=(g * 10).astype(np.int64), query_bank=r), "dtype int64"),
+        (dict(), dict(gallery=g), "NNN needs query_bank="),
+        (dict(k=21), dict(gallery=g, query_bank=r), r"k=21 is larger .*query_bank has 20 rows"),
+        (dict(k=2, k_max=30), dict(gallery=g, query_bank=r), r"k_max=30 is larger .*20 rows"),
+    ]
+
+
+@pytest.mark.parametrize("kwargs,fit_args,match", _bad_fit_cases())
+def test_bad_fit_input_is_named(kwargs, fit_args, match):
+    with pytest.raises(ValueError, match=match):
+        NNN(**kwargs).fit(**fit_args)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(alpha=-0.25), "alpha must be a finite number >= 0, got -0.25"),
+    (dict(alpha="x"), "alpha must be a number, got 'x'"),
+    (dict(k=0), "k must be a positive integer, got 0"),
+    (dict(k=2.0), "k must be a positive integer, got 2.0"),
+    (dict(k_max=-3), "k_max must be a positive integer, got -3"),
+    (dict(backend="annoy"), "backend must be one of .*got 'annoy'"),
+    (dict(backend="faiss", index="hnsw"), "index must be one of .*got 'hnsw'"),
+    (dict(dtype="float64"), "dtype must be one of .*got 'float64'"),
+    (dict(dtype="float16"), "dtype='float16' needs a CUDA device"),
+    (dict(dtype="bfloat16", device="cpu"), "dtype='bfloat16' needs a CUDA device"),
+    (dict(backend="faiss", dtype="float16", device="cuda"), "applies to backend='exact' only"),
+    (dict(nprobe=0), "nprobe must be a positive integer, got 0"),
+    (dict(nlist=0), "nlist must be a positive integer, got 0"),
+    (dict(ref_batch_size=0), "ref_batch_size must be a positive integer, got 0"),
+    (dict(memory_budget_mb=0), "memory_budget_mb must be a finite number > 0"),
+    (dict(use_gpu_faiss="yes"), "use_gpu_faiss must be one of .*got 'yes'"),
+    (dict(use_gpu_faiss=1), "use_gpu_faiss must be one of .*got 1"),
+])
+def test_bad_options_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        NNN(**kwargs)
+
+
+def test_queries_are_checked(data):
+    g, r, q = data
+    m = NNN(k=3).fit(g, query_bank=r)
+    with pytest.raises(ValueError, match="queries has dimension 11"):
+        m.score(q[:, :11])
+    with pytest.raises(ValueError, match="top_k=54 is larger than the gallery size"):
+        m.search(q, top_k=54)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        NNN().score(q)
+
+
+def test_normalize_true_normalises(data):
+    g, r, q = data
+    plain = NNN(k=5).fit(g, query_bank=r)
+    scaled = NNN(k=5, normalize=True).fit(g * 4, query_bank=r * 0.5)
+    np.testing.assert_allclose(scaled.bias_, plain.bias_, atol=1e-6)
+    np.testing.assert_allclose(scaled.score(q * 7), plain.score(q), atol=1e-5)
+
+
+def recall_at_1(method, queries) -> float:
+    """Percent of queries i whose top-1 gallery item is item i."""
+    top1 = method.search(queries, top_k=1)[1][:, 0]
+    return 100.0 * float(np.mean(top1 == np.arange(len(queries))))
+
+
+def test_nnn_fixes_synthetic_hubs(hub_retrieval):
+    gallery, queries, refs, hubs = hub_retrieval()
+    base = Identity().fit(gallery)
+    nnn = NNN(k=16, alpha=0.75).fit(gallery, query_bank=refs)
+    hub_share = lambda m: np.isin(m.search(queries, 1)[1][:, 0], hubs).mean()
+    assert recall_at_1(nnn, queries) >= recall_at_1(base, queries) + 10
+    assert hub_share(base) > 0.15 and hub_share(nnn) < 0.05
+    assert nnn.bias_[hubs].min() > np.delete(nnn.bias_, hubs).max()
+
+
+def test_nnn_raises_recall_on_real_clip_embeddings(real_flickr):
+    image = np.load(real_flickr / "image_embeddings.npy")
+    text = np.load(real_flickr / "text_embeddings.npy")
+    ref_text, eval_image, eval_text = text[:500], image[500:], text[500:]
+    base = recall_at_1(Identity().fit(eval_image), eval_text)
+    nnn = recall_at_1(NNN(k=16, alpha=0.75).fit(eval_image, query_bank=ref_text), eval_text)
+    # measured: text->image R@1 79.4 -> 83.6 on pairs 500..999 with captions 0..499 as references
+    assert base == pytest.approx(79.4, abs=0.05)
+    assert nnn >= base + 2.0, (base, nnn)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("float16", 2e-3), ("bfloat16", 2e-2)])
+def test_cuda_exact_backend(data, dtype, tol):
+    g, r, q = data
+    m = NNN(k=20, device="cuda", dtype=dtype).fit(g, query_bank=r)
+    np.testing.assert_allclose(m.bias_, ref_bias(g, r, 20, 0.75), atol=tol)
+    assert m.score(q).shape == (N_Q, N_G)
