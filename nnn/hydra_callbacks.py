@@ -4,8 +4,13 @@ After every job (``on_job_end``) and once more at the end (``on_multirun_end``) 
 job's ``.hydra/overrides.yaml`` and ``results.json`` under the sweep directory and writes
 ``sweep_summary.csv`` / ``sweep_summary.json`` there: one row per job with the swept parameters,
 its status (a failed job is listed with its error), the objective and baseline/method/delta of
-each summary metric. When a parameter ending in ``alpha`` was swept it also plots each metric
-against α (one line per setting of the other swept parameters), e.g. ``t2i_R1_vs_alpha.png``.
+each summary metric. For every swept parameter named in ``plot_params`` (by its last dotted
+part: ``method.alpha``, ``method.k``, ``reference.fraction``) it also plots each metric against
+it (one line per setting of the other swept parameters), e.g. ``t2i_R1_vs_alpha.png`` or
+``t2i_R1_vs_fraction.png`` (R@1 against the reference-set size).
+
+At the end of the sweep the summary table and these plots also go to the experiment logger
+(``cfg.logger``) as one extra run, ``<name>-summary``, in the W&B group of the sweep's jobs.
 
 Summarising after every job (under a file lock, as joblib workers run jobs in parallel) keeps
 the summary complete even when Hydra stops the sweep with a failed job's exception, in which
@@ -25,6 +30,9 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from hydra.utils import instantiate
+
+from nnn.loggers import NullLogger, sweep_group
 from nnn.plots import metric_vs_param
 from nnn.results import (RESULTS_JSON, format_sweep_table, read_results, sweep_rows,
                          write_sweep_summary)
@@ -81,16 +89,22 @@ def _plot_against(param: str, columns: Sequence[str], rows: Sequence[dict], metr
     return paths
 
 
+#: swept parameters (last dotted part) plotted against by default
+PLOT_PARAMS = ("alpha", "k", "fraction")
+
+
 def summarise_sweep(sweep_dir: str | Path, metrics: Sequence[str] = ("t2i/R@1", "i2t/R@1"),
-                    plot_suffix: str = "alpha") -> tuple[list[str], list[dict]]:
-    """Write the summary (and α plots) of the sweep in ``sweep_dir``; returns its columns and rows."""
+                    plot_params: Sequence[str] = PLOT_PARAMS) -> tuple[list[str], list[dict]]:
+    """Write the summary (and plots against ``plot_params``) of the sweep in ``sweep_dir``;
+    returns its columns and rows."""
     sweep_dir = Path(sweep_dir)
     jobs = collect_jobs(sweep_dir)
     if not jobs:
         return [], []
     columns, rows = sweep_rows(jobs, metrics)
     write_sweep_summary(sweep_dir, columns, rows)
-    for param in [c for c in columns[2:columns.index("objective")] if c.endswith(plot_suffix)]:
+    for param in [c for c in columns[2:columns.index("objective")]
+                  if c.rsplit(".", 1)[-1] in plot_params]:
         try:
             _plot_against(param, columns, rows, metrics, sweep_dir)
         except ValueError as err:  # non-numeric α values, e.g. from a typo; the table is written
@@ -98,26 +112,49 @@ def summarise_sweep(sweep_dir: str | Path, metrics: Sequence[str] = ("t2i/R@1", 
     return columns, rows
 
 
-class SweepSummary(Callback):
-    """Writes ``sweep_summary.{csv,json}`` (and α plots) into the sweep directory of a multirun.
+def log_sweep_summary(logger, name: str, sweep_dir: Path, columns: Sequence[str],
+                      rows: Sequence[dict]) -> None:
+    """One logger run ``<name>-summary`` in the sweep's group: the summary table and the sweep
+    plots (``*_vs_*.png``). Never raises (loggers turn themselves off on errors)."""
+    with logger:
+        logger.start({"sweep_dir": str(sweep_dir), "jobs": len(rows)}, name=f"{name}-summary",
+                     group=sweep_group(name, sweep_dir), dir=sweep_dir)
+        logger.log_table("sweep_summary", list(columns), [[r.get(c) for c in columns] for r in rows])
+        for png in sorted(sweep_dir.glob("*_vs_*.png")):
+            logger.log_image(png.stem, png)
 
-    metrics: the metric keys summarised per job (baseline, method, delta).
+
+class SweepSummary(Callback):
+    """Writes ``sweep_summary.{csv,json}`` (and plots) into the sweep directory of a multirun and
+    logs them to the experiment logger at the end.
+
+    metrics: the metric keys summarised per job (baseline, method, delta); plot_params: swept
+    parameters (last dotted part) to plot the metrics against.
     """
 
-    def __init__(self, metrics: Sequence[str] = ("t2i/R@1", "i2t/R@1")):
+    def __init__(self, metrics: Sequence[str] = ("t2i/R@1", "i2t/R@1"),
+                 plot_params: Sequence[str] = PLOT_PARAMS):
         self.metrics = list(metrics)
+        self.plot_params = list(plot_params)
 
     def _update(self, config: DictConfig, final: bool) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
         with FileLock(str(sweep_dir / ".sweep_summary.lock")):
-            columns, rows = summarise_sweep(sweep_dir, self.metrics)
+            columns, rows = summarise_sweep(sweep_dir, self.metrics, self.plot_params)
         if final and rows:
             failed = [r["job"] for r in rows if r["status"] != "completed"]
             log.info("sweep summary (%s):\n%s", sweep_dir, format_sweep_table(columns, rows))
             if failed:
                 log.warning("jobs %s did not complete; see their results.json / log files", failed)
+            try:
+                logger = instantiate(config.logger)
+            except Exception as err:
+                log.warning("could not create the logger for the sweep summary (%s: %s); the "
+                            "summary is in %s", type(err).__name__, err, sweep_dir)
+                logger = NullLogger()
+            log_sweep_summary(logger, str(config.name), sweep_dir, columns, rows)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode == RunMode.MULTIRUN:

@@ -23,6 +23,12 @@ log = logging.getLogger(__name__)
 _MODES = ("offline", "online", "disabled")
 
 
+def sweep_group(name: str, sweep_dir: str | Path) -> str:
+    """The W&B group shared by the jobs of a sweep and its summary run: ``<name>-<sweep dir>``
+    (the sweep directory's name is its start time, so two sweeps never share a group)."""
+    return f"{name}-{Path(sweep_dir).name}"
+
+
 class NullLogger:
     """A logger that records nothing (``logger=none``). Same interface as ``WandbLogger``."""
 

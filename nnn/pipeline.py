@@ -7,16 +7,20 @@ the uncorrected baseline, then results files, plots and the experiment logger:
    precomputed), or raw images and captions that ``cfg.model`` encodes through the embedding
    cache (*embed*; only the evaluation split and the drawn reference/tuning images are encoded).
 2. The reference set (and an optional tuning part) is drawn from the training split
-   (``cfg.reference``), disjoint from the evaluation split.
+   (``cfg.reference``), disjoint from the evaluation split; the references may come from
+   another dataset's training split (``reference.dataset``, out-of-distribution references).
 3. Optionally (``cfg.tune.enabled``) the method's hyper-parameters are chosen per direction on
    the tuning part (``nnn.tuning``); the test split is never used for it.
 4. Per direction (``nnn.tuning.RetrievalTask``: t2i: captions retrieve test images, the banks are
    reference captions (query bank) and reference images (gallery bank); i2t: the mirror image),
    the baseline (plain dot product) and the method are fitted (*fit*) and evaluated (*evaluate*):
    R@k with bootstrap CIs, median/mean rank, hubness statistics of N_k over the gallery.
-5. ``results.json`` / ``results.csv`` and ``hubness.png`` are written to the output directory
-   *before* the logger runs, so a logging failure never loses them. A failure of the run itself
-   is recorded in ``results.json`` (status "failed") before it propagates.
+   Optional analyses of the evaluation split (``cfg.analysis``, never used to choose anything):
+   NNN's R@1 over the alpha x k grid, the biggest hubs before/after.
+5. ``results.json`` / ``results.csv``, ``hubness.png`` and ``hubness_counts.npz`` (plus
+   ``alpha_k.png/csv``, ``top_hubs.csv``, ``hub_occupancy.csv`` when computed) are written to the
+   output directory *before* the logger runs, so a logging failure never loses them. A failure
+   of the run itself is recorded in ``results.json`` (status "failed") before it propagates.
 """
 
 from __future__ import annotations
@@ -33,20 +37,31 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from nnn.ablations import (HUB_COUNTS_NPZ, hub_occupancy, nnn_recall_grid, top_hubs,
+                           write_hub_counts)
 from nnn.data.base import EmbeddingSet
 from nnn.data.splits import reference_and_tuning_sets, reference_and_tuning_split
-from nnn.loggers import NullLogger
+from nnn.loggers import NullLogger, sweep_group
 from nnn.methods import Identity
 from nnn.metrics import hubness_stats, k_occurrence, rank_summary, recall_at_k
-from nnn.plots import hubness_histogram
-from nnn.results import CSV_COLUMNS, format_table, is_ci_key, metric_rows, write_results
-from nnn.tuning import DIRECTIONS, RetrievalTask, canonical_method, tune
+from nnn.plots import alpha_k_heatmap, hubness_histogram
+from nnn.results import (ALPHA_K_COLUMNS, CSV_COLUMNS, alpha_k_grids, alpha_k_rows, format_table,
+                         is_ci_key, metric_rows, write_results, write_table_csv)
+from nnn.tuning import ALPHA_GRID, DIRECTIONS, K_GRID, RetrievalTask, canonical_method, tune
 
 log = logging.getLogger(__name__)
 
 #: the configs of a source checkout (conf/ beside the package)
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 HUBNESS_PNG = "hubness.png"
+ALPHA_K_PNG = "alpha_k.png"
+ALPHA_K_CSV = "alpha_k.csv"
+TOP_HUBS_CSV = "top_hubs.csv"
+HUB_OCCUPANCY_CSV = "hub_occupancy.csv"
+TOP_HUBS_COLUMNS = ("direction", "rank", "item", "before", "after", "before_share", "after_share")
+HUB_OCCUPANCY_COLUMNS = ("direction", "bin", "low", "high", "before", "after")
+#: the Hydra choice key of the reference set's own dataset (``dataset@reference.dataset=coco``)
+REFERENCE_DATASET_CHOICE = "dataset@reference.dataset"
 #: constructor keys each tunable method's grid search sets (the rest of cfg.method is kept)
 TUNED_KEYS = {"nnn": ("k", "alpha"), "qb_norm": ("beta",), "db_norm": ("beta_query", "beta_gallery"),
               "dn": ("lam",)}
@@ -84,59 +99,118 @@ def compose(overrides: list[str] = (), *, config_dir: str | Path = CONFIG_DIR) -
 
 
 # -- data ----------------------------------------------------------------------------------------
-def _encode(cfg: DictConfig, dataset, parts: dict[str, tuple[str, Any, Any]],
+def _encode(cfg: DictConfig, parts: dict[str, tuple[Any, str, Any, Any]],
             timings: dict[str, float]) -> dict[str, EmbeddingSet]:
-    """Embed ``parts`` ({key: (split name, image rows or None, subset description)}) of a raw
-    dataset with ``cfg.model`` through the embedding cache (``nnn.extract``)."""
+    """Embed ``parts`` ({key: (raw dataset, split name, image rows or None, subset
+    description)}) with ``cfg.model`` through the embedding cache (``nnn.extract``)."""
     from nnn.extract import embed_dataset_split  # encoders and image IO: only for raw datasets
 
     with _timed(timings, "load"):
-        encoder = instantiate(cfg.model).load()
+        encoder = instantiate(cfg.model)  # not loaded: the extraction loads it on a cache miss
         cache = instantiate(cfg.cache)
     options = OmegaConf.to_container(cfg.extract, resolve=True)
     with _timed(timings, "embed"):
         return {key: embed_dataset_split(encoder, dataset, name, cache, rows=rows, subset=subset,
                                          **options)
-                for key, (name, rows, subset) in parts.items()}
+                for key, (dataset, name, rows, subset) in parts.items()}
+
+
+def reference_dataset_config(cfg: DictConfig) -> DictConfig | None:
+    """The config of the dataset the references come from (``reference.dataset``, chosen with
+    ``dataset@reference.dataset=NAME``), or None when they come from the evaluation dataset:
+    ``reference.dataset`` is null, the same option as ``dataset``, or an identical config."""
+    ref = cfg.reference.get("dataset")
+    if ref is None:
+        return None
+    hc = _hydra()
+    if hc is not None:
+        choices = hc.runtime.choices
+        if choices.get(REFERENCE_DATASET_CHOICE) == choices.get("dataset"):
+            return None
+    return None if ref == cfg.dataset else ref
+
+
+def _reference_dataset_name(cfg: DictConfig, dataset_name: str) -> str:
+    """``data.reference_dataset`` of the results: the option name (or class) of the reference
+    dataset; ``dataset_name`` (the evaluation dataset's) when the references come from it."""
+    ref = reference_dataset_config(cfg)
+    if ref is None:
+        return dataset_name
+    hc = _hydra()
+    choice = hc.runtime.choices.get(REFERENCE_DATASET_CHOICE) if hc is not None else None
+    return choice or str(ref.get("_target_", "?")).rsplit(".", 1)[-1]
+
+
+def _splits(dataset, names: dict[str, str]) -> dict[str, Any]:
+    """{key: split} for {key: split name} of one dataset (an embedding-level dataset generates or
+    reads all its splits once)."""
+    if not hasattr(dataset, "splits"):
+        return {key: dataset.split(name) for key, name in names.items()}
+    sets = dataset.splits()
+    missing = sorted({n for n in names.values() if n not in sets})
+    if missing:
+        raise ValueError(f"dataset {type(dataset).__name__} has splits {sorted(sets)}, "
+                         f"not {missing}; set eval.split / reference.source to one of them")
+    return {key: sets[name] for key, name in names.items()}
 
 
 def load_sets(cfg: DictConfig, timings: dict[str, float]
               ) -> tuple[EmbeddingSet, EmbeddingSet, EmbeddingSet | None]:
-    """(evaluation split, reference set, tuning part or None) as ``EmbeddingSet``s."""
+    """(evaluation split, reference set, tuning part or None) as ``EmbeddingSet``s.
+
+    The reference set comes from ``reference.source`` of the evaluation dataset, or of
+    ``reference.dataset`` when that names another one (out-of-distribution references, e.g.
+    COCO captions for Flickr30k). The tuning part always comes from the evaluation dataset's
+    ``reference.source`` split (the same images either way), so hyper-parameters are chosen for
+    the evaluation distribution, as in the paper.
+    """
     r = cfg.reference
     has_model = "_target_" in (cfg.get("model") or {})
+    ref_cfg = reference_dataset_config(cfg)
     with _timed(timings, "load"):
         dataset = instantiate(cfg.dataset)
-        if hasattr(dataset, "splits"):  # embedding-level datasets: read or generate them once
-            sets = dataset.splits()
-            missing = [n for n in (cfg.eval.split, r.source) if n not in sets]
-            if missing:
-                raise ValueError(f"dataset {type(dataset).__name__} has splits {sorted(sets)}, "
-                                 f"not {missing}; set eval.split / reference.source to one of them")
-            test, source = sets[cfg.eval.split], sets[r.source]
-        else:
-            test, source = dataset.split(cfg.eval.split), dataset.split(r.source)
+        got = _splits(dataset, {"test": cfg.eval.split, "source": r.source})
+        test, source = got["test"], got["source"]
+        ref_dataset, ref_source = dataset, source
+        if ref_cfg is not None:
+            ref_dataset = instantiate(ref_cfg)
+            ref_source = _splits(ref_dataset, {"source": r.source})["source"]
+    if isinstance(test, EmbeddingSet) != isinstance(ref_source, EmbeddingSet):
+        raise ValueError(f"the evaluation dataset {type(dataset).__name__} and the reference "
+                         f"dataset {type(ref_dataset).__name__} must both hold embeddings "
+                         "(model=none) or both raw images and captions (embedded by one model)")
     n_test = len(test.image) if isinstance(test, EmbeddingSet) else test.n_images
     n_tuning = _tuning_size(r.tuning_size, n_test)
+    # in-distribution: one seeded draw gives disjoint reference and tuning parts; otherwise the
+    # references are drawn from the other dataset and the tuning part as in-distribution
+    n_ref_tuning = n_tuning if ref_cfg is None else 0
     if isinstance(test, EmbeddingSet):
         if has_model:
             raise ValueError(f"dataset {type(dataset).__name__} already holds embeddings; use "
                              "model=none with it, or a raw-image dataset (coco, flickr30k) with "
                              "an encoder")
-        reference, tuning = reference_and_tuning_sets(source, fraction=r.fraction,
-                                                      tuning_size=n_tuning, seed=r.seed)
+        reference, tuning = reference_and_tuning_sets(ref_source, fraction=r.fraction,
+                                                      tuning_size=n_ref_tuning, seed=r.seed)
+        if ref_cfg is not None and n_tuning:
+            _, tuning = reference_and_tuning_sets(source, fraction=r.fraction,
+                                                  tuning_size=n_tuning, seed=r.seed)
         return test, reference, tuning
     if not has_model:
         raise ValueError(f"dataset {type(dataset).__name__} holds raw images and captions; "
                          "choose an encoder to embed them, e.g. model=clip")
-    ref_rows, tune_rows = reference_and_tuning_split(source.n_images, fraction=r.fraction,
-                                                     tuning_size=n_tuning, seed=r.seed)
-    subset = {"fraction": r.fraction, "tuning_size": n_tuning, "seed": r.seed}
-    parts = {"test": (cfg.eval.split, None, None),
-             "reference": (r.source, ref_rows, {"part": "reference", **subset})}
+    ref_rows, tune_rows = reference_and_tuning_split(ref_source.n_images, fraction=r.fraction,
+                                                     tuning_size=n_ref_tuning, seed=r.seed)
+    if ref_cfg is not None and n_tuning:
+        _, tune_rows = reference_and_tuning_split(source.n_images, fraction=r.fraction,
+                                                  tuning_size=n_tuning, seed=r.seed)
+    subset = {"fraction": r.fraction, "seed": r.seed}
+    parts = {"test": (dataset, cfg.eval.split, None, None),
+             "reference": (ref_dataset, r.source, ref_rows,
+                           {"part": "reference", "tuning_size": n_ref_tuning, **subset})}
     if len(tune_rows):
-        parts["tuning"] = (r.source, tune_rows, {"part": "tuning", **subset})
-    sets = _encode(cfg, dataset, parts, timings)
+        parts["tuning"] = (dataset, r.source, tune_rows,
+                           {"part": "tuning", "tuning_size": n_tuning, **subset})
+    sets = _encode(cfg, parts, timings)
     return sets["test"], sets["reference"], sets.get("tuning")
 
 
@@ -229,6 +303,25 @@ def _deltas(base: dict[str, float], meth: dict[str, float]) -> dict[str, float]:
             if not is_ci_key(k) and not k.endswith("n_queries") and k in meth}
 
 
+def _alpha_k_analysis(cfg: DictConfig, task: RetrievalTask,
+                      timings: dict[str, float]) -> dict[str, Any]:
+    """NNN's R@1 over the alpha x k grid on the evaluation split (``analysis.alpha_k``), from one
+    top-k table. An analysis of how R@1 depends on alpha and k: it chooses nothing (the run's
+    parameters come from the tuning part or the config)."""
+    a = cfg.analysis
+    n_refs = len(task.query_bank)
+    alphas = list(ALPHA_GRID) if a.alphas is None else list(a.alphas)
+    ks = [k for k in K_GRID if k <= n_refs] if a.ks is None else list(a.ks)
+    nnn_kwargs = {"device": cfg.device}
+    if _method_name(cfg) == "NNN":  # the run's backend, index, batch sizes, ...
+        nnn_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items()
+                      if k not in ("_target_", "k", "alpha", "k_max")}
+    with _timed(timings, f"{task.direction}/analysis_alpha_k"):
+        table = nnn_recall_grid(task, alphas=alphas, ks=ks, batch_size=cfg.eval.batch_size,
+                                **nnn_kwargs)
+    return {"split": cfg.eval.split, "axes": {"alpha": alphas, "k": ks}, "table": table.tolist()}
+
+
 def _check_directions(names) -> None:
     bad = [n for n in names if n not in DIRECTIONS]
     if bad or not names:
@@ -247,6 +340,7 @@ def _evaluate_all(cfg: DictConfig, results: dict[str, Any]) -> dict[str, tuple[n
         "dim": test.dim, "test_images": len(test.image), "test_captions": len(test.text),
         "reference_images": len(reference.image), "reference_captions": len(reference.text),
         "tuning_images": 0 if tuning is None else len(tuning.image)}
+    results["data"]["reference_dataset"] = _reference_dataset_name(cfg, results["data"]["dataset"])
     log.info("data: %s", results["data"])
     tuned = _tune(cfg, tuning, reference, timings) if cfg.tune.enabled else {}
     results["tuning"] = {d: r.to_dict() for d, r in tuned.items()}
@@ -263,9 +357,16 @@ def _evaluate_all(cfg: DictConfig, results: dict[str, Any]) -> dict[str, tuple[n
         base_m.update(b)
         meth_m.update(m)
         counts[direction] = (b_counts, m_counts)
+        if cfg.analysis.alpha_k:
+            results["analysis"].setdefault("alpha_k", {})[direction] = \
+                _alpha_k_analysis(cfg, task, timings)
         log.info("%s R@%d: baseline %.2f -> %s %.2f", direction, k0, b[f"{direction}/R@{k0}"],
                  results["method"]["name"], m[f"{direction}/R@{k0}"])
     results["metrics"] = {"baseline": base_m, "method": meth_m, "delta": _deltas(base_m, meth_m)}
+    if cfg.analysis.top_hubs:  # the biggest hubs and how many items have each N_k, before/after
+        results["analysis"]["hubs"] = {
+            d: {"top": top_hubs(b, a, top=min(int(cfg.analysis.top_hubs), len(b))),
+                "occupancy": hub_occupancy(b, a)} for d, (b, a) in counts.items()}
     with _timed(timings, "objective"):
         results["objective"] = _objective(cfg, meth_m, tuning, reference, make_method, tuned)
     return counts
@@ -279,7 +380,8 @@ def _new_results(cfg: DictConfig) -> dict[str, Any]:
         "overrides": list(hc.overrides.task) if hc is not None else [],
         "choices": dict(hc.runtime.choices) if hc is not None else {},
         "method": _method_description(cfg),
-        "data": {}, "tuning": {}, "metrics": {}, "timings_s": {}, "objective": None,
+        "data": {}, "tuning": {}, "metrics": {}, "analysis": {}, "timings_s": {},
+        "objective": None,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
 
@@ -287,6 +389,15 @@ def _new_results(cfg: DictConfig) -> dict[str, Any]:
 def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]:
     """Run one experiment; returns the results dict (see ``nnn.results``) and writes it to
     ``output_dir`` (default: Hydra's output directory of the job)."""
+    if OmegaConf.select(cfg, "extract.lightning"):
+        from nnn.extract_lightning import is_global_zero
+
+        if not is_global_zero():
+            # a DDP rank > 0 (the launcher re-runs this command per device): it encodes its
+            # share of the images and stops; rank 0 alone evaluates, writes results and logs
+            load_sets(cfg, {})
+            log.info("DDP extraction rank done; rank 0 evaluates, writes results and logs")
+            return {"status": "extraction rank", "objective": None}
     if output_dir is None:
         hc = _hydra()
         if hc is None or OmegaConf.is_missing(hc.runtime, "output_dir"):
@@ -305,12 +416,35 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     finally:
         results["timings_s"]["total"] = time.perf_counter() - t0
         write_results(out, results)
+    pngs, tables = _write_plots_and_tables(cfg, results, counts, out)
+    log.info("results in %s\n%s", out, format_table(results))
+    log_to_logger(cfg, results, out, pngs, tables)
+    return results
+
+
+def _write_plots_and_tables(cfg: DictConfig, results: dict[str, Any],
+                            counts: dict[str, tuple[np.ndarray, np.ndarray]], out: Path
+                            ) -> tuple[dict[str, Path], dict[str, tuple]]:
+    """The run's files beside results.json: N_k counts and their histogram, and where computed
+    the alpha x k heat map and grid, the hub tables. Returns (PNGs, tables) for the logger."""
+    write_hub_counts(out / HUB_COUNTS_NPZ, counts)
     pngs = {"hubness": hubness_histogram(counts, out / HUBNESS_PNG,
                                          labels=("baseline", results["method"]["name"]),
                                          k=cfg.eval.hubness_k)}
-    log.info("results in %s\n%s", out, format_table(results))
-    log_to_logger(cfg, results, out, pngs)
-    return results
+    tables = {}
+    grids = alpha_k_grids(results)
+    if grids:  # NNN's R@1 over (alpha, k): the tuning grid and/or the test-split analysis
+        pngs["alpha_k"] = alpha_k_heatmap(grids, out / ALPHA_K_PNG)
+        tables["alpha_k"] = (ALPHA_K_COLUMNS, alpha_k_rows(grids))
+        write_table_csv(out / ALPHA_K_CSV, *tables["alpha_k"])
+    hubs = results["analysis"].get("hubs") or {}
+    for key, name, columns in (("top", TOP_HUBS_CSV, TOP_HUBS_COLUMNS),
+                               ("occupancy", HUB_OCCUPANCY_CSV, HUB_OCCUPANCY_COLUMNS)):
+        if hubs:
+            rows = [{"direction": d, **row} for d, h in hubs.items() for row in h[key]]
+            tables[Path(name).stem] = (columns, rows)
+            write_table_csv(out / name, columns, rows)
+    return pngs, tables
 
 
 # -- experiment logging --------------------------------------------------------------------------
@@ -325,8 +459,10 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def log_to_logger(cfg: DictConfig, results: dict[str, Any], out: Path,
-                  pngs: dict[str, Path]) -> None:
-    """Send config, metrics, the results table and the plots to ``cfg.logger``; never raises."""
+                  pngs: dict[str, Path], tables: dict[str, tuple] | None = None) -> None:
+    """Send config, metrics, the results table, extra ``tables`` ({key: (columns, rows of
+    dicts)}) and the plots to ``cfg.logger``; never raises. Jobs of a sweep share a W&B group
+    (``sweep_group``)."""
     try:
         logger = instantiate(cfg.logger)
     except Exception as err:
@@ -338,7 +474,7 @@ def log_to_logger(cfg: DictConfig, results: dict[str, Any], out: Path,
     if hc is not None:
         name = hc.job.override_dirname or cfg.name
         if hc.mode == RunMode.MULTIRUN:
-            group = f"{cfg.name}-{Path(hc.sweep.dir).name}"
+            group = sweep_group(cfg.name, hc.sweep.dir)
     m = results["metrics"]
     metrics = dict(m["method"])
     metrics.update({f"baseline/{k}": v for k, v in m["baseline"].items()})
@@ -350,6 +486,8 @@ def log_to_logger(cfg: DictConfig, results: dict[str, Any], out: Path,
         logger.start(_flatten(results["config"]), name=name, group=group, dir=out)
         logger.log_metrics(metrics)
         logger.log_table("results", CSV_COLUMNS, rows)
+        for key, (columns, dict_rows) in (tables or {}).items():
+            logger.log_table(key, columns, [[r.get(c) for c in columns] for r in dict_rows])
         for key, path in pngs.items():
             logger.log_image(key, path)
 

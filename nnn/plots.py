@@ -4,6 +4,8 @@
   before and after a correction, one panel per retrieval direction.
 - ``metric_vs_param``: a metric (e.g. R@1) against a swept parameter (e.g. α), one line per
   setting of the other swept parameters.
+- ``alpha_k_heatmap``: NNN's R@1 over the α x k grid, one panel per direction and split; the
+  tuning split's panels are where (α, k) are chosen, the test split's panels are an analysis.
 
 Files are written atomically (rendered to memory, then ``atomic_write_bytes``).
 """
@@ -77,4 +79,47 @@ def metric_vs_param(series: Mapping[str, tuple[Sequence[float], Sequence[float]]
         ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def alpha_k_heatmap(grids: Sequence[Mapping], path: str | Path) -> Path:
+    """Heat maps of R@1 over (α, k): a column per direction, a row per role.
+
+    grids: dicts with ``direction``, ``split``, ``role`` ("selection": the tuning split, where
+    (α, k) are chosen; "analysis": the evaluation split, chooses nothing), ``alphas`` (n_a,),
+    ``ks`` (n_k,), ``table`` (n_a, n_k) R@1 in percent (None/NaN: not evaluated) and ``chosen``
+    ((α, k) outlined in red, or None); see ``nnn.results.alpha_k_grids``.
+    """
+    if not grids:
+        raise ValueError("alpha_k_heatmap needs at least one grid")
+    directions = list(dict.fromkeys(g["direction"] for g in grids))
+    roles = [r for r in ("selection", "analysis") if any(g["role"] == r for g in grids)]
+    fig, axes = plt.subplots(len(roles), len(directions), squeeze=False,
+                             figsize=(5.6 * len(directions), 4.4 * len(roles)))
+    for ax in axes.ravel():
+        ax.set_visible(False)
+    for g in grids:
+        ax = axes[roles.index(g["role"]), directions.index(g["direction"])]
+        ax.set_visible(True)
+        table = np.array([[np.nan if v is None else v for v in row] for row in g["table"]],
+                         dtype=float)
+        image = ax.imshow(table, aspect="auto", origin="lower", cmap="viridis")
+        fig.colorbar(image, ax=ax, label="R@1 (%)")
+        ax.set_xticks(range(len(g["ks"])), [str(k) for k in g["ks"]])
+        ax.set_yticks(range(len(g["alphas"])), [f"{a:g}" for a in g["alphas"]])
+        ax.set_xlabel("k (reference neighbours)")
+        ax.set_ylabel("α")
+        if table.size <= 144:
+            for (i, j), v in np.ndenumerate(table):
+                if np.isfinite(v):
+                    ax.text(j, i, f"{v:.1f}", ha="center", va="center", fontsize=6,
+                            color="white" if v < np.nanmean(table) else "black")
+        if g.get("chosen") is not None:
+            a, k = g["chosen"]
+            if a in g["alphas"] and k in g["ks"]:
+                ax.add_patch(plt.Rectangle((g["ks"].index(k) - 0.5, g["alphas"].index(a) - 0.5),
+                                           1, 1, fill=False, edgecolor="red", linewidth=2))
+        what = ("chooses α, k (red)" if g["role"] == "selection"
+                else "ANALYSIS ONLY, chooses nothing; red: the run's α, k")
+        ax.set_title(f"{g['direction']}: R@1 on the {g['split']} split\n{what}", fontsize=9)
     return _save(fig, path)

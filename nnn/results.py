@@ -7,6 +7,9 @@ A run's results are one JSON-able dict (built by ``nnn.pipeline``)::
      "data": {"dataset": ..., "n_test_images": ..., ...},
      "metrics": {"baseline": {"t2i/R@1": ..., "t2i/R@1_ci_low": ..., ...},
                  "method": {...}, "delta": {"t2i/R@1": method - baseline, ...}},
+     "analysis": {"alpha_k": {"t2i": {"split": "test", "axes": {"alpha": [...], "k": [...]},
+                               "table": [[R@1, ...], ...]}}},   # only with analysis.alpha_k
+     "tuning": {"t2i": {"method": "nnn", "best": {...}, "axes": ..., "table": ...}},  # tune.enabled
      "timings_s": {"load": ..., "t2i/fit": ..., ...},
      "objective": {"metric": "t2i/R@1", "split": "tuning", "value": ...},
      "config": {... the resolved config ...}}
@@ -36,6 +39,8 @@ _TABLE_EXTRA = ("median_rank", "hubness/skewness", "hubness/kurtosis", "hubness/
                 "hubness/never_retrieved", "hubness/robin_hood")
 CSV_COLUMNS = ("metric", "baseline", "baseline_ci_low", "baseline_ci_high", "method",
                "method_ci_low", "method_ci_high", "delta")
+#: columns of alpha_k.csv: NNN's R@1 at each grid point of a direction and split
+ALPHA_K_COLUMNS = ("direction", "split", "role", "alpha", "k", "R@1", "chosen")
 
 
 def jsonable(obj):
@@ -79,6 +84,56 @@ def _csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
     for row in rows:
         writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
     return buf.getvalue()
+
+
+def write_table_csv(path: str | Path, columns: Sequence[str],
+                    rows: Iterable[Mapping[str, Any]]) -> Path:
+    """Write ``rows`` (dicts; missing keys and None become empty cells) as CSV (atomic)."""
+    return atomic_write_text(path, _csv_text(columns, rows))
+
+
+def alpha_k_grids(results: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """NNN's R@1 grids over (alpha, k) held by a run's results, one dict per direction and split.
+
+    From ``results["tuning"]`` (NNN tuned on the tuning part: role "selection", ``chosen`` =
+    the selected (alpha, k)) and ``results["analysis"]["alpha_k"]`` (the evaluation split:
+    role "analysis", ``chosen`` = the run's (alpha, k), which were NOT chosen on it). Each:
+    ``{"direction", "split", "role", "alphas", "ks", "table" (n_alpha, n_k) nested lists,
+    "chosen": (alpha, k) or None}``.
+    """
+    grids = []
+    tuning = results.get("tuning") or {}
+    params = (results.get("method") or {}).get("params") or {}
+    for direction, t in tuning.items():
+        if t.get("method") == "nnn" and set(t.get("axes", {})) == {"alpha", "k"}:
+            grids.append({"direction": direction, "split": "tuning", "role": "selection",
+                          "alphas": list(t["axes"]["alpha"]), "ks": list(t["axes"]["k"]),
+                          "table": t["table"], "chosen": (t["best"]["alpha"], t["best"]["k"])})
+    for direction, a in ((results.get("analysis") or {}).get("alpha_k") or {}).items():
+        if direction in tuning and "alpha" in tuning[direction].get("best", {}):
+            chosen = (tuning[direction]["best"]["alpha"], tuning[direction]["best"]["k"])
+        elif "alpha" in params and "k" in params:
+            chosen = (params["alpha"], params["k"])
+        else:
+            chosen = None
+        grids.append({"direction": direction, "split": a["split"], "role": "analysis",
+                      "alphas": list(a["axes"]["alpha"]), "ks": list(a["axes"]["k"]),
+                      "table": a["table"], "chosen": chosen})
+    return grids
+
+
+def alpha_k_rows(grids: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Long rows (``ALPHA_K_COLUMNS``) of ``alpha_k_grids``: one per grid point."""
+    rows = []
+    for g in grids:
+        for i, alpha in enumerate(g["alphas"]):
+            for j, k in enumerate(g["ks"]):
+                rows.append({"direction": g["direction"], "split": g["split"], "role": g["role"],
+                             "alpha": alpha, "k": k, "R@1": g["table"][i][j],
+                             "chosen": g["chosen"] is not None
+                             and (float(alpha), int(k)) == (float(g["chosen"][0]),
+                                                            int(g["chosen"][1]))})
+    return rows
 
 
 def write_results(out_dir: str | Path, results: Mapping[str, Any]) -> dict[str, Path]:

@@ -142,7 +142,7 @@ def test_missing_data_root_exits_cleanly(tmp_path):
 def test_missing_precomputed_file_names_it(tmp_path):
     cfg = compose(["dataset=precomputed", "logger=none",
                    f"dataset.image_path={tmp_path / 'nope.npy'}"])
-    with pytest.raises(FileNotFoundError, match="nope.npy"):
+    with pytest.raises(MissingResourceError, match="nope.npy"):
         run(cfg, output_dir=tmp_path)
 
 
