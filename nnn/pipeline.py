@@ -9,7 +9,7 @@ the uncorrected baseline, then results files, plots and the experiment logger:
 2. The reference set (and an optional tuning part) is drawn from the training split
    (``cfg.reference``), disjoint from the evaluation split; the references may come from
    another dataset's training split (``reference.dataset``, out-of-distribution references).
-3. Optionally (``cfg.tune.enabled``) the method's hyper-parameters are chosen per direction on
+3. Optionally (``cfg.method.tune``) the method's hyper-parameters are chosen per direction on
    the tuning part (``nnn.tuning``); the test split is never used for it.
 4. Per direction (``nnn.tuning.RetrievalTask``: t2i: captions retrieve test images, the banks are
    reference captions (query bank) and reference images (gallery bank); i2t: the mirror image),
@@ -47,7 +47,8 @@ from nnn.metrics import hubness_stats, k_occurrence, rank_summary, recall_at_k
 from nnn.plots import alpha_k_heatmap, hubness_histogram
 from nnn.results import (ALPHA_K_COLUMNS, CSV_COLUMNS, alpha_k_grids, alpha_k_rows, format_table,
                          is_ci_key, metric_rows, write_results, write_table_csv)
-from nnn.tuning import ALPHA_GRID, DIRECTIONS, K_GRID, RetrievalTask, canonical_method, tune
+from nnn.tuning import (ALPHA_GRID, DIRECTIONS, K_GRID, TUNED_PARAMS, RetrievalTask,
+                         canonical_method, tune)
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +63,8 @@ TOP_HUBS_COLUMNS = ("direction", "rank", "item", "before", "after", "before_shar
 HUB_OCCUPANCY_COLUMNS = ("direction", "bin", "low", "high", "before", "after")
 #: the Hydra choice key of the reference set's own dataset (``dataset@reference.dataset=coco``)
 REFERENCE_DATASET_CHOICE = "dataset@reference.dataset"
-#: constructor keys each tunable method's grid search sets (the rest of cfg.method is kept)
-TUNED_KEYS = {"nnn": ("k", "alpha"), "qb_norm": ("beta",), "db_norm": ("beta_query", "beta_gallery"),
-              "dn": ("lam",)}
+#: the key of cfg.method that switches tuning on; a pipeline switch, not a constructor keyword
+TUNE_KEY = "tune"
 
 
 @contextmanager
@@ -242,10 +242,24 @@ def _method_name(cfg: DictConfig) -> str:
     return str(cfg.method.get("_target_", "?")).rsplit(".", 1)[-1]
 
 
+def method_params(cfg: DictConfig) -> dict[str, Any]:
+    """cfg.method as constructor keywords (with ``_target_``), without the ``tune`` switch."""
+    params = OmegaConf.to_container(cfg.method, resolve=True)
+    params.pop(TUNE_KEY, None)
+    return params
+
+
+def build_method(cfg: DictConfig):
+    return instantiate(method_params(cfg))
+
+
+def _tuning_requested(cfg: DictConfig) -> bool:
+    return bool(cfg.method.get(TUNE_KEY, False))
+
+
 def _method_description(cfg: DictConfig) -> dict[str, Any]:
     """{"name": "NNN", "params": {...}, "repr": "NNN(k=16, alpha=0.75, ...)"} from cfg.method."""
-    params = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items()
-              if k not in ("_target_", "device")}
+    params = {k: v for k, v in method_params(cfg).items() if k not in ("_target_", "device")}
     name = _method_name(cfg)
     return {"name": name, "params": params,
             "repr": f"{name}({', '.join(f'{k}={v!r}' for k, v in params.items())})"}
@@ -255,11 +269,11 @@ def _tune(cfg: DictConfig, tuning: EmbeddingSet | None, reference: EmbeddingSet,
           timings: dict[str, float]) -> dict:
     """Per direction, the ``TuningResult`` of the method's grid on the tuning part."""
     if tuning is None:
-        raise ValueError("tune.enabled=true needs a tuning part: set reference.tuning_size "
+        raise ValueError("method.tune=true needs a tuning part: set reference.tuning_size "
                          "(e.g. 'test', the paper's protocol)")
     method = canonical_method(_method_name(cfg))
-    fixed = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items()
-             if k != "_target_" and k not in TUNED_KEYS[method]}
+    fixed = {k: v for k, v in method_params(cfg).items()
+             if k != "_target_" and k not in TUNED_PARAMS[method]}
     grid = OmegaConf.to_container(cfg.tune.grid, resolve=True) or {}
     out = {}
     for direction in cfg.eval.directions:
@@ -314,7 +328,7 @@ def _alpha_k_analysis(cfg: DictConfig, task: RetrievalTask,
     ks = [k for k in K_GRID if k <= n_refs] if a.ks is None else list(a.ks)
     nnn_kwargs = {"device": cfg.device}
     if _method_name(cfg) == "NNN":  # the run's backend, index, batch sizes, ...
-        nnn_kwargs = {k: v for k, v in OmegaConf.to_container(cfg.method, resolve=True).items()
+        nnn_kwargs = {k: v for k, v in method_params(cfg).items()
                       if k not in ("_target_", "k", "alpha", "k_max")}
     with _timed(timings, f"{task.direction}/analysis_alpha_k"):
         table = nnn_recall_grid(task, alphas=alphas, ks=ks, batch_size=cfg.eval.batch_size,
@@ -333,7 +347,7 @@ def _evaluate_all(cfg: DictConfig, results: dict[str, Any]) -> dict[str, tuple[n
     direction (baseline, method)."""
     timings = results["timings_s"]
     _check_directions(cfg.eval.directions)
-    instantiate(cfg.method)  # bad parameters fail here, before any data is loaded
+    build_method(cfg)  # bad parameters fail here, before any data is loaded
     test, reference, tuning = load_sets(cfg, timings)
     results["data"] = {
         "dataset": results["choices"].get("dataset") or test.meta.get("source", test.name),
@@ -342,11 +356,11 @@ def _evaluate_all(cfg: DictConfig, results: dict[str, Any]) -> dict[str, tuple[n
         "tuning_images": 0 if tuning is None else len(tuning.image)}
     results["data"]["reference_dataset"] = _reference_dataset_name(cfg, results["data"]["dataset"])
     log.info("data: %s", results["data"])
-    tuned = _tune(cfg, tuning, reference, timings) if cfg.tune.enabled else {}
+    tuned = _tune(cfg, tuning, reference, timings) if _tuning_requested(cfg) else {}
     results["tuning"] = {d: r.to_dict() for d, r in tuned.items()}
 
     def make_method(direction: str):
-        return tuned[direction].estimator() if direction in tuned else instantiate(cfg.method)
+        return tuned[direction].estimator() if direction in tuned else build_method(cfg)
 
     base_m, meth_m, counts = {}, {}, {}
     k0 = cfg.eval.ks[0]

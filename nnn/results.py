@@ -9,7 +9,7 @@ A run's results are one JSON-able dict (built by ``nnn.pipeline``)::
                  "method": {...}, "delta": {"t2i/R@1": method - baseline, ...}},
      "analysis": {"alpha_k": {"t2i": {"split": "test", "axes": {"alpha": [...], "k": [...]},
                                "table": [[R@1, ...], ...]}}},   # only with analysis.alpha_k
-     "tuning": {"t2i": {"method": "nnn", "best": {...}, "axes": ..., "table": ...}},  # tune.enabled
+     "tuning": {"t2i": {"method": "nnn", "best": {...}, "axes": ..., "table": ...}},  # method.tune=true
      "timings_s": {"load": ..., "t2i/fit": ..., ...},
      "objective": {"metric": "t2i/R@1", "split": "tuning", "value": ...},
      "config": {... the resolved config ...}}

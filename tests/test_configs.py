@@ -12,7 +12,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from nnn.loggers import NullLogger
 from nnn.methods import RetrievalMethod
-from nnn.pipeline import CONFIG_DIR, compose
+from nnn.pipeline import CONFIG_DIR, TUNE_KEY, build_method, compose
 
 REPO = CONFIG_DIR.parent
 GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "hydra")
@@ -38,7 +38,9 @@ def _check_keys_match(path: str, node: DictConfig) -> None:
     params = inspect.signature(target).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    unknown = [k for k in node if not str(k).startswith("_") and k not in params]
+    # the method's tune switch is read by the pipeline and removed before instantiation
+    switches = {TUNE_KEY} if path == "method" else set()
+    unknown = [k for k in node if not str(k).startswith("_") and k not in set(params) | switches]
     assert not unknown, f"{path}: keys {unknown} are not parameters of {node._target_}"
 
 
@@ -61,7 +63,7 @@ def test_option_composes_and_resolves(group, option):
 
 @pytest.mark.parametrize("option", [o for g, o in OPTIONS if g == "method"])
 def test_method_options_instantiate(option):
-    method = instantiate(compose([f"method={option}"]).method)
+    method = build_method(compose([f"method={option}"]))
     assert isinstance(method, RetrievalMethod)
 
 

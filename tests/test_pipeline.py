@@ -90,7 +90,7 @@ def test_bad_direction_is_a_clear_error(tmp_path):
 
 
 def test_tuning_protocol_never_uses_test(tmp_path):
-    cfg = compose(["debug=tiny", "logger=none", "reference.tuning_size=test", "tune.enabled=true",
+    cfg = compose(["debug=tiny", "logger=none", "reference.tuning_size=test", "method.tune=true",
                    "+tune.grid.alphas=[0.5,0.75]", "+tune.grid.ks=[1,4]"])
     results = run(cfg, output_dir=tmp_path)
     assert results["data"]["tuning_images"] == results["data"]["test_images"] == 100
