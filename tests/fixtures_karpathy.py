@@ -136,3 +136,26 @@ def tiny_clip_encoder(config_dir: str | Path, *, device: str = "cpu", batch_size
 if __name__ == "__main__":  # python tests/fixtures_karpathy.py DIR: write both fixtures there
     for ds in ("coco", "flickr30k"):
         make_karpathy_fixture(sys.argv[1], ds)
+
+
+class CountingEncoder:
+    """Wraps an encoder; counts encoded images and can fail after ``fail_after`` image batches
+    (a crash injected mid-extraction)."""
+
+    def __init__(self, inner, fail_after: int | None = None):
+        self.inner, self.fail_after = inner, fail_after
+        self.images = self.batches = 0
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def load(self):  # the Lightning path (re)loads on the rank's device
+        self.inner.load()
+        return self
+
+    def encode_image_batch(self, pixels):
+        if self.fail_after is not None and self.batches >= self.fail_after:
+            raise RuntimeError("injected crash")
+        self.batches += 1
+        self.images += len(pixels)
+        return self.inner.encode_image_batch(pixels)

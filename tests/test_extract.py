@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fixtures_karpathy import corrupt, make_karpathy_fixture, tiny_clip_encoder
+from fixtures_karpathy import CountingEncoder, corrupt, make_karpathy_fixture, tiny_clip_encoder
 from PIL import Image
 
 from nnn.cache import EmbeddingCache
@@ -35,24 +35,6 @@ def coco(tmp_path):
     make_karpathy_fixture(tmp_path / "data", "coco", n_train=11, n_restval=4, n_val=3, n_test=4,
                           extra_captions={2: 2})
     return COCO(tmp_path / "data")
-
-
-class Counting:
-    """Wraps an encoder; counts encoded images and can fail after ``fail_after`` image batches."""
-
-    def __init__(self, inner, fail_after: int | None = None):
-        self.inner, self.fail_after = inner, fail_after
-        self.images = self.batches = 0
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def encode_image_batch(self, pixels):
-        if self.fail_after is not None and self.batches >= self.fail_after:
-            raise RuntimeError("injected crash")
-        self.batches += 1
-        self.images += len(pixels)
-        return self.inner.encode_image_batch(pixels)
 
 
 def _reference(encoder, split):
@@ -87,7 +69,7 @@ def test_matches_direct_encoding_and_caches(encoder, coco, tmp_path):
     assert np.array_equal(es.caption_to_image, split.caption_to_image)
     assert es.meta["n_bad_images"] == 0 and es.name == "train"
     assert not (cache.root / ".work" / cache.last.key).exists()  # work dir removed after store
-    counting = Counting(encoder)
+    counting = CountingEncoder(encoder)
     again = embed_dataset_split(counting, coco, "train", cache, **OPTS)
     assert cache.last.hit and counting.images == 0
     np.testing.assert_array_equal(again.image, es.image)
@@ -100,13 +82,13 @@ def test_matches_direct_encoding_and_caches(encoder, coco, tmp_path):
 def test_resume_after_crash(encoder, coco, tmp_path):
     split = coco.split("train")
     cache = EmbeddingCache(tmp_path / "cache")
-    crashing = Counting(encoder, fail_after=3)  # batches of 4 in shards of 6: shard 1 done
+    crashing = CountingEncoder(encoder, fail_after=3)  # batches of 4 in shards of 6: shard 1 done
     with pytest.raises(RuntimeError, match="injected crash"):
         embed_dataset_split(crashing, coco, "train", cache, **OPTS)
     ident_key = next((cache.root / ".work").iterdir())
     parts = sorted(ident_key.glob(PART_GLOB))
     assert len(parts) == 1  # shard 0 (rows 0-5) written; batch 3 was lost with the crash
-    resumed = Counting(encoder)
+    resumed = CountingEncoder(encoder)
     es = embed_dataset_split(resumed, coco, "train", cache, **OPTS)
     assert resumed.images == split.n_images - 6  # finished shard not recomputed
     fresh = embed_dataset_split(encoder, coco, "train", EmbeddingCache(tmp_path / "fresh"), **OPTS)
@@ -119,11 +101,11 @@ def test_resume_after_crash(encoder, coco, tmp_path):
 def test_corrupt_shard_is_recomputed(encoder, coco, tmp_path):
     cache = EmbeddingCache(tmp_path / "cache")
     with pytest.raises(RuntimeError, match="injected crash"):
-        embed_dataset_split(Counting(encoder, fail_after=3), coco, "train", cache, **OPTS)
+        embed_dataset_split(CountingEncoder(encoder, fail_after=3), coco, "train", cache, **OPTS)
     work = next((cache.root / ".work").iterdir())
     (part,) = work.glob(PART_GLOB)
     part.write_bytes(part.read_bytes()[:100])  # a torn file (e.g. disk full)
-    resumed = Counting(encoder)
+    resumed = CountingEncoder(encoder)
     es = embed_dataset_split(resumed, coco, "train", cache, **OPTS)
     assert resumed.images == 15
     fresh = embed_dataset_split(encoder, coco, "train", EmbeddingCache(tmp_path / "fresh"), **OPTS)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fixtures_karpathy import (TINY_NAME, corrupt, make_karpathy_fixture, register_tiny_config,
+from fixtures_karpathy import (TINY_NAME, CountingEncoder, corrupt, make_karpathy_fixture, register_tiny_config,
                                tiny_clip_encoder)
 
 from nnn import extract_lightning
@@ -83,37 +83,18 @@ def test_ddp_two_cpu_processes_match_one_process(flickr, tmp_path, encoder):
     assert not any((tmp_path / "cache" / ".work").iterdir())  # shards removed after the merge
 
 
-class Counting:
-    def __init__(self, inner, fail_after=None):
-        self.inner, self.fail_after, self.batches, self.images = inner, fail_after, 0, 0
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def load(self):  # the Lightning path (re)loads on the rank's device
-        self.inner.load()
-        return self
-
-    def encode_image_batch(self, pixels):
-        if self.fail_after is not None and self.batches >= self.fail_after:
-            raise RuntimeError("injected crash")
-        self.batches += 1
-        self.images += len(pixels)
-        return self.inner.encode_image_batch(pixels)
-
-
 def test_lightning_resumes_shards_of_a_crashed_run(flickr, tmp_path, encoder):
     ds = Flickr30k(flickr)
     cache = EmbeddingCache(tmp_path / "cache")
     with pytest.raises(RuntimeError, match="injected crash"):  # one process, shard 0 written
-        embed_dataset_split(Counting(encoder, fail_after=2), ds, "train", cache, **OPTS)
-    resumed = Counting(encoder)
+        embed_dataset_split(CountingEncoder(encoder, fail_after=2), ds, "train", cache, **OPTS)
+    resumed = CountingEncoder(encoder)
     es = embed_dataset_split(resumed, ds, "train", cache, lightning=ONE_CPU, **OPTS)
     assert resumed.images == 13 - 4
     fresh = embed_dataset_split(encoder, ds, "train", EmbeddingCache(tmp_path / "fresh"), **OPTS)
     np.testing.assert_allclose(es.image, fresh.image, atol=1e-6)
     np.testing.assert_array_equal(es.caption_to_image, fresh.caption_to_image)
-    again = Counting(encoder)  # a cache hit: the Trainer is not even built
+    again = CountingEncoder(encoder)  # a cache hit: the Trainer is not even built
     embed_dataset_split(again, ds, "train", cache, lightning=ONE_CPU, **OPTS)
     assert again.images == 0 and again.batches == 0
 
