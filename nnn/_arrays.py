@@ -81,8 +81,19 @@ def check_positive_int(value, name: str, *, upper: int | None = None, upper_name
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if upper is not None and value > upper:
         raise ValueError(f"{name}={value} is larger than {upper_name} ({upper}); "
-                         f"use {name} <= {upper} or a larger {upper_name.split(' ')[0]}")
+                         f"use {name} <= {upper}")
     return int(value)
+
+
+def check_grid(values, name: str, check) -> list:
+    """A hyperparameter grid as a list, each value passed through ``check(value, name)``;
+    ``ValueError`` when it is empty or repeats a value."""
+    out = [check(v, f"every value in {name}") for v in np.atleast_1d(values).tolist()]
+    if not out:
+        raise ValueError(f"{name} is empty; pass at least one value")
+    if len(set(out)) != len(out):
+        raise ValueError(f"{name} has repeated values {sorted(out)}; list each value once")
+    return out
 
 
 def check_non_negative(value, name: str) -> float:
@@ -96,11 +107,20 @@ def check_non_negative(value, name: str) -> float:
     return v
 
 
+def parse_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``; ``ValueError`` naming it when it is not one."""
+    try:
+        return torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={device!r} is not a device; use 'cpu', 'cuda', 'cuda:N' or "
+                         "'auto'") from None
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """``None``/``"auto"`` -> CUDA when available, else CPU; unknown CUDA -> clear error."""
     if device is None or device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
+    dev = parse_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device={device!r} was requested but CUDA is not available; "
                          "use device='cpu' or 'auto'")

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from nnn._arrays import as_matrix, check_non_negative, check_positive_int
+from nnn._arrays import as_matrix, check_grid, check_non_negative, check_positive_int
 from nnn._atomic import atomic_write_bytes
 from nnn.methods import NNN
 from nnn.tuning import RetrievalTask
@@ -35,15 +35,6 @@ OCCUPANCY_EDGES = (0, 1, 2, 3, 5, 10, 20, 50)
 
 
 # -- R@1 over the alpha x k grid -------------------------------------------------------------
-def _unique(values, name: str, check) -> list:
-    out = [check(v, f"every value in {name}") for v in np.atleast_1d(values).tolist()]
-    if not out:
-        raise ValueError(f"{name} is empty; pass at least one value")
-    if len(set(out)) != len(out):
-        raise ValueError(f"{name} has repeated values {sorted(out)}; list each value once")
-    return out
-
-
 def _relevant_index(task: RetrievalTask, device: torch.device) -> torch.Tensor:
     """(n_q, m) int64 gallery rows that answer each query, padded with -1.
 
@@ -91,8 +82,8 @@ def nnn_recall_grid(task: RetrievalTask, *, alphas: Sequence[float], ks: Sequenc
     item scores strictly above every other item (ties count against it, as in ``nnn.metrics``),
     so the table equals R@1 of separate runs.
     """
-    alphas = _unique(alphas, "alphas", check_non_negative)
-    ks = _unique(ks, "ks", check_positive_int)
+    alphas = check_grid(alphas, "alphas", check_non_negative)
+    ks = check_grid(ks, "ks", check_positive_int)
     batch_size = check_positive_int(batch_size, "batch_size")
     fitted = task.fit(NNN(k=min(ks), k_max=max(ks), alpha=alphas[0], **nnn_kwargs))
     dev = fitted.device_

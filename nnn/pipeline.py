@@ -167,6 +167,10 @@ def load_sets(cfg: DictConfig, timings: dict[str, float]
     r = cfg.reference
     has_model = "_target_" in (cfg.get("model") or {})
     ref_cfg = reference_dataset_config(cfg)
+    if ref_cfg is None and r.source == cfg.eval.split:
+        raise ValueError(f"reference.source={r.source!r} is the evaluation split (eval.split); "
+                         "references and the tuning part must come from another split, e.g. "
+                         "reference.source=train")
     with _timed(timings, "load"):
         dataset = instantiate(cfg.dataset)
         got = _splits(dataset, {"test": cfg.eval.split, "source": r.source})

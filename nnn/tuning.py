@@ -52,7 +52,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from nnn._arrays import check_non_negative, check_positive_int
+from nnn._arrays import check_grid, check_non_negative, check_positive_int
 from nnn.data.base import EmbeddingSet
 from nnn.methods import DN, NNN, DBNorm, Identity, QBNorm
 from nnn.metrics import i2t_ranks, recall_at_k, t2i_ranks
@@ -199,16 +199,6 @@ def make_estimator(method: str, params: dict, **kwargs):
 
 
 # -- grid checks -------------------------------------------------------------------------------
-def _check_grid(values, name: str, check) -> list:
-    values = np.atleast_1d(values).tolist()
-    if not values:
-        raise ValueError(f"{name} is empty; pass at least one value (or None for the paper's grid)")
-    out = [check(v, f"every value in {name}") for v in values]
-    if len(set(out)) != len(out):
-        raise ValueError(f"{name} has repeated values {sorted(out)}; list each value once")
-    return out
-
-
 def _check_finite(value, name: str) -> float:
     try:
         v = float(value)
@@ -228,7 +218,7 @@ def _k_grid(ks, n_refs: int, notes: list[str]) -> list[int]:
             log.info("NNN tuning: %s", note)
             notes.append(note)
         return grid
-    grid = _check_grid(ks, "ks", check_positive_int)
+    grid = check_grid(ks, "ks", check_positive_int)
     too_big = [k for k in grid if k > n_refs]
     if too_big:
         raise ValueError(f"ks {too_big} exceed the number of references ({n_refs}); NNN "
@@ -316,7 +306,7 @@ def tune_nnn(tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i", *
     _check_fixed_kwargs(nnn_kwargs, (*TUNED_PARAMS["nnn"], "k_max"), "NNN")
     task = RetrievalTask.from_sets(tuning, refs, direction)
     notes: list[str] = []
-    alphas = _check_grid(ALPHA_GRID if alphas is None else alphas, "alphas", check_non_negative)
+    alphas = check_grid(ALPHA_GRID if alphas is None else alphas, "alphas", check_non_negative)
     ks = _k_grid(ks, len(task.query_bank), notes)
     # one top-k table of width max(ks); every grid point reads its first k columns
     fitted = task.fit(NNN(k=min(ks), k_max=max(ks), alpha=alphas[0], **nnn_kwargs))
@@ -338,7 +328,7 @@ def tune_qb_norm(tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i
     """
     _check_fixed_kwargs(qb_kwargs, _beta_tuner_keywords("qb_norm"), "QBNorm")
     task = RetrievalTask.from_sets(tuning, refs, direction)
-    betas = _check_grid(QB_NORM_BETA_GRID if betas is None else betas, "betas", check_non_negative)
+    betas = check_grid(QB_NORM_BETA_GRID if betas is None else betas, "betas", check_non_negative)
     points = [{"beta": b} for b in betas]
     grid = _search("qb_norm", task, points, _beta_estimators("qb_norm", task, points, qb_kwargs),
                    batch_size)
@@ -366,8 +356,8 @@ def tune_db_norm(tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i
         if len(stage) != 2:
             raise ValueError(f"stage {i} must be a (beta_query values, beta_gallery values) "
                              f"pair, got {stage!r}")
-        bqs = _check_grid(stage[0], f"stages[{i}] beta_query values", check_non_negative)
-        bgs = _check_grid(stage[1], f"stages[{i}] beta_gallery values", check_non_negative)
+        bqs = check_grid(stage[0], f"stages[{i}] beta_query values", check_non_negative)
+        bgs = check_grid(stage[1], f"stages[{i}] beta_gallery values", check_non_negative)
         for bq in bqs:
             for bg in bgs:
                 if (bq, bg) not in seen:
@@ -386,7 +376,7 @@ def tune_dn(tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i", *,
     """DN's lambda (default ``DN_LAMBDA_GRID``; the paper fixes 0.5), one fit per value."""
     _check_fixed_kwargs(dn_kwargs, TUNED_PARAMS["dn"], "DN")
     task = RetrievalTask.from_sets(tuning, refs, direction)
-    lams = _check_grid(DN_LAMBDA_GRID if lams is None else lams, "lams", _check_finite)
+    lams = check_grid(DN_LAMBDA_GRID if lams is None else lams, "lams", _check_finite)
     grid = _search("dn", task, [{"lam": v} for v in lams], _fresh_fits("dn", task, dn_kwargs),
                    batch_size)
     return _result("dn", direction, grid, {"lam": lams}, dn_kwargs, [])

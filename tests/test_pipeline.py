@@ -89,6 +89,11 @@ def test_bad_direction_is_a_clear_error(tmp_path):
             output_dir=tmp_path)
 
 
+def test_references_from_the_evaluation_split_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="reference.source='test' is the evaluation split"):
+        run(compose(["debug=tiny", "logger=none", "reference.source=test"]), output_dir=tmp_path)
+
+
 def test_tuning_protocol_never_uses_test(tmp_path):
     cfg = compose(["debug=tiny", "logger=none", "reference.tuning_size=test", "method.tune=true",
                    "+tune.grid.alphas=[0.5,0.75]", "+tune.grid.ks=[1,4]"])

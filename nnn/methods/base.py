@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from nnn._arrays import as_matrix, as_tensor, check_positive_int, resolve_device
+from nnn._arrays import as_matrix, as_tensor, check_positive_int, parse_device, resolve_device
 
 
 class RetrievalMethod:
@@ -25,6 +25,8 @@ class RetrievalMethod:
 
     def __init__(self, *, batch_size: int = 4096, device: str = "cpu", normalize: bool = False):
         self.batch_size = check_positive_int(batch_size, "batch_size")
+        if device not in (None, "auto"):
+            parse_device(device)  # a misspelt device fails here, not at fit
         self.device = device
         self.normalize = normalize
 
@@ -32,6 +34,8 @@ class RetrievalMethod:
     def fit(self, gallery, query_bank=None, gallery_bank=None):
         """Check the inputs, store the gallery and compute what the method needs. Returns self."""
         g = as_matrix(gallery, "gallery", normalize=self.normalize)
+        if isinstance(gallery, np.ndarray) and np.shares_memory(g, gallery):
+            g = g.copy()  # the fitted state must not change when the caller edits its array
         banks = {}
         for name, bank in (("query_bank", query_bank), ("gallery_bank", gallery_bank)):
             if bank is None:

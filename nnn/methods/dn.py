@@ -20,6 +20,9 @@ class DN(RetrievalMethod):
     *gallery* modality, e.g. training images) and is subtracted from the gallery. Each side is
     centred by its own modality's mean; rows are not re-normalised afterwards.
 
+    ``lam`` may be any finite number (the paper uses 0.5; 0 is the plain dot product; a negative
+    value moves each side away from its mean instead of towards it).
+
     Expanding, the score is ``s(q, r) - lam mu_q.r - lam q.mu_g + lam^2 mu_q.mu_g``: per query
     only ``-lam mu_q.r`` changes the ranking, so rankings depend on the query bank alone; the
     gallery bank is still required so that ``score`` returns the DN score itself.
