@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from nnn.methods import NNN, Identity
-from nnn.methods._topk import block_topk, default_nlist, exact_topk
+from nnn.methods._topk import (block_topk, default_nlist, default_nprobe, exact_topk,
+                               faiss_index, ivf_topk)
 
 # odd sizes: no chunk size below divides them
 N_G, N_R, N_Q, D = 53, 1013, 29, 12
@@ -175,10 +176,60 @@ def test_faiss_flat_and_full_probe_ivf_equal_exact(data):
                                atol=1e-5)
 
 
-def test_ivf_with_too_few_probes_raises(data):
+def ivf_lists(idx):
+    """Centroids (nlist, d) float64 and each list's reference ids, read from a FAISS IVF index."""
+    lists = idx.invlists
+    ids = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+           for i in range(idx.nlist)]
+    return idx.quantizer.reconstruct_n(0, idx.nlist).astype(np.float64), ids
+
+
+@pytest.mark.parametrize("index,tol", [("ivf", 1e-5), ("ivf_fp16", 1e-3)])
+def test_ivf_topk_is_topk_over_probed_lists(unit, index, tol):
+    # reference from the definition: for each row, the nprobe lists whose centroids are most
+    # similar to it, then the k largest similarities to the references in those lists
+    x, refs = unit(61, 10), unit(1501, 10)
+    idx = faiss_index(refs, index=index, nlist=37)
+    centroids, members = ivf_lists(idx)
+    sims = x.astype(np.float64) @ refs.T.astype(np.float64)
+    for nprobe, k in ((3, 20), (7, 90), (37, 45)):
+        probed = np.argsort(-(x.astype(np.float64) @ centroids.T), axis=1)[:, :nprobe]
+        want = np.full((len(x), k), -np.inf)
+        for i, lists_i in enumerate(probed):
+            cand = np.sort(sims[i, np.concatenate([members[j] for j in lists_i])])[::-1][:k]
+            want[i, :len(cand)] = cand
+        threads = torch.get_num_threads()
+        # a tiny memory budget: rows are taken in blocks of 1-2
+        got = ivf_topk(idx, x, k, nprobe, memory_budget_mb=budget_for_rows(1, nprobe * 200))
+        assert torch.get_num_threads() == threads
+        assert got.shape == (len(x), k) and got.dtype == np.float32
+        np.testing.assert_array_equal(np.isneginf(got), np.isneginf(want))
+        finite = np.isfinite(want)
+        np.testing.assert_allclose(got[finite], want[finite], atol=tol)
+        idx.nprobe = nprobe  # FAISS's own search of the same lists finds the same values
+        faiss_sims, faiss_ids = idx.search(x, k)
+        np.testing.assert_allclose(got[finite], faiss_sims[finite], atol=1e-5)
+        assert (faiss_ids[~finite] == -1).all()
+
+
+def test_ivf_short_rows_are_completed_exactly(data, caplog):
     g, r, _ = data
-    with pytest.raises(RuntimeError, match=r"fewer than k=500 neighbours .*nprobe=1"):
-        NNN(k=500, backend="faiss", index="ivf", nlist=64, nprobe=1).fit(g, query_bank=r)
+    exact = NNN(k=500).fit(g, query_bank=r)
+    with caplog.at_level("WARNING", logger="nnn.methods._topk"):
+        ivf = NNN(k=500, backend="faiss", index="ivf", nlist=64, nprobe=1).fit(g, query_bank=r)
+    assert f"{N_G} of {N_G} gallery items have fewer than k=500 references" in caplog.text
+    np.testing.assert_allclose(ivf.topk_sims_, exact.topk_sims_, atol=1e-5)
+
+
+def test_default_nprobe_rule():
+    # scan max(4 k, 512) references on average: 6 of 1,376 lists at 118,350 references and
+    # k = 128; every list for small reference sets; at least 1, at most nlist
+    assert default_nlist(118_350) == 1376 and default_nprobe(118_350, 1376, 128) == 6
+    assert default_nprobe(118_350, 1376, 16) == 6
+    assert default_nprobe(118_350, 1376, 512) == 24
+    assert default_nprobe(591_753, default_nlist(591_753), 128) == 3
+    assert default_nlist(500) == 12 and default_nprobe(500, 12, 16) == 12
+    assert default_nprobe(10**9, 10, 1) == 1 and default_nprobe(100, 5, 200) == 5
 
 
 def _bad_fit_cases():
@@ -278,6 +329,19 @@ def test_nnn_raises_recall_on_real_clip_embeddings(real_flickr):
     # measured: text->image R@1 79.4 -> 83.6 on pairs 500..999 with captions 0..499 as references
     assert base == pytest.approx(79.4, abs=0.05)
     assert nnn >= base + 2.0, (base, nnn)
+
+
+def test_default_ivf_on_real_clip_embeddings(real_flickr):
+    # the library's default IVF settings for 500 references (12 lists, all probed: below ~512
+    # references the lists do not hold a row's neighbours) give exact NNN's R@1, both directions
+    image = np.load(real_flickr / "image_embeddings.npy")
+    text = np.load(real_flickr / "text_embeddings.npy")
+    for gallery, queries, bank in ((image[500:], text[500:], text[:500]),
+                                   (text[500:], image[500:], image[:500])):
+        exact = NNN(k=16, alpha=0.75).fit(gallery, query_bank=bank)
+        ivf = NNN(k=16, alpha=0.75, backend="faiss", index="ivf").fit(gallery, query_bank=bank)
+        np.testing.assert_allclose(ivf.bias_, exact.bias_, atol=1e-5)
+        assert recall_at_1(ivf, queries) == recall_at_1(exact, queries)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

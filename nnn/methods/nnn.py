@@ -27,18 +27,22 @@ class NNN(RetrievalMethod):
 
     Backends: "exact" (torch GEMM + selection on ``device``, in ``dtype``; references streamed in
     ``ref_batch_size`` chunks if given; similarity blocks kept within ``memory_budget_mb``) or
-    "faiss" (``index`` "flat", "ivf" or "ivf_fp16" with ``nlist``/``nprobe``; on GPU FAISS when
-    available and the device is CUDA, see ``use_gpu_faiss``). An IVF search that finds fewer than
-    K_max neighbours for some gallery item raises ``RuntimeError`` (raise ``nprobe``). Scoring always runs in float32 on ``device``,
-    ``batch_size`` queries at a time.
+    "faiss" (``index`` "flat", "ivf" or "ivf_fp16"; on GPU FAISS when available and the device is
+    CUDA, see ``use_gpu_faiss``). IVF: ``nlist`` lists (None: about 4 sqrt(n_refs)), ``nprobe``
+    of them searched per gallery item (None: enough to scan about max(4 K_max, 512) references,
+    every list below ~512 references; see ``nnn.methods._topk.default_nprobe``); the index is
+    built on every ``fit``. A gallery item whose probed lists hold fewer than K_max references
+    gets its exact top-K_max (with a logged warning). Scoring always runs in float32 on
+    ``device``, ``batch_size`` queries at a time.
     """
 
     requires = ("query_bank",)
 
     def __init__(self, *, k: int = 16, alpha: float = 0.75, k_max: int | None = None,
                  backend: str = "exact", index: str = "flat", nlist: int | None = None,
-                 nprobe: int = 32, dtype: str = "float32", memory_budget_mb: float = 512.0,
-                 ref_batch_size: int | None = None, use_gpu_faiss: bool | str = "auto",
+                 nprobe: int | None = None, dtype: str = "float32",
+                 memory_budget_mb: float = 512.0, ref_batch_size: int | None = None,
+                 use_gpu_faiss: bool | str = "auto",
                  progress: bool = True, batch_size: int = 4096, device: str = "cpu",
                  normalize: bool = False):
         super().__init__(batch_size=batch_size, device=device, normalize=normalize)
