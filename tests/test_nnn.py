@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from nnn.methods import NNN, Identity
+from nnn.methods import NNN, Identity, ReferenceIndex
 from nnn.methods._topk import (block_topk, default_nlist, default_nprobe, exact_topk,
-                               faiss_index, ivf_topk)
+                               faiss_index, gpu_faiss_available, ivf_topk)
 
 # odd sizes: no chunk size below divides them
 N_G, N_R, N_Q, D = 53, 1013, 29, 12
@@ -174,6 +174,77 @@ def test_faiss_flat_and_full_probe_ivf_equal_exact(data):
         g[:5], query_bank=r[:40])
     np.testing.assert_allclose(clamped.bias_, NNN(k=2).fit(g[:5], query_bank=r[:40]).bias_,
                                atol=1e-5)
+
+
+def test_prebuilt_reference_index_equals_fresh_build_and_exact(data, unit):
+    g, r, q = data
+    g2 = unit(41, D)                                  # a second gallery, same index
+    nlist = default_nlist(N_R)
+    for index, tol in (("flat", 1e-5), ("ivf", 1e-5), ("ivf_fp16", 1e-3)):
+        ref_index = ReferenceIndex(r, index=index)
+        assert (len(ref_index), ref_index.dim, ref_index.index) == (N_R, D, index)
+        assert ref_index.nlist == (None if index == "flat" else nlist)
+        for gal in (g, g2, g):
+            # nprobe = nlist: every list searched, so IVF is exact (up to float16 storage)
+            m = NNN(k=20, k_max=40, backend="faiss", nprobe=nlist).fit(gal, query_bank=ref_index)
+            want = np.sort(gal.astype(np.float64) @ r.T.astype(np.float64), axis=1)[:, ::-1]
+            np.testing.assert_allclose(m.topk_sims_, want[:, :40], atol=tol)
+            np.testing.assert_allclose(m.bias_, ref_bias(gal, r, 20, 0.75), atol=tol)
+            assert m.n_references_ == N_R
+        assert ref_index.faiss_index.ntotal == N_R  # searching leaves the index as built
+    # a partial probe: the reused index gives what a per-fit build with the same settings gives
+    ref_index = ReferenceIndex(r, index="ivf", nlist=37)
+    for gal in (g, g2):
+        fresh = NNN(k=9, backend="faiss", index="ivf", nlist=37, nprobe=4).fit(gal, query_bank=r)
+        reused = NNN(k=9, backend="faiss", nprobe=4).fit(gal, query_bank=ref_index)
+        np.testing.assert_allclose(reused.topk_sims_, fresh.topk_sims_, atol=1e-6)
+        np.testing.assert_array_equal(reused.search(q, 5)[1], fresh.search(q, 5)[1])
+
+
+def test_prebuilt_index_settings_win_and_short_rows_are_exact(data, caplog):
+    g, r, _ = data
+    ref_index = ReferenceIndex(r, index="ivf", nlist=64)
+    # NNN's own index/nlist do not apply to a prebuilt index (documented): same as nlist=64
+    m = NNN(k=500, backend="faiss", index="flat", nlist=5, nprobe=1).fit(g, query_bank=ref_index)
+    assert "fewer than k=500 references" in caplog.text  # 1 of 64 lists: completed exactly
+    np.testing.assert_allclose(m.topk_sims_, NNN(k=500).fit(g, query_bank=r).topk_sims_,
+                               atol=1e-5)
+
+
+def test_prebuilt_index_input_checks(data, unit):
+    g, r, _ = data
+    ref_index = ReferenceIndex(r, index="ivf")
+    with pytest.raises(ValueError, match="ReferenceIndex of dimension 12 but the gallery has "
+                                         "dimension 11"):
+        NNN(backend="faiss").fit(unit(N_G, 11), query_bank=ref_index)
+    with pytest.raises(ValueError, match=r"ReferenceIndex can only be NNN's query_bank with "
+                                         r"backend='faiss' \(got .*backend='exact'\)"):
+        NNN(k=5).fit(g, query_bank=ref_index)
+    with pytest.raises(ValueError, match=rf"k=2000 is larger .*query_bank has {N_R} rows"):
+        NNN(k=2000, backend="faiss").fit(g, query_bank=ref_index)
+    with pytest.raises(ValueError, match="refs has dimension|refs must be 2-D"):
+        ReferenceIndex(r[0])
+    with pytest.raises(ValueError, match="index must be one of .*got 'hnsw'"):
+        ReferenceIndex(r, index="hnsw")
+    with pytest.raises(ValueError, match="nlist must be a positive integer, got 0"):
+        ReferenceIndex(r, nlist=0)
+    with pytest.raises(ValueError, match="use_gpu_faiss must be one of .*got 'yes'"):
+        ReferenceIndex(r, use_gpu_faiss="yes")
+    if not gpu_faiss_available():
+        with pytest.raises(ValueError, match="use_gpu_faiss=True but the installed FAISS"):
+            ReferenceIndex(r, use_gpu_faiss=True)
+    with pytest.warns(UserWarning, match="refs: .*not L2-normalised"):
+        ReferenceIndex(2 * r, index="flat")
+    # normalize=True normalises a copy; the caller's array is neither aliased nor changed
+    r2 = 2 * r
+    scaled = ReferenceIndex(r2, index="flat", normalize=True)
+    np.testing.assert_array_equal(r2, 2 * r)
+    np.testing.assert_allclose(NNN(k=5, backend="faiss").fit(g, query_bank=scaled).bias_,
+                               ref_bias(g, r, 5, 0.75), atol=1e-5)
+    r3 = r.copy()
+    kept = ReferenceIndex(r3, index="flat")
+    r3[:] = 0
+    np.testing.assert_allclose(kept.refs, r)
 
 
 def ivf_lists(idx):

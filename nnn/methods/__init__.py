@@ -1,6 +1,7 @@
 """Hubness-correction methods, all with ``fit(gallery, query_bank=, gallery_bank=)``,
 ``score(queries)`` and ``search(queries, top_k)`` (see ``nnn.methods.base``)."""
 
+from nnn.methods._topk import ReferenceIndex
 from nnn.methods.base import RetrievalMethod
 from nnn.methods.csls import CSLS
 from nnn.methods.db_norm import DBNorm
@@ -9,4 +10,5 @@ from nnn.methods.identity import Identity
 from nnn.methods.nnn import NNN
 from nnn.methods.qb_norm import QBNorm
 
-__all__ = ["NNN", "QBNorm", "DBNorm", "DN", "CSLS", "Identity", "RetrievalMethod"]
+__all__ = ["NNN", "QBNorm", "DBNorm", "DN", "CSLS", "Identity", "RetrievalMethod",
+           "ReferenceIndex"]

@@ -11,7 +11,9 @@ similarity buffer stays within ``memory_budget_mb``; each block is one GEMM into
 a running top-k is merged, so neither n_x x n_refs nor a full block over all references is held.
 
 FAISS backend: an inner-product index over the references (``IndexFlatIP``, or ``IndexIVFFlat`` /
-the float16 ``IndexIVFScalarQuantizer`` with FAISS k-means lists), built per call. GPU FAISS (when
+the float16 ``IndexIVFScalarQuantizer`` with FAISS k-means lists), held by a ``ReferenceIndex``:
+built per call from a reference array, or built once by the user and passed instead of the
+references (a fixed reference set searched for many galleries). GPU FAISS (when
 present and requested) and the flat index search it with the gallery rows as queries; a CPU IVF
 index is searched list by list (``ivf_topk``: one GEMM per inverted list). IVF defaults:
 ``default_nlist`` lists, ``default_nprobe`` of them searched; rows whose probed lists hold fewer
@@ -29,7 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from nnn._arrays import as_tensor, check_positive_int
+from nnn._arrays import as_matrix, as_tensor, check_positive_int
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 BACKENDS = ("exact", "faiss")
@@ -260,6 +262,93 @@ def gpu_faiss_available() -> bool:
     return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
 
 
+class ReferenceIndex:
+    """A FAISS inner-product index over a fixed reference set, built once and searched by many fits.
+
+    ``ReferenceIndex(refs (n_r, d), index=, nlist=, use_gpu_faiss=, normalize=)`` checks ``refs``
+    (``normalize``: L2-normalise a copy; else non-unit rows warn) and builds ``index`` "flat",
+    "ivf" or "ivf_fp16" with ``nlist`` lists (None: ``default_nlist``; at most n_r), see
+    ``faiss_index``. ``use_gpu_faiss``: "auto" (GPU FAISS when installed and it sees a GPU),
+    True or False. Pass it as ``query_bank`` to ``NNN(backend="faiss").fit``: the index kind,
+    nlist and GPU placement are this object's (the NNN options ``index``, ``nlist`` and
+    ``use_gpu_faiss`` do not apply to it); ``nprobe`` and k stay per-fit options.
+
+    Attributes: ``index`` (str), ``nlist`` (int, None for "flat"), ``use_gpu`` (bool),
+    ``n_refs``, ``dim``, ``faiss_index`` (the trained, filled FAISS index) and ``refs`` (n_r, d)
+    float32, a private copy kept for the exact completion of short IVF rows (``complete_short_rows``).
+    """
+
+    def __init__(self, refs, *, index: str = "ivf", nlist: int | None = None,
+                 use_gpu_faiss: bool | str = "auto", normalize: bool = False):
+        _check_choice(index, "index", INDEXES)
+        _check_choice(use_gpu_faiss, "use_gpu_faiss", ("auto", True, False))
+        if nlist is not None:
+            check_positive_int(nlist, "nlist")
+        gpu_ok = gpu_faiss_available()
+        if use_gpu_faiss is True and not gpu_ok:
+            raise ValueError(_NO_GPU_FAISS)
+        checked = as_matrix(refs, "refs", normalize=normalize)
+        if isinstance(refs, np.ndarray) and np.shares_memory(checked, refs):
+            checked = checked.copy()  # the index must not change when the caller edits its array
+        self._build(checked, index=index, nlist=nlist, use_gpu=use_gpu_faiss is True or (
+            use_gpu_faiss == "auto" and gpu_ok))
+
+    @classmethod
+    def from_checked(cls, refs: np.ndarray, *, index: str, nlist: int | None,
+                     use_gpu: bool) -> "ReferenceIndex":
+        """Build from ``refs`` (n_r, d) already checked by ``as_matrix`` (kept, not copied)."""
+        self = cls.__new__(cls)
+        self._build(refs, index=index, nlist=nlist, use_gpu=use_gpu)
+        return self
+
+    def _build(self, refs: np.ndarray, *, index: str, nlist: int | None, use_gpu: bool) -> None:
+        self.n_refs, self.dim = refs.shape
+        self.index, self.use_gpu, self.refs = index, use_gpu, refs
+        self.nlist = None if index == "flat" else (
+            default_nlist(self.n_refs) if nlist is None else min(nlist, self.n_refs))
+        self.faiss_index = faiss_index(refs, index=index, nlist=self.nlist, use_gpu=use_gpu)
+
+    def __len__(self) -> int:
+        return self.n_refs
+
+    def __repr__(self) -> str:
+        return (f"ReferenceIndex(index={self.index!r}, nlist={self.nlist}, n_refs={self.n_refs}, "
+                f"dim={self.dim}, use_gpu={self.use_gpu})")
+
+    def topk(self, x: np.ndarray, k: int, *, nprobe: int | None = None,
+             device: torch.device = torch.device("cpu"),
+             memory_budget_mb: float = 512.0) -> np.ndarray:
+        """Sorted top-k similarities (n_x, k) float32 of ``x`` (n_x, d) float32 to the references.
+
+        IVF: ``nprobe`` lists per row (None: ``default_nprobe``; at most nlist); rows whose probed
+        lists hold fewer than k references get their exact top-k (on ``device``). The caller
+        checks ``x`` and ``k <= n_refs``.
+        """
+        check_gpu_k(self.use_gpu, k)
+        if self.index == "flat":
+            return faiss_topk(self.faiss_index, x, k)
+        nprobe = min(self.nlist, nprobe or default_nprobe(self.n_refs, self.nlist, k))
+        if self.use_gpu:
+            self.faiss_index.nprobe = nprobe
+            top = faiss_topk(self.faiss_index, x, k)
+        else:
+            top = ivf_topk(self.faiss_index, x, k, nprobe, memory_budget_mb=memory_budget_mb)
+        return complete_short_rows(top, x, self.refs, k, device=device,
+                                   memory_budget_mb=memory_budget_mb)
+
+
+def check_gpu_k(use_gpu: bool, k: int) -> None:
+    """Raise ``ValueError`` when a GPU FAISS search is asked for more neighbours than it returns."""
+    if use_gpu and k > GPU_FAISS_MAX_K:
+        raise ValueError(f"GPU FAISS returns at most {GPU_FAISS_MAX_K} neighbours, but "
+                         f"k_max={k} were asked for; lower k_max, use "
+                         "use_gpu_faiss=False or backend='exact'")
+
+
+_NO_GPU_FAISS = ("use_gpu_faiss=True but the installed FAISS has no GPU support or sees no GPU; "
+                 "install faiss-gpu or use use_gpu_faiss='auto'/False")
+
+
 @dataclass(frozen=True)
 class ReferenceTopK:
     """How to find each row's top-k reference similarities (options checked on construction).
@@ -307,31 +396,26 @@ class ReferenceTopK:
                              f"{str(device)!r}); CPU GEMMs in half precision are slow or "
                              "unsupported here: use dtype='float32' on the CPU")
         if self.use_gpu_faiss is True and not gpu_faiss_available():
-            raise ValueError("use_gpu_faiss=True but the installed FAISS has no GPU support or "
-                             "sees no GPU; install faiss-gpu or use use_gpu_faiss='auto'/False")
+            raise ValueError(_NO_GPU_FAISS)
 
-    def run(self, x: np.ndarray, refs: np.ndarray, k: int, device: torch.device) -> np.ndarray:
-        """Sorted top-k similarities (n_x, k) float32 of ``x`` (n_x, d) to ``refs`` (n_r, d)."""
+    def run(self, x: np.ndarray, refs, k: int, device: torch.device) -> np.ndarray:
+        """Sorted top-k similarities (n_x, k) float32 of ``x`` (n_x, d) to ``refs``: an (n_r, d)
+        array, or (backend "faiss") a prebuilt ``ReferenceIndex``, whose own index kind, nlist
+        and GPU placement then apply."""
         self.check_device(device)
+        if isinstance(refs, ReferenceIndex) and self.backend != "faiss":
+            raise ValueError(f"a prebuilt ReferenceIndex needs backend='faiss' (got backend="
+                             f"{self.backend!r}); use backend='faiss' or pass the reference array")
         if self.backend == "faiss":
-            use_gpu = self.use_gpu_faiss is True or (
-                self.use_gpu_faiss == "auto" and device.type == "cuda" and gpu_faiss_available())
-            if use_gpu and k > GPU_FAISS_MAX_K:
-                raise ValueError(f"GPU FAISS returns at most {GPU_FAISS_MAX_K} neighbours, but "
-                                 f"k_max={k} were asked for; lower k_max, use "
-                                 "use_gpu_faiss=False or backend='exact'")
-            if self.index == "flat":
-                return faiss_topk(faiss_index(refs, index="flat", use_gpu=use_gpu), x, k)
-            nlist = default_nlist(len(refs)) if self.nlist is None else min(self.nlist, len(refs))
-            nprobe = min(nlist, self.nprobe or default_nprobe(len(refs), nlist, k))
-            idx = faiss_index(refs, index=self.index, nlist=nlist, use_gpu=use_gpu)
-            if use_gpu:
-                idx.nprobe = nprobe
-                top = faiss_topk(idx, x, k)
-            else:
-                top = ivf_topk(idx, x, k, nprobe, memory_budget_mb=self.memory_budget_mb)
-            return complete_short_rows(top, x, refs, k, device=device,
-                                       memory_budget_mb=self.memory_budget_mb)
+            if not isinstance(refs, ReferenceIndex):
+                use_gpu = self.use_gpu_faiss is True or (
+                    self.use_gpu_faiss == "auto" and device.type == "cuda"
+                    and gpu_faiss_available())
+                check_gpu_k(use_gpu, k)  # before the (slow) build
+                refs = ReferenceIndex.from_checked(refs, index=self.index, nlist=self.nlist,
+                                                   use_gpu=use_gpu)
+            return refs.topk(x, k, nprobe=self.nprobe, device=device,
+                             memory_budget_mb=self.memory_budget_mb)
         dt = DTYPES[self.dtype]
         xt = as_tensor(x).to(device=device, dtype=dt)
         rt = as_tensor(refs).to(device=device, dtype=dt)

@@ -45,12 +45,16 @@ class RetrievalMethod:
                                      " as an (n, d) array")
                 banks[name] = None
             else:
-                banks[name] = as_matrix(bank, name, dim=g.shape[1], normalize=self.normalize)
+                banks[name] = self._check_bank(bank, name, g.shape[1])
         self.device_ = resolve_device(self.device)
         self.gallery_ = g
         self._gallery_t = as_tensor(g).to(self.device_)
         self._fit(g, **banks)
         return self
+
+    def _check_bank(self, bank, name: str, dim: int):
+        """A bank as a checked float32 (n_b, ``dim``) array; subclasses may accept other types."""
+        return as_matrix(bank, name, dim=dim, normalize=self.normalize)
 
     def _fit(self, gallery: np.ndarray, query_bank: np.ndarray | None,
              gallery_bank: np.ndarray | None) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from nnn._arrays import check_non_negative, check_positive_int
-from nnn.methods._topk import ReferenceTopK
+from nnn.methods._topk import ReferenceIndex, ReferenceTopK
 from nnn.methods.base import RetrievalMethod
 
 
@@ -30,8 +30,11 @@ class NNN(RetrievalMethod):
     "faiss" (``index`` "flat", "ivf" or "ivf_fp16"; on GPU FAISS when available and the device is
     CUDA, see ``use_gpu_faiss``). IVF: ``nlist`` lists (None: about 4 sqrt(n_refs)), ``nprobe``
     of them searched per gallery item (None: enough to scan about max(4 K_max, 512) references,
-    every list below ~512 references; see ``nnn.methods._topk.default_nprobe``); the index is
-    built on every ``fit``. A gallery item whose probed lists hold fewer than K_max references
+    every list below ~512 references; see ``nnn.methods._topk.default_nprobe``). Given an array
+    as ``query_bank``, ``fit`` builds the index each time; given a prebuilt ``ReferenceIndex``
+    (backend "faiss" only), it only searches it: the prebuilt index's kind, nlist and GPU
+    placement win over ``index``, ``nlist`` and ``use_gpu_faiss``, while ``nprobe`` and k apply
+    per fit. A gallery item whose probed lists hold fewer than K_max references
     gets its exact top-K_max (with a logged warning). Scoring always runs in float32 on
     ``device``, ``batch_size`` queries at a time.
     """
@@ -60,6 +63,20 @@ class NNN(RetrievalMethod):
             self._search.check_device(torch.device("cpu"))
 
     # -- fitting -------------------------------------------------------------------------------
+    def _check_bank(self, bank, name, dim):
+        """An array bank is checked as usual; a ``ReferenceIndex`` query bank is taken as is."""
+        if not isinstance(bank, ReferenceIndex):
+            return super()._check_bank(bank, name, dim)
+        if name != "query_bank" or self.backend != "faiss":
+            raise ValueError(f"a ReferenceIndex can only be NNN's query_bank with backend='faiss' "
+                             f"(got it as {name} with backend={self.backend!r}); use "
+                             "NNN(backend='faiss', ...) or pass the reference array")
+        if bank.dim != dim:
+            raise ValueError(f"query_bank is a ReferenceIndex of dimension {bank.dim} but the "
+                             f"gallery has dimension {dim}; build the index from references "
+                             "of the same model as the gallery")
+        return bank
+
     def _fit(self, gallery, query_bank, gallery_bank):
         n_refs = len(query_bank)
         k_table = max(self.k, self.k_max or self.k)
