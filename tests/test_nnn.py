@@ -422,3 +422,22 @@ def test_cuda_exact_backend(data, dtype, tol):
     m = NNN(k=20, device="cuda", dtype=dtype).fit(g, query_bank=r)
     np.testing.assert_allclose(m.bias_, ref_bias(g, r, 20, 0.75), atol=tol)
     assert m.score(q).shape == (N_Q, N_G)
+
+
+def test_concurrent_ivf_fits_agree_and_restore_torch_threads(unit):
+    import threading
+
+    refs, g = unit(3001, 16), unit(203, 16)
+    idx = ReferenceIndex(refs, index="ivf")
+    expected = NNN(k=8, backend="faiss").fit(g, query_bank=idx).bias_
+    threads_before = torch.get_num_threads()
+    biases = []
+    workers = [threading.Thread(target=lambda: biases.append(
+        NNN(k=8, backend="faiss").fit(g, query_bank=idx).bias_)) for _ in range(3)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert torch.get_num_threads() == threads_before
+    for b in biases:
+        np.testing.assert_array_equal(b, expected)

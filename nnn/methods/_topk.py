@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -53,6 +54,8 @@ GPU_FAISS_MAX_K = 2048
 _PROGRESS_MIN_SCORES = 10**9
 
 logger = logging.getLogger(__name__)
+#: held while ``ivf_topk`` lowers torch's (process-wide) thread count
+_TORCH_THREADS_LOCK = threading.Lock()
 
 
 def block_topk(sims: torch.Tensor, k: int) -> torch.Tensor:
@@ -187,7 +190,6 @@ def ivf_topk(idx, x: np.ndarray, k: int, nprobe: int, *, memory_budget_mb: float
     dtype = np.float16 if lists.code_size == 2 * d else np.float32  # "ivf_fp16" or "ivf"
     rows = max(1, min(n_x, int(memory_budget_mb * 2**20 // (nprobe * (2 * k + d) * 4))))
     sizes = np.array([lists.list_size(i) for i in range(idx.nlist)])
-    workers = torch.get_num_threads()
     out = np.empty((n_x, k), dtype=np.float32)
     for start in range(0, n_x, rows):
         xb = x[start:start + rows]
@@ -216,12 +218,16 @@ def ivf_topk(idx, x: np.ndarray, k: int, nprobe: int, *, memory_budget_mb: float
         # which costs a scheduler time slice whenever another process holds a core (measured
         # 6x slower with one busy process on 2 cores). So each of ``workers`` threads scans
         # every workers-th list with single-threaded torch ops (torch releases the GIL).
-        torch.set_num_threads(1)
-        try:
-            with ThreadPoolExecutor(workers) as pool:
-                list(pool.map(scan, [to_scan[i::workers] for i in range(workers)]))
-        finally:
-            torch.set_num_threads(workers)
+        # torch's thread count is process-wide: the lock keeps two concurrent fits (threads of
+        # one process) from restoring each other's setting in the wrong order.
+        with _TORCH_THREADS_LOCK:
+            workers = torch.get_num_threads()
+            torch.set_num_threads(1)
+            try:
+                with ThreadPoolExecutor(workers) as pool:
+                    list(pool.map(scan, [to_scan[i::workers] for i in range(workers)]))
+            finally:
+                torch.set_num_threads(workers)
         with torch.inference_mode():
             by_row = torch.empty_like(cand)
             by_row[torch.from_numpy(order)] = cand
