@@ -15,20 +15,27 @@ from pathlib import Path
 import numpy as np
 
 
+def _image_rows(values, n_images: int, what: str) -> np.ndarray:
+    """``values`` as a 1-D int64 array of image rows in [0, n_images); ``ValueError`` naming
+    ``what`` otherwise. An empty array of any dtype is accepted."""
+    idx = np.asarray(values)
+    if idx.ndim != 1 or (len(idx) and idx.dtype.kind not in "iu"):
+        raise ValueError(f"{what} must be a 1-D integer array, got shape {idx.shape} "
+                         f"dtype {idx.dtype}")
+    idx = idx.astype(np.int64, copy=False)
+    if len(idx) and (idx.min() < 0 or idx.max() >= n_images):
+        raise ValueError(f"{what} holds indices in [{idx.min()}, {idx.max()}] but there are "
+                         f"{n_images} images")
+    return idx
+
+
 def check_caption_index(caption_to_image: np.ndarray, n_images: int, where: str) -> np.ndarray:
     """Return ``caption_to_image`` as int64 after checking it points at existing images.
 
     Raises ``ValueError`` naming ``where`` when an index is out of range or an image has no
     caption (a misaligned index would silently corrupt every metric).
     """
-    idx = np.asarray(caption_to_image)
-    if idx.ndim != 1 or idx.dtype.kind not in "iu":
-        raise ValueError(f"{where}: caption_to_image must be a 1-D integer array, got "
-                         f"shape {idx.shape} dtype {idx.dtype}")
-    idx = idx.astype(np.int64, copy=False)
-    if len(idx) and (idx.min() < 0 or idx.max() >= n_images):
-        raise ValueError(f"{where}: caption_to_image holds indices in [{idx.min()}, {idx.max()}] "
-                         f"but there are {n_images} images")
+    idx = _image_rows(caption_to_image, n_images, f"{where}: caption_to_image")
     missing = np.setdiff1d(np.arange(n_images), idx)
     if len(missing):
         raise ValueError(f"{where}: {len(missing)} images have no caption (first rows "
@@ -44,14 +51,7 @@ def subset_caption_index(caption_to_image: np.ndarray, n_images: int,
     new caption_to_image (k,) int64 into ``rows``). ``ValueError`` on repeated or
     out-of-range rows.
     """
-    rows = np.asarray(rows)
-    if rows.ndim != 1 or (len(rows) and rows.dtype.kind not in "iu"):
-        raise ValueError(f"rows must be a 1-D integer array, got shape {rows.shape} "
-                         f"dtype {rows.dtype}")
-    rows = rows.astype(np.int64, copy=False)
-    if len(rows) and (rows.min() < 0 or rows.max() >= n_images):
-        raise ValueError(f"rows hold values in [{rows.min()}, {rows.max()}] but there are "
-                         f"{n_images} images")
+    rows = _image_rows(rows, n_images, "rows")
     if len(np.unique(rows)) != len(rows):
         raise ValueError("rows contain repeated images; pass each image row once")
     new_of_old = np.full(n_images, -1, dtype=np.int64)
