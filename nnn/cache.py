@@ -17,13 +17,14 @@ Layout under ``root``, a directory shared by all runs (``$NNN_CACHE_DIR``, else
 
 Writes are atomic: arrays and then ``meta.json`` are written and fsynced inside ``.tmp``, and the
 finished directory is renamed into place, so a crash leaves the old entry or none. An entry
-without a valid ``meta.json`` counts as incomplete.
+without a valid ``meta.json`` counts as incomplete. A killed writer's ``.tmp`` folder is deleted
+by the next store (of any key) once that key's lock is free, i.e. no live process is writing it.
 
 Integrity checks. The sha256 of each array's bytes is computed when it is stored (about 1 s
 for a 591k x 768 float32 array, 1.8 GB, at ~1.6 GB/s on a 2-core VM). Every load does the cheap
 checks: ``meta.json`` parses and holds the requested identity, and each ``.npy`` file exists,
 its header's shape and dtype match the metadata and its size matches the header. A truncated,
-missing or mismatched entry is logged as a warning and recomputed. ``verify=True`` also
+empty, garbled, missing or mismatched entry is logged as a warning and recomputed. ``verify=True`` also
 re-hashes every byte (a full read of the entry), which catches silent bit flips.
 """
 
@@ -364,8 +365,10 @@ class EmbeddingCache:
             file = path / f"{name}.npy"
             try:
                 arr = np.load(file, mmap_mode="r", allow_pickle=False)
-            except (OSError, ValueError) as e:
-                raise InvalidEntry(f"cannot memory-map {file.name}: {e}") from e
+            # Any failure means a damaged file: NumPy raises EOFError (zero bytes), ValueError,
+            # or its header parser's SyntaxError / tokenize.TokenError (garbled header).
+            except Exception as e:
+                raise InvalidEntry(f"cannot memory-map {file.name}: {type(e).__name__}: {e}") from e
             if arr.shape != shape or arr.dtype.str != dtype:
                 raise InvalidEntry(f"{file.name} holds {arr.shape} {arr.dtype.str}, metadata "
                                    f"says {shape} {dtype}")
@@ -378,16 +381,37 @@ class EmbeddingCache:
             arrays[name] = arr
         return arrays, meta
 
+    def _remove_stale_writes(self, tmp_root: Path, own_key: str) -> None:
+        """Delete ``.tmp/<key>.*`` left by killed writers, of every key whose lock is free.
+
+        A writer holds its key's lock while its ``.tmp`` folder exists, so a folder whose key
+        can be locked now (without waiting) belongs to no live writer. ``own_key``'s lock is held
+        by the caller.
+        """
+        for key in sorted({p.name.split(".", 1)[0] for p in tmp_root.iterdir()}):
+            lock = None
+            if key != own_key:
+                lock = FileLock(self.root / ".locks" / f"{key}.lock")
+                try:
+                    lock.acquire(timeout=0)
+                except Timeout:  # a live writer (this or another process) is using it
+                    continue
+            try:
+                for leftover in tmp_root.glob(f"{key}.*"):
+                    log.info("embedding cache %s: removing %s left by an interrupted write",
+                             key[:12], leftover)
+                    shutil.rmtree(leftover, ignore_errors=True)
+            finally:
+                if lock is not None:
+                    lock.release()
+
     def _store_locked(self, key: str, ident: dict, arrays, compute_seconds: float | None):
         """Write an entry atomically (caller holds the key's lock); returns it memmapped."""
         arrays = _checked_arrays(arrays)
         t0 = time.perf_counter()
         tmp_root = self.root / ".tmp"
         tmp_root.mkdir(parents=True, exist_ok=True)
-        for leftover in tmp_root.glob(f"{key}.*"):  # from writers that crashed holding the lock
-            log.info("embedding cache %s: removing %s left by an interrupted write", key[:12],
-                     leftover)
-            shutil.rmtree(leftover, ignore_errors=True)
+        self._remove_stale_writes(tmp_root, key)
         tmp = tmp_root / f"{key}.{uuid.uuid4().hex[:12]}"
         tmp.mkdir()
         path = self.root / key

@@ -246,6 +246,7 @@ def _edit_meta(entry, edit):
     (entry / "meta.json").write_text(json.dumps(meta))
 
 
+RANDOM_BYTES = np.random.default_rng(0).bytes(300)
 CORRUPTIONS = {
     "truncated_data": lambda e: _truncate(e / "image.npy", (e / "image.npy").stat().st_size - 4),
     "truncated_header": lambda e: _truncate(e / "text.npy", 40),
@@ -256,6 +257,12 @@ CORRUPTIONS = {
     "shape_mismatch": lambda e: _edit_meta(e, lambda m: m["arrays"]["image"].update(shape=[5, 7])),
     "dtype_mismatch": lambda e: _edit_meta(e, lambda m: m["arrays"]["image"].update(dtype="<f8")),
     "other_identity": lambda e: _edit_meta(e, lambda m: m["identity"].update(split="train")),
+    "zero_byte_array": lambda e: _truncate(e / "image.npy", 0),
+    "random_bytes_array": lambda e: (e / "image.npy").write_bytes(RANDOM_BYTES),
+    "garbled_header": lambda e: (e / "text.npy").write_bytes(
+        (e / "text.npy").read_bytes()[:10] + RANDOM_BYTES),
+    "zero_byte_metadata": lambda e: _truncate(e / "meta.json", 0),
+    "random_bytes_metadata": lambda e: (e / "meta.json").write_bytes(b"\xff" + RANDOM_BYTES),
 }
 
 
@@ -442,3 +449,20 @@ def test_atomic_writes_replace_whole_files_or_nothing(tmp_path):
     umask = os.umask(0)
     os.umask(umask)
     assert (target.stat().st_mode & 0o777) == 0o666 & ~umask
+
+
+# -- leftovers of killed writers ------------------------------------------------------------------
+
+def test_stale_tmp_folders_are_removed_unless_their_writer_lives(tmp_path):
+    cache = EmbeddingCache(tmp_path)
+    tmp_root = tmp_path / ".tmp"
+    dead, live = cache.key(make_identity(split="train")), cache.key(make_identity(split="val"))
+    for name in (f"{dead}.0123456789ab", f"{dead}.old-0123456789ab", f"{live}.0123456789ab"):
+        (tmp_root / name).mkdir(parents=True)
+        (tmp_root / name / "image.npy").write_bytes(b"half written")
+    (tmp_path / ".locks").mkdir()
+    with FileLock(tmp_path / ".locks" / f"{live}.lock"):  # a live writer of that key
+        cache.get_or_compute(make_identity(), CountingCompute())  # any store cleans up
+    assert [p.name for p in tmp_root.iterdir()] == [f"{live}.0123456789ab"]
+    cache.get_or_compute(make_identity(split="other"), CountingCompute())  # its writer is gone
+    assert list(tmp_root.iterdir()) == []
