@@ -24,8 +24,9 @@ Integrity checks. The sha256 of each array's bytes is computed when it is stored
 for a 591k x 768 float32 array, 1.8 GB, at ~1.6 GB/s on a 2-core VM). Every load does the cheap
 checks: ``meta.json`` parses and holds the requested identity, and each ``.npy`` file exists,
 its header's shape and dtype match the metadata and its size matches the header. A truncated,
-empty, garbled, missing or mismatched entry is logged as a warning and recomputed. ``verify=True`` also
-re-hashes every byte (a full read of the entry), which catches silent bit flips.
+empty, garbled, missing or mismatched entry is logged as a warning and recomputed.
+``verify=True`` also re-hashes every byte (a full read of the entry), which catches silent bit
+flips.
 """
 
 from __future__ import annotations

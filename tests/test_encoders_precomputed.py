@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -116,11 +117,11 @@ def test_safetensors_and_pt_files(files):
 def test_pickled_objects_are_refused(files):
     root, _, _, _ = files
     np.save(root / "test_image.npy", np.array([{"x": 1}], dtype=object), allow_pickle=True)
-    with pytest.raises(ValueError, match="cannot read it as one safe float array"):
+    with pytest.raises(ValueError, match="test_image.npy' holds Python objects"):
         PrecomputedEncoder(root=str(root)).embed_split(make_split())
     (root / "test_image.npy").unlink()
     torch.save({"weights": [Path("/x")]}, root / "test_image.pt")  # a pickled custom object
-    with pytest.raises(ValueError, match="cannot read it as one safe float array"):
+    with pytest.raises(ValueError, match="test_image.pt' holds objects .* refuses to unpickle"):
         PrecomputedEncoder(root=str(root)).embed_split(make_split())
 
 
@@ -144,3 +145,41 @@ def test_identity_and_no_encoding(files):
     assert "test_image.npy" in ident["files"]["files"]
     with pytest.raises(NotImplementedError, match="embed_split"):
         enc.encode_text_batch(["a"])
+
+
+@pytest.mark.parametrize("kind", ["zero_bytes", "random_bytes", "truncated"])
+@pytest.mark.parametrize("suffix", [".npy", ".pt", ".pth", ".safetensors"])
+def test_corrupt_files_are_named_on_one_line(files, suffix, kind):
+    """The loader is nnn.data.precomputed.load_array (tested there too), with every format."""
+    from safetensors.numpy import save_file
+
+    root, _, _, _ = files
+    image = np.load(root / "test_image.npy")
+    (root / "test_image.npy").unlink()
+    path = root / f"test_image{suffix}"
+    if suffix == ".npy":
+        np.save(path, image)
+    elif suffix == ".safetensors":
+        save_file({"embeddings": image}, str(path))
+    else:
+        torch.save(torch.from_numpy(image), path)
+    good = path.read_bytes()
+    path.write_bytes({"zero_bytes": b"", "random_bytes": np.random.default_rng(0).bytes(500),
+                      "truncated": good[:len(good) - 40]}[kind])
+    with pytest.raises(ValueError) as err:
+        PrecomputedEncoder(root=str(root)).embed_split(make_split())
+    message = str(err.value)
+    assert str(path) in message and "\n" not in message
+    assert re.search("is empty|is not a|truncated or corrupt", message), message
+
+
+def test_wrong_shape_or_dtype_names_the_file(files):
+    root, _, _, _ = files
+    np.save(root / "test_image.npy", np.zeros((4, D), np.int64))
+    with pytest.raises(ValueError, match=r"test_image.npy' holds shape \(4, 6\) dtype int64; "
+                                         r"expected a 2-D float array"):
+        PrecomputedEncoder(root=str(root)).embed_split(make_split())
+    (root / "test_caption_image_ids.txt").write_bytes(b"\xff\xfe\x00")
+    np.save(root / "test_image.npy", np.ones((4, D), np.float32))
+    with pytest.raises(ValueError, match="test_caption_image_ids.txt is not UTF-8 text"):
+        PrecomputedEncoder(root=str(root)).embed_split(make_split())

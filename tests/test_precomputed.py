@@ -263,3 +263,47 @@ def test_real_clip_embeddings_example():
 
     assert r1(nnn_bias(test.image, train.text), True) >= r1(0.0, True) + 3
     assert r1(nnn_bias(test.text, train.image), False) > r1(0.0, False)
+
+
+CORRUPT_KINDS = {"zero_bytes": "is empty \\(0 bytes\\)",
+                 "random_bytes": "is not a|truncated or corrupt",
+                 "truncated": "truncated or corrupt"}
+
+
+@pytest.mark.parametrize("kind", list(CORRUPT_KINDS))
+@pytest.mark.parametrize("suffix", [".npy", ".pt", ".pth", ".safetensors"])
+def test_corrupt_files_raise_one_line_naming_the_file(tmp_path, pairs, suffix, kind):
+    image, text, c2i = pairs
+    txt = save_array(tmp_path / "txt.npy", text)
+    path = tmp_path / f"img{suffix}"
+    if suffix == ".pth":
+        torch.save(torch.from_numpy(image), path)
+    else:
+        save_array(path, image)
+    good = path.read_bytes()
+    path.write_bytes({"zero_bytes": b"", "random_bytes": np.random.default_rng(0).bytes(500),
+                      "truncated": good[:len(good) - 40]}[kind])
+    with pytest.raises(ValueError, match=CORRUPT_KINDS[kind]) as err:
+        load_embedding_set(path, txt, c2i)
+    message = str(err.value)
+    assert message.startswith(f"test image embeddings file {str(path)!r}") and "\n" not in message
+
+
+@pytest.mark.parametrize("suffix", [".json", ".txt", ".npy"])
+def test_corrupt_caption_index_names_the_file(tmp_path, pairs, suffix):
+    image, text, _ = pairs
+    img, txt = save_array(tmp_path / "img.npy", image), save_array(tmp_path / "txt.npy", text)
+    index = tmp_path / f"index{suffix}"
+    index.write_bytes(b"\xff\xfe" + np.random.default_rng(0).bytes(50))
+    with pytest.raises(ValueError, match="test caption_index file .*index") as err:
+        load_embedding_set(img, txt, str(index))
+    assert "\n" not in str(err.value)
+
+
+def test_pth_and_dict_files_are_read_by_both_loaders(tmp_path, pairs):
+    from nnn.encoders import precomputed as encoder_module
+
+    image, _, _ = pairs
+    torch.save({"emb": torch.from_numpy(image)}, tmp_path / "img.pth")
+    np.testing.assert_array_equal(precomputed.load_array(tmp_path / "img.pth"), image)
+    assert encoder_module.load_array is precomputed.load_array  # one loader, not two

@@ -17,9 +17,10 @@ rest is "test" (disjoint, see ``nnn.data.splits.train_test_split``).
 A missing file raises ``nnn.errors.MissingResourceError`` naming the path and what to put there.
 Nothing is unpickled: ``np.load(allow_pickle=False)``, ``torch.load(weights_only=True)`` and
 ``safetensors`` only. A ``.pt`` / ``.safetensors`` file must hold one tensor (or a dict with a
-single tensor). Embeddings are checked (2-D, floating, finite, same dimension); rows that are not
-L2-normalised give a warning, or are normalised with ``normalize=True``. Relative paths are
-relative to the current working directory.
+single tensor); an empty, truncated or garbled file raises a one-line ``ValueError`` naming it
+(``load_array``, also used by ``nnn.encoders.precomputed``). Embeddings are checked (2-D,
+floating, finite, same dimension); rows that are not L2-normalised give a warning, or are
+normalised with ``normalize=True``. Relative paths are relative to the current working directory.
 
 Example, on real CLIP ViT-L/14 embeddings of 1,000 Flickr30k image-caption pairs (one caption
 per image, row i of the text file describes row i of the image file)::
@@ -65,42 +66,78 @@ def _existing_file(path, what: str, expected: str, suffixes: tuple[str, ...]) ->
     return path
 
 
-def _single_tensor(tensors: dict, path: Path):
-    if len(tensors) != 1:
-        raise ValueError(f"{str(path)!r} holds {len(tensors)} tensors {sorted(tensors)[:10]}; "
-                         "save exactly one tensor per file")
-    return next(iter(tensors.values()))
+#: How each format's files begin: the .npy header, torch.save's zip (or legacy pickle) file.
+_TORCH_MAGIC = (b"PK\x03\x04", b"\x80")
+_MAGIC = {".npy": (b"\x93NUMPY",), ".pt": _TORCH_MAGIC, ".pth": _TORCH_MAGIC}
 
 
-def load_array(path, what: str = "array", *,
-               expected: str = "an (n, d) array") -> np.ndarray | torch.Tensor:
-    """Read one array from .npy / .pt / .pth / .safetensors without unpickling anything."""
+def _read(path: Path, suffix: str, mmap: bool):
+    """The object in ``path`` as its format's library returns it (its errors pass through)."""
+    if suffix == ".npy":
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    if suffix == ".safetensors":
+        return load_safetensors(str(path), device="cpu")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_array(path, what: str = "array", *, expected: str = "an (n, d) array",
+               ndim: int | None = None, kinds: str | None = None,
+               mmap: bool = False) -> np.ndarray:
+    """One NumPy array from .npy / .pt / .pth / .safetensors, never unpickling anything.
+
+    ``.pt``/``.safetensors`` files hold one tensor (or a dict with one); floating tensors become
+    float32 (bfloat16 has no NumPy type). ``ndim`` / ``kinds`` (dtype kinds, e.g. ``"f"``) are
+    checked when given; ``mmap`` memory-maps a ``.npy`` file. A missing file raises
+    ``MissingResourceError``; an empty, truncated, garbled or unsafe one a one-line
+    ``ValueError`` naming the file and the problem.
+    """
     path = _existing_file(path, what, f"{expected} saved as .npy, .pt or .safetensors",
                           ARRAY_SUFFIXES)
     suffix = path.suffix.lower()
-    if suffix == ".npy":
-        try:
-            return np.load(path, allow_pickle=False)
-        except ValueError as err:
-            if "allow_pickle" not in str(err):
-                raise
-            raise ValueError(f"{what} file {str(path)!r} holds Python objects (an object "
-                             "array); it is not loaded because that would unpickle it. Save a "
-                             "numeric array, e.g. np.save(path, x.astype(np.float32))") from None
-    if suffix == ".safetensors":
-        return _single_tensor(load_safetensors(str(path), device="cpu"), path)
+    name = f"{what} file {str(path)!r}"
+    redo = f"write it again as {expected} (np.save, torch.save(tensor) or safetensors)"
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if not head:
+        raise ValueError(f"{name} is empty (0 bytes), e.g. an interrupted write; {redo}")
+    if suffix in _MAGIC and not head.startswith(_MAGIC[suffix]):
+        raise ValueError(f"{name} is not a {suffix} file (it starts with {head!r}); {redo}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise ValueError(f"{what} file {str(path)!r} holds objects that torch.load("
-                         "weights_only=True) refuses to unpickle (e.g. NumPy arrays or custom "
-                         "classes); save a plain tensor with torch.save(tensor, path)") from None
+        obj = _read(path, suffix, mmap)
+    except pickle.UnpicklingError:  # a torch.save file holding more than tensors
+        raise ValueError(f"{name} holds objects that torch.load(weights_only=True) refuses to "
+                         "unpickle (e.g. NumPy arrays or custom classes); save a plain tensor "
+                         "with torch.save(tensor, path)") from None
+    except ValueError as err:
+        # NumPy's words for an object array: "pickled" (load) or "Python objects" (mmap)
+        if suffix != ".npy" or not any(w in str(err) for w in ("pickle", "Python objects")):
+            raise _unreadable(name, err, redo) from err
+        raise ValueError(f"{name} holds Python objects (an object array); it is not loaded "
+                         "because that would unpickle it. Save a numeric array, e.g. "
+                         "np.save(path, x.astype(np.float32))") from None
+    except Exception as err:  # the formats' own: EOFError, SafetensorError, zip RuntimeError...
+        raise _unreadable(name, err, redo) from err
     if isinstance(obj, dict):
-        obj = _single_tensor(obj, path)
-    if not isinstance(obj, torch.Tensor):
-        raise ValueError(f"{what} file {str(path)!r} holds a {type(obj).__name__}, not a tensor; "
-                         "save a plain tensor with torch.save(tensor, path)")
+        if len(obj) != 1:
+            raise ValueError(f"{name} holds {len(obj)} tensors {sorted(obj)[:10]}; save exactly "
+                             "one tensor per file")
+        obj = next(iter(obj.values()))
+    if isinstance(obj, torch.Tensor):
+        obj = obj.detach().cpu()
+        obj = (obj.float() if obj.is_floating_point() else obj).numpy()
+    if not isinstance(obj, np.ndarray):
+        raise ValueError(f"{name} holds a {type(obj).__name__}, not a tensor; save a plain "
+                         "tensor with torch.save(tensor, path)")
+    if (ndim is not None and obj.ndim != ndim) or (kinds is not None
+                                                   and obj.dtype.kind not in kinds):
+        raise ValueError(f"{name} holds shape {obj.shape} dtype {obj.dtype}; expected {expected}")
     return obj
+
+
+def _unreadable(name: str, err: Exception, redo: str) -> ValueError:
+    """The one-line error for a file its format's library cannot read."""
+    detail = " ".join(str(err).split())[:200] or "no detail"
+    return ValueError(f"{name} is truncated or corrupt ({type(err).__name__}: {detail}); {redo}")
 
 
 def load_caption_index(spec, *, n_captions: int, n_images: int,
@@ -125,10 +162,13 @@ def load_caption_index(spec, *, n_captions: int, n_images: int,
         path = _existing_file(spec, where, "the image row of each caption (n_captions integers)",
                               INDEX_SUFFIXES)
         suffix = path.suffix.lower()
-        if suffix == ".json":
-            idx = np.asarray(json.loads(path.read_text()))
-        elif suffix == ".txt":
-            idx = np.loadtxt(path, dtype=np.int64, ndmin=1)
+        if suffix in (".json", ".txt"):
+            try:
+                idx = (np.asarray(json.loads(path.read_text(encoding="utf-8")))
+                       if suffix == ".json" else np.loadtxt(path, dtype=np.int64, ndmin=1))
+            except ValueError as err:  # also UnicodeDecodeError, JSONDecodeError
+                raise _unreadable(f"{where} file {str(path)!r}", err,
+                                  "write one image row per caption") from err
         else:
             idx = load_array(path, where, expected="a 1-D integer array")
     else:

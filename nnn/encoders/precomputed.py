@@ -3,9 +3,9 @@
 Layout: one folder ``root`` holding, for each split PREFIX of the dataset (``test``, ``train``,
 ``val``; a pipeline subset such as ``train/reference`` reads the files of ``train``)::
 
-    PREFIX_image.npy               (n_img, d) float image embeddings (or .safetensors / .pt)
+    PREFIX_image.npy               (n_img, d) float image embeddings (or .pt / .pth / .safetensors)
     PREFIX_image_ids.txt           n_img lines: the dataset image id of each row
-    PREFIX_text.npy                (n_cap, d) float caption embeddings (or .safetensors / .pt)
+    PREFIX_text.npy                (n_cap, d) float caption embeddings (or .pt / .pth / .safetensors)
     PREFIX_caption_image_ids.txt   n_cap lines: the image id that each caption row describes
     PREFIX_captions.txt            optional, n_cap lines: the caption text of each row
 
@@ -16,9 +16,9 @@ occurrence) when ``PREFIX_captions.txt`` exists, else by (image id, rank): the k
 of an image is its k-th caption in the split. Files may hold more rows than the split (extra
 rows are ignored); an id of the split that is missing raises ``ValueError`` naming it.
 
-Reading is safe: ``.npy`` with ``allow_pickle=False``, ``.pt`` with ``torch.load(...,
-weights_only=True)`` holding one tensor, ``.safetensors`` holding one tensor. Rows are
-L2-normalised on load (float32).
+Files are read by ``nnn.data.precomputed.load_array`` (``.npy``, ``.pt``/``.pth``,
+``.safetensors``; nothing is unpickled; an empty, truncated or garbled file raises a one-line
+``ValueError`` naming it). Rows are L2-normalised on load (float32).
 """
 
 from __future__ import annotations
@@ -28,17 +28,15 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from nnn._arrays import as_matrix
 from nnn.data.base import EmbeddingSet, RetrievalSplit
+from nnn.data.precomputed import ARRAY_SUFFIXES, load_array
 from nnn.encoders._sources import fingerprint
 from nnn.encoders.base import Encoder
 from nnn.errors import MissingResourceError
 
 log = logging.getLogger(__name__)
-
-ARRAY_SUFFIXES = (".npy", ".safetensors", ".pt")
 
 
 def split_prefix(split_name: str) -> str:
@@ -46,38 +44,12 @@ def split_prefix(split_name: str) -> str:
     return split_name.split("/", 1)[0]
 
 
-def load_array(path: Path) -> np.ndarray:
-    """One (n, d) float array from .npy / .safetensors / .pt, read without unpickling objects."""
-    try:
-        if path.suffix == ".npy":
-            array = np.load(path, allow_pickle=False, mmap_mode="r")
-        elif path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            tensors = load_file(str(path))
-            if len(tensors) != 1:
-                raise ValueError(f"it holds {len(tensors)} tensors {sorted(tensors)}; save "
-                                 "exactly one")
-            array = next(iter(tensors.values()))
-        else:
-            array = torch.load(path, map_location="cpu", weights_only=True)
-            if not isinstance(array, torch.Tensor):
-                raise ValueError(f"it holds a {type(array).__name__}, not one tensor")
-    except Exception as e:
-        raise ValueError(f"{path}: cannot read it as one safe float array ({e}); save a plain "
-                         "(n, d) float array with np.save, torch.save(tensor) or safetensors"
-                         ) from e
-    if isinstance(array, torch.Tensor):
-        array = array.detach().float().numpy()
-    if array.ndim != 2 or array.dtype.kind != "f":
-        raise ValueError(f"{path}: expected a 2-D float array (n, d), got shape {array.shape} "
-                         f"dtype {array.dtype}")
-    return array
-
-
 def read_lines(path: Path, n_rows: int) -> list[str]:
     """The lines of a UTF-8 text file, stripped; ValueError unless there are ``n_rows``."""
-    lines = path.read_text(encoding="utf-8").splitlines()
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not UTF-8 text ({e}); write one line per row") from None
     if len(lines) != n_rows:
         raise ValueError(f"{path} has {len(lines)} lines but its embedding file has {n_rows} "
                          "rows; write one line per row")
@@ -157,7 +129,9 @@ class PrecomputedEncoder(Encoder):
         prefix = split_prefix(split.name)
         image_file = self._file(f"{prefix}_image", ARRAY_SUFFIXES)
         text_file = self._file(f"{prefix}_text", ARRAY_SUFFIXES)
-        image, text = load_array(image_file), load_array(text_file)
+        image, text = (load_array(f, "precomputed embeddings", expected="a 2-D float array "
+                                  "(n, d)", ndim=2, kinds="f", mmap=True)
+                       for f in (image_file, text_file))
         if image.shape[1] != text.shape[1]:
             raise ValueError(f"{image_file} has dimension {image.shape[1]} but {text_file} has "
                              f"{text.shape[1]}; both must come from the same model")
