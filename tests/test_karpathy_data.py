@@ -178,6 +178,11 @@ def _digests(path: Path) -> dict:
             "sha256": hashlib.sha256(data).hexdigest()}
 
 
+def _files(folder: Path) -> list[str]:
+    """The names in ``folder`` except the per-file locks of fetch / extract_dir."""
+    return sorted(p.name for p in folder.iterdir() if not p.name.endswith(".lock"))
+
+
 @pytest.fixture
 def payload(tmp_path):
     src = tmp_path / "src" / "payload.bin"
@@ -205,7 +210,7 @@ def test_fetch_mismatch_leaves_nothing(tmp_path, payload, field):
     dest = tmp_path / "dl"
     with pytest.raises(ChecksumError, match=f"{field}: expected"):
         fetch(remote, dest, progress=False)
-    assert list(dest.iterdir()) == []  # no partial file, no temporary file
+    assert _files(dest) == []  # no partial file, no temporary file (only the lock)
     # a corrupt file already in place is reported, not silently used
     (dest / "payload.bin").write_bytes(b"corrupt")
     with pytest.raises(ChecksumError, match="delete it"):
@@ -236,7 +241,7 @@ def test_fetch_with_monkeypatched_opener_truncated(tmp_path, payload):
     remote = RemoteFile("https://example.invalid/payload.bin", "payload.bin", md5=d["md5"])
     with pytest.raises(ChecksumError, match="md5"):
         fetch(remote, tmp_path / "dl", opener=lambda url: Response(), progress=False)
-    assert list((tmp_path / "dl").iterdir()) == []
+    assert _files(tmp_path / "dl") == []
 
 
 def test_fetch_records_checksum_on_first_use(tmp_path, payload):
@@ -254,7 +259,7 @@ def test_fetch_missing_url(tmp_path):
     with pytest.raises(OSError, match="could not download"):
         fetch(RemoteFile((tmp_path / "absent.zip").as_uri(), "absent.zip"), tmp_path / "dl",
               progress=False)
-    assert list((tmp_path / "dl").iterdir()) == []
+    assert _files(tmp_path / "dl") == []
 
 
 def test_extract_helpers(tmp_path):
@@ -265,7 +270,7 @@ def test_extract_helpers(tmp_path):
         z.writestr("other/z.txt", "z")
     out = extract_dir(archive, "top", tmp_path / "out" / "top")
     assert (out / "sub" / "y.txt").read_text() == "y" and not (out / "z.txt").exists()
-    assert [p.name for p in (tmp_path / "out").iterdir()] == ["top"]  # no temporary leftovers
+    assert _files(tmp_path / "out") == ["top"]  # no temporary leftovers
     assert extract_member(archive, "z.txt", tmp_path / "z.txt").read_text() == "z"
     evil = tmp_path / "evil.zip"
     with zipfile.ZipFile(evil, "w") as z:
@@ -346,3 +351,88 @@ def test_flickr_download_from_hub_files(tmp_path, monkeypatch):
     written = json.loads((tmp_path / "data" / "flickr30k" / "dataset_flickr30k.json").read_text())
     assert written["dataset"] == "flickr30k"
     assert written["images"][0]["sentences"][0]["sentid"] == records[0]["sentids"][0]
+
+
+# -- unsafe names, interrupted downloads and extractions ------------------------------------------
+
+@pytest.mark.parametrize("name", ["../escape.bin", "sub/../../x", "/etc/passwd", "..", "",
+                                  "a\\..\\b"])
+def test_unsafe_download_filename_is_refused(tmp_path, payload, name):
+    with pytest.raises(ValueError, match=r"^download filename .* must be a plain file name"):
+        fetch(RemoteFile(payload.as_uri(), name), tmp_path / "dl", progress=False)
+    assert not (tmp_path / "escape.bin").exists()
+
+
+class FakeServer:
+    """Serves ``data`` to ``fetch``'s opener without a network: honours ``Range`` (status 206)
+    unless ``ranges`` is False, and drops the connection after ``cut`` bytes of a response."""
+
+    def __init__(self, data: bytes, *, ranges: bool = True, cut: int | None = None):
+        self.data, self.ranges, self.cut, self.requests = data, ranges, cut, []
+
+    def __call__(self, request):
+        self.requests.append(request.get_header("Range"))
+        start = 0
+        if self.ranges and request.get_header("Range"):
+            start = int(re.fullmatch(r"bytes=(\d+)-", request.get_header("Range")).group(1))
+        server, body = self, self.data[start:]
+
+        class Response:
+            status = 206 if start else 200
+            headers = {"Content-Length": str(len(body))}
+            pos = 0
+
+            def read(self, n):
+                stop = min(self.pos + n, len(body))
+                if server.cut is not None and stop > server.cut:
+                    if self.pos >= server.cut:
+                        raise ConnectionResetError("connection reset by peer")
+                    stop = server.cut
+                chunk = body[self.pos:stop]
+                self.pos = stop
+                return chunk
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *exc):
+                return False
+
+        return Response()
+
+
+@pytest.mark.parametrize("ranges", [True, False], ids=["resumed", "server_ignores_range"])
+def test_cut_download_is_kept_and_resumed(tmp_path, payload, ranges):
+    data, d = payload.read_bytes(), _digests(payload)
+    remote = RemoteFile("https://example.invalid/payload.bin", "payload.bin", sha256=d["sha256"])
+    dest = tmp_path / "dl"
+    server = FakeServer(data, ranges=ranges, cut=1_200_000)
+    with pytest.raises(OSError, match=r"the 1200000 bytes received are kept in .*\.payload\.bin"
+                                      r"\.part and the next try resumes there"):
+        fetch(remote, dest, opener=server, progress=False)
+    assert (dest / ".payload.bin.part").stat().st_size == 1_200_000
+    server.cut = None
+    assert fetch(remote, dest, opener=server, progress=False).read_bytes() == data
+    assert server.requests == [None, "bytes=1200000-"]
+    assert _files(dest) == ["payload.bin"]
+
+
+def test_leftovers_of_killed_downloads_and_extractions_are_removed(tmp_path, payload):
+    data, d = payload.read_bytes(), _digests(payload)
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    (dest / ".payload.bin.0123456789ab.tmp").write_bytes(data[:1000])  # an older version's
+    (dest / ".payload.bin.part").write_bytes(b"x" * 1000)  # wrong bytes: the check fails
+    remote = RemoteFile("https://example.invalid/payload.bin", "payload.bin", md5=d["md5"])
+    with pytest.raises(ChecksumError, match="md5"):
+        fetch(remote, dest, opener=FakeServer(data), progress=False)
+    assert _files(dest) == []  # the bad partial file is gone too, so the next try starts over
+    assert fetch(remote, dest, opener=FakeServer(data), progress=False).read_bytes() == data
+    archive = tmp_path / "a.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("top/x.txt", "x")
+    stale = tmp_path / "out" / ".top.0123456789ab.tmp"
+    (stale / "top").mkdir(parents=True)
+    (stale / "top" / "half.txt").write_text("killed")
+    assert (extract_dir(archive, "top", tmp_path / "out" / "top") / "x.txt").read_text() == "x"
+    assert _files(tmp_path / "out") == ["top"]

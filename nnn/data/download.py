@@ -1,17 +1,20 @@
 """Checksummed, atomic downloads and archive extraction for the dataset loaders.
 
-- ``fetch(remote, dest_dir)``: stream a URL into a hidden temporary file beside the target while
-  hashing it (md5 and sha256), check the size and the expected checksum, then ``os.replace`` it
-  into place. On a mismatch the temporary file is deleted and ``ChecksumError`` raised, so a
-  partial or corrupt download never sits under the final name. A file already there is verified
+- ``fetch(remote, dest_dir)``: stream a URL into a hidden ``.<filename>.part`` file beside the
+  target while hashing it (md5 and sha256), check the size and the expected checksum, then
+  ``os.replace`` it into place. On a mismatch the partial file is deleted and ``ChecksumError``
+  raised, so a corrupt download never sits under the final name; a download cut off midway keeps
+  its ``.part`` file and the next call resumes it (HTTP Range). A file already there is verified
   instead of downloaded again (so a file fetched by hand, e.g. with ``wget -c``, is used as is).
+  ``filename`` must be a plain name: one with folders, ``..`` or an absolute path is refused.
 - Files without a published checksum are trusted on first use: their sha256 is computed on the
   first download and recorded in ``<dest_dir>/checksums.json``; later verifications use it.
 - ``extract_member`` / ``extract_dir``: unpack one file or one top-level folder of a zip archive
   into place atomically (temporary name, then rename); member paths that would escape the target
   are refused.
 
-The opener is a parameter (default ``urllib.request.urlopen``), so tests use ``file://`` URLs.
+The opener is a parameter (default ``urllib.request.urlopen``), so tests use ``file://`` URLs
+or a fake server response; they never touch the network.
 """
 
 from __future__ import annotations
@@ -29,9 +32,10 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
+from filelock import FileLock
 from tqdm.auto import tqdm
 
-from nnn._atomic import atomic_open, atomic_write_json
+from nnn._atomic import atomic_open, atomic_write_json, fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +56,14 @@ class RemoteFile:
     size: int | None = None
     md5: str | None = None
     sha256: str | None = None
+
+    def __post_init__(self):
+        name = self.filename
+        if (not isinstance(name, str) or name in ("", ".", "..") or "/" in name or "\\" in name
+                or Path(name).is_absolute()):
+            raise ValueError(f"download filename {name!r} (for {self.url}) must be a plain file "
+                             "name without folders, '..' or an absolute path; it is written "
+                             "inside the download folder")
 
 
 def file_digests(path: Path, *, progress: bool = False) -> dict:
@@ -109,46 +121,88 @@ def fetch(remote: RemoteFile, dest_dir: str | Path, *, opener: Callable | None =
     """Download ``remote`` to ``dest_dir/remote.filename`` (verified, atomic); returns the path.
 
     An existing file is verified, not re-downloaded; a mismatch raises ``ChecksumError`` naming
-    the file (delete it to download again).
+    the file (delete it to download again). The bytes go to ``.<filename>.part`` first; a
+    download cut off (network error, Ctrl-C, killed process) keeps it, and the next call resumes
+    it with an HTTP Range request (starting over when the server ignores the range). A per-file
+    lock ``.<filename>.lock`` lets one process download while the others wait. ``opener`` maps a
+    ``urllib.request.Request`` to a response (default ``urlopen`` with a 60 s timeout).
     """
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     target = dest_dir / remote.filename
-    expected = _expected(remote, dest_dir)
-    if target.exists():
-        bad = _mismatches(file_digests(target, progress=progress), expected)
+    with FileLock(dest_dir / f".{remote.filename}.lock"):
+        for leftover in dest_dir.glob(f".{remote.filename}.*.tmp"):  # killed older versions
+            log.info("removing %s left by an interrupted download", leftover)
+            leftover.unlink(missing_ok=True)
+        expected = _expected(remote, dest_dir)
+        if target.exists():
+            bad = _mismatches(file_digests(target, progress=progress), expected)
+            if bad:
+                raise ChecksumError(f"existing file {target} does not match {remote.url} "
+                                    f"({'; '.join(bad)}); delete it to download it again")
+            log.info("%s: present and verified", target)
+            return target
+        part = dest_dir / f".{remote.filename}.part"
+        got = _download(remote, part, expected, opener, progress)
+        bad = _mismatches(got, expected)
         if bad:
-            raise ChecksumError(f"existing file {target} does not match {remote.url} "
-                                f"({'; '.join(bad)}); delete it to download it again")
-        log.info("%s: present and verified", target)
-        return target
-    opener = opener or (lambda url: urllib.request.urlopen(url, timeout=60))
-    log.info("downloading %s -> %s", remote.url, target)
-    md5, sha = hashlib.md5(usedforsecurity=False), hashlib.sha256()
-    size = 0
+            part.unlink()
+            raise ChecksumError(f"download of {remote.url} is corrupt or incomplete "
+                                f"({'; '.join(bad)}); nothing was kept, try again")
+        os.replace(part, target)
+        fsync_dir(dest_dir)
+    if "md5" not in expected and "sha256" not in expected:
+        _record(dest_dir, remote, got)
+    return target
+
+
+def _download(remote: RemoteFile, part: Path, expected: dict, opener: Callable | None,
+              progress: bool) -> dict:
+    """Append the rest of ``remote`` to ``part`` (fsynced); returns its size/md5/sha256."""
+    have = part.stat().st_size if part.exists() else 0
+    if have and expected.get("size") is not None and have >= expected["size"]:
+        return file_digests(part)  # complete but not yet checked (killed while verifying)
+    opener = opener or (lambda request: urllib.request.urlopen(request, timeout=60))
+    request = urllib.request.Request(remote.url)
+    if have:
+        request.add_header("Range", f"bytes={have}-")
     try:
-        with atomic_open(target, "wb") as out, opener(remote.url) as response:
+        with opener(request) as response:
+            resumed = have > 0 and getattr(response, "status", None) == 206
+            if have:
+                log.info("%s: %s", remote.filename,
+                         f"resuming after {have} bytes" if resumed else "the server cannot "
+                         f"resume; downloading again from the start")
+            log.info("downloading %s -> %s", remote.url, part.parent / remote.filename)
             length = getattr(response, "headers", {}).get("Content-Length")
-            total = expected.get("size") or (int(length) if length else None)
-            with tqdm(total=total, unit="B", unit_scale=True, desc=remote.filename,
-                      disable=not progress) as bar:
+            total = expected.get("size") or (int(length) + (have if resumed else 0)
+                                             if length else None)
+            with open(part, "ab" if resumed else "wb") as out, \
+                    tqdm(total=total, unit="B", unit_scale=True, desc=remote.filename,
+                         disable=not progress) as bar:
+                md5, sha, size = hashlib.md5(usedforsecurity=False), hashlib.sha256(), 0
+                if resumed:  # hash what is already there
+                    with open(part, "rb") as f:
+                        while chunk := f.read(_CHUNK):
+                            md5.update(chunk)
+                            sha.update(chunk)
+                            size += len(chunk)
+                    bar.update(size)
                 while chunk := response.read(_CHUNK):
                     out.write(chunk)
                     md5.update(chunk)
                     sha.update(chunk)
                     size += len(chunk)
                     bar.update(len(chunk))
-            got = {"size": size, "md5": md5.hexdigest(), "sha256": sha.hexdigest()}
-            bad = _mismatches(got, expected)
-            if bad:  # raising inside atomic_open deletes the temporary file
-                raise ChecksumError(f"download of {remote.url} is corrupt or incomplete "
-                                    f"({'; '.join(bad)}); nothing was kept, try again")
+                out.flush()
+                os.fsync(out.fileno())
     except OSError as e:
-        raise OSError(f"could not download {remote.url} to {target}: {e}. Check the network, "
-                      f"or fetch it by hand into {dest_dir} (docs/data.md)") from e
-    if "md5" not in expected and "sha256" not in expected:
-        _record(dest_dir, remote, got)
-    return target
+        kept = f"; the {part.stat().st_size} bytes received are kept in {part} and the next " \
+               "try resumes there" if part.exists() and part.stat().st_size else ""
+        raise OSError(f"could not download {remote.url} to {part.parent / remote.filename}: "
+                      f"{e}{kept}. Check the network, or fetch it by hand into {part.parent} "
+                      "(docs/data.md)") from e
+    return {"size": size, "md5": md5.hexdigest(), "sha256": sha.hexdigest()}
 
 
 def _safe_members(archive: zipfile.ZipFile, dest: Path) -> None:
@@ -176,12 +230,26 @@ def extract_dir(archive_path: Path, member_dir: str, target: Path, *,
     """Unpack the archive's top-level folder ``member_dir`` as ``target`` (atomic rename).
 
     Extraction happens in a hidden temporary folder beside ``target``; ``target`` appears only
-    once every file is written, so its presence means a complete extraction.
+    once every file is written, so its presence means a complete extraction. A per-target lock
+    ``.<name>.lock`` lets one process extract while the others wait; the lock holder deletes
+    temporary folders left by a killed extraction.
     """
     if target.exists():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.parent / f".{target.name}.lock"):
+        if target.exists():  # another process finished it while this one waited
+            return target
+        for leftover in target.parent.glob(f".{target.name}.*.tmp"):
+            log.info("removing %s left by an interrupted extraction", leftover)
+            shutil.rmtree(leftover, ignore_errors=True)
+        return _extract_dir_locked(archive_path, member_dir, target, progress)
+
+
+def _extract_dir_locked(archive_path: Path, member_dir: str, target: Path,
+                        progress: bool) -> Path:
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
-    tmp.mkdir(parents=True)
+    tmp.mkdir()
     try:
         with zipfile.ZipFile(archive_path) as archive:
             _safe_members(archive, tmp)

@@ -3,9 +3,9 @@
 Layout: one folder ``root`` holding, for each split PREFIX of the dataset (``test``, ``train``,
 ``val``; a pipeline subset such as ``train/reference`` reads the files of ``train``)::
 
-    PREFIX_image.npy               (n_img, d) float image embeddings (or .pt / .pth / .safetensors)
+    PREFIX_image.npy               (n_img, d) float image embeddings (or .pt, .pth, .safetensors)
     PREFIX_image_ids.txt           n_img lines: the dataset image id of each row
-    PREFIX_text.npy                (n_cap, d) float caption embeddings (or .pt / .pth / .safetensors)
+    PREFIX_text.npy                (n_cap, d) float caption embeddings (or .pt, .pth, .safetensors)
     PREFIX_caption_image_ids.txt   n_cap lines: the image id that each caption row describes
     PREFIX_captions.txt            optional, n_cap lines: the caption text of each row
 
