@@ -21,6 +21,18 @@ ArrayLike = "np.ndarray | torch.Tensor"
 NORM_TOLERANCE = 1e-3
 #: rows checked at a time in ``as_matrix`` (bounds its temporaries to a few MB)
 _CHECK_ROWS = 8192
+#: Largest row norm accepted without normalising: the dot product of two rows is at most the
+#: product of their norms (Cauchy-Schwarz, also for every partial sum), so it stays below
+#: float32's maximum (3.4e38) and no score becomes inf.
+MAX_ROW_NORM = float(np.sqrt(np.finfo(np.float32).max))
+
+
+class NotNormalizedWarning(UserWarning):
+    """Rows that are not L2-normalised were given without ``normalize=True``."""
+
+
+#: the ``warnings.filters`` list in force when ``NotNormalizedWarning`` was last shown
+_norm_warned_under: list = []
 
 
 def as_matrix(x, name: str, *, dim: int | None = None, normalize: bool = False) -> np.ndarray:
@@ -51,7 +63,9 @@ def as_matrix(x, name: str, *, dim: int | None = None, normalize: bool = False) 
         raise ValueError(f"{name} has dimension {x.shape[1]} (shape {tuple(x.shape)}) but "
                          f"{dim} was expected; all embeddings must come from the same model")
     out = np.ascontiguousarray(x, dtype=np.float32)
-    norms = np.empty(len(out), dtype=np.float32)
+    # Norms in float64: squares of float32 values above ~1.8e19 (or below ~1e-23) overflow
+    # (underflow) in float32, which made a finite row's norm inf (0).
+    norms = np.empty(len(out), dtype=np.float64)
     # Row blocks: checking a 591,753 x 512 bank at once would build a 1.2 GB temporary.
     for start in range(0, len(out), _CHECK_ROWS):
         block = out[start:start + _CHECK_ROWS]
@@ -60,19 +74,43 @@ def as_matrix(x, name: str, *, dim: int | None = None, normalize: bool = False) 
             bad = np.argwhere(~finite)[:5] + [start, 0]
             raise ValueError(f"{name} contains NaN or Inf (first at rows/cols {bad.tolist()}); "
                              "clean or drop those rows before fitting")
-        norms[start:start + len(block)] = np.linalg.norm(block, axis=1)
+        norms[start:start + len(block)] = np.sqrt(np.einsum("ij,ij->i", block, block,
+                                                            dtype=np.float64))
     off = np.abs(norms - 1.0) > NORM_TOLERANCE
-    if off.any():
-        if normalize:
-            if (norms == 0).any():
-                raise ValueError(f"{name} has all-zero rows {np.flatnonzero(norms == 0)[:5].tolist()}"
-                                 "; they cannot be L2-normalised")
-            out = out / norms[:, None]
-        else:
-            warnings.warn(f"{name}: {int(off.sum())} of {len(out)} rows are not L2-normalised "
-                          f"(norms in [{norms.min():.4g}, {norms.max():.4g}]); pass "
-                          "normalize=True to normalise them", UserWarning, stacklevel=3)
+    if not off.any():
+        return out
+    if normalize:
+        if (norms == 0).any():
+            raise ValueError(f"{name} has all-zero rows {np.flatnonzero(norms == 0)[:5].tolist()}"
+                             "; they cannot be L2-normalised")
+        unit = np.empty_like(out)
+        for start in range(0, len(out), _CHECK_ROWS):  # divided in float64, rounded once
+            stop = start + _CHECK_ROWS
+            unit[start:stop] = out[start:stop] / norms[start:stop, None]
+        return unit
+    if norms.max() > MAX_ROW_NORM:
+        row = int(norms.argmax())
+        raise ValueError(f"{name} row {row} has norm {norms[row]:.4g}; dot products of rows "
+                         f"with norms above {MAX_ROW_NORM:.3g} overflow float32 to inf. Pass "
+                         "normalize=True, or scale the embeddings down")
+    _warn_not_normalised(f"{name}: {int(off.sum())} of {len(out)} rows are not L2-normalised "
+                         f"(norms in [{norms.min():.4g}, {norms.max():.4g}]); pass "
+                         "normalize=True to normalise them (shown once; other inputs may be "
+                         "affected too)")
     return out
+
+
+def _warn_not_normalised(message: str) -> None:
+    """Emit ``NotNormalizedWarning`` once: a run checks the same embeddings in many roles
+    (gallery, banks, queries; once per method and split), which printed ~10 warnings.
+
+    Like Python's own warning registries, the record is forgotten when the warning filters are
+    replaced (``warnings.catch_warnings``, ``pytest.warns``), so each such block sees it again.
+    """
+    if _norm_warned_under and _norm_warned_under[0] is warnings.filters:
+        return
+    _norm_warned_under[:] = [warnings.filters]
+    warnings.warn(message, NotNormalizedWarning, stacklevel=4)
 
 
 def check_positive_int(value, name: str, *, upper: int | None = None, upper_name: str = "") -> int:
