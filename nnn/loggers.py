@@ -64,18 +64,26 @@ class WandbLogger(NullLogger):
 
     project/entity/tags/job_type/notes: passed to ``wandb.init``; mode: "offline" (files under
     ``dir``/wandb, sync later with ``wandb sync``), "online" (needs ``wandb login``) or
-    "disabled"; settings: extra ``wandb.Settings`` fields, e.g. ``{"quiet": True}`` (W&B's own
-    console summary off; this logger still logs where the run is and how to upload it).
+    "disabled"; init_timeout: seconds ``wandb.init`` may wait for the server (W&B's own
+    default is 90 s, added to every run when the server is unreachable; then this logger warns
+    once and the run goes on without W&B); settings: extra ``wandb.Settings`` fields, e.g.
+    ``{"silent": True}`` (W&B prints nothing; this logger still logs where the run is and how to
+    upload it).
     ``start`` takes the run name, the group (e.g. a sweep) and the directory for W&B's files.
     The API key is never passed here: W&B reads it from its own login or ``WANDB_API_KEY``.
     """
 
     def __init__(self, *, project: str = "nnn", entity: str | None = None, mode: str = "offline",
                  tags: Sequence[str] = (), job_type: str | None = None, notes: str | None = None,
-                 settings: Mapping[str, Any] | None = None):
+                 init_timeout: float = 15.0, settings: Mapping[str, Any] | None = None):
         if mode not in _MODES:
             raise ValueError(f"W&B mode must be one of {_MODES}, got {mode!r}; use "
                              "logger.mode=offline (default, no account) or online")
+        if isinstance(init_timeout, bool) or not isinstance(init_timeout, (int, float)) \
+                or not init_timeout > 0:
+            raise ValueError(f"logger.init_timeout must be a number of seconds > 0, got "
+                             f"{init_timeout!r}")
+        self.init_timeout = float(init_timeout)
         self.project = project
         self.entity = entity
         self.mode = mode
@@ -91,8 +99,12 @@ class WandbLogger(NullLogger):
     def _fail(self, what: str, err: BaseException) -> None:
         hint = " (install it: pip install wandb, or use logger=none)" \
             if isinstance(err, ImportError) else ""
+        if what == "init" and self.mode == "online":
+            hint += (f" (gave up after logger.init_timeout={self.init_timeout:g} s; raise it "
+                     "for a slow server)")
         log.warning("W&B %s failed (%s: %s)%s; the run goes on without W&B and its local "
-                    "results are unaffected", what, type(err).__name__, err, hint)
+                    "results are unaffected", what, type(err).__name__,
+                    " ".join(str(err).split()), hint)  # W&B's messages span lines
         self.active = False
         run, self._run = self._run, None
         if run is not None:
@@ -112,7 +124,8 @@ class WandbLogger(NullLogger):
                 project=self.project, entity=self.entity, mode=self.mode, name=name,
                 group=group, tags=self.tags or None, job_type=self.job_type, notes=self.notes,
                 dir=str(dir) if dir is not None else None, config=dict(config),
-                settings=wandb.Settings(**self.settings) if self.settings else None,
+                settings=wandb.Settings(**{"init_timeout": self.init_timeout,
+                                           **self.settings}),
                 reinit="finish_previous")
             self.active = self._run is not None
             if self.active:

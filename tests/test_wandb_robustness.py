@@ -1,0 +1,94 @@
+"""W&B as configured by conf/logger/wandb.yaml: silent offline runs, and an unreachable server
+that costs a short, configurable timeout instead of W&B's 90 s. No test touches the network:
+the "server" is a local port that refuses connections."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import wandb
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from nnn.loggers import WandbLogger
+from nnn.pipeline import CONFIG_DIR
+
+FAKE_KEY = "fake0secret0key0" + "7" * 24  # 40 characters, like a real W&B key
+WANDB_ENV = ("WANDB_MODE", "WANDB_SILENT", "WANDB_QUIET", "WANDB_BASE_URL", "WANDB_API_KEY",
+             "WANDB_INIT_TIMEOUT", "WANDB_CONSOLE")
+
+
+def configured_logger():
+    """The logger exactly as ``logger=wandb`` builds it."""
+    return instantiate(OmegaConf.load(CONFIG_DIR / "logger" / "wandb.yaml"))
+
+
+def test_offline_run_prints_no_wandb_lines(tmp_path, monkeypatch, capfd):
+    for name in WANDB_ENV:  # no help from the environment: the config alone must be quiet
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "config"))
+    with configured_logger() as logger:
+        logger.start({"method.k": 3}, name="quiet-test", dir=tmp_path / "run")
+        assert logger.active
+        logger.log_metrics({"t2i/R@1": 50.0})
+    out, err = capfd.readouterr()
+    assert "wandb" not in (out + err).lower(), out + err
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+
+
+def test_init_timeout_defaults_short_and_reaches_wandb(tmp_path, monkeypatch):
+    seen = {}
+
+    def fake_init(**kwargs):
+        seen.update(kwargs)
+        raise wandb.errors.CommError("Timed out\nConsider increasing the init_timeout setting")
+
+    monkeypatch.setattr(wandb, "init", fake_init)
+    logger = configured_logger()
+    assert logger.init_timeout == WandbLogger().init_timeout == 15.0
+    logger.start({}, dir=tmp_path)
+    assert seen["settings"].init_timeout == 15.0 and seen["settings"].silent
+    WandbLogger(init_timeout=2.5, settings={"quiet": True}).start({}, dir=tmp_path)
+    assert seen["settings"].init_timeout == 2.5
+    with pytest.raises(ValueError, match="logger.init_timeout must be a number of seconds > 0"):
+        WandbLogger(init_timeout=0)
+
+
+UNREACHABLE_SCRIPT = """
+    import logging, sys
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+    from nnn.loggers import WandbLogger
+
+    logger = WandbLogger(mode="online", init_timeout=3, settings={"silent": True})
+    with logger:
+        logger.start({"method.k": 3}, name="unreachable", dir=sys.argv[1])
+        logger.log_metrics({"t2i/R@1": 50.0})
+    print("the run went on; W&B active:", logger.active)
+"""
+
+
+def test_unreachable_server_costs_the_timeout_and_one_warning(tmp_path):
+    with socket.socket() as closed_port:  # bound, never listening: connections are refused
+        closed_port.bind(("127.0.0.1", 0))
+        env = {k: v for k, v in os.environ.items() if k not in WANDB_ENV}
+        env.update(WANDB_BASE_URL=f"http://127.0.0.1:{closed_port.getsockname()[1]}",
+                   WANDB_API_KEY=FAKE_KEY, WANDB_CONFIG_DIR=str(tmp_path / "config"),
+                   WANDB_CACHE_DIR=str(tmp_path / "cache"), WANDB_DATA_DIR=str(tmp_path / "data"),
+                   PYTHONPATH=os.pathsep.join(sys.path))
+        script = tmp_path / "script.py"
+        script.write_text(textwrap.dedent(UNREACHABLE_SCRIPT))
+        # the timeout only guards against a hang; W&B alone would wait 90 s
+        proc = subprocess.run([sys.executable, str(script), str(tmp_path / "run")], env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "the run went on; W&B active: False" in proc.stdout
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1, proc.stderr
+    assert "W&B init failed" in warnings[0] and "init_timeout=3 s;" in warnings[0]
+    assert "goes on without W&B" in warnings[0]
+    assert FAKE_KEY not in proc.stdout + proc.stderr
