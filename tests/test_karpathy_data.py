@@ -436,3 +436,21 @@ def test_leftovers_of_killed_downloads_and_extractions_are_removed(tmp_path, pay
     (stale / "top" / "half.txt").write_text("killed")
     assert (extract_dir(archive, "top", tmp_path / "out" / "top") / "x.txt").read_text() == "x"
     assert _files(tmp_path / "out") == ["top"]
+
+
+def test_a_complete_partial_file_is_checked_not_fetched_again(tmp_path, payload):
+    # killed after the last byte but before the rename; without a known size the server answers
+    # the Range request with 416 "range not satisfiable"
+    import urllib.error
+
+    data = payload.read_bytes()
+    dest = tmp_path / "dl"
+    dest.mkdir()
+    (dest / ".payload.bin.part").write_bytes(data)
+
+    def opener(request):
+        raise urllib.error.HTTPError(request.full_url, 416, "Range Not Satisfiable", {}, None)
+
+    remote = RemoteFile("https://example.invalid/payload.bin", "payload.bin",
+                        sha256=_digests(payload)["sha256"])
+    assert fetch(remote, dest, opener=opener, progress=False).read_bytes() == data

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import urllib.error
 import urllib.request
 import uuid
 import zipfile
@@ -196,13 +197,22 @@ def _download(remote: RemoteFile, part: Path, expected: dict, opener: Callable |
                     bar.update(len(chunk))
                 out.flush()
                 os.fsync(out.fileno())
+    except urllib.error.HTTPError as e:
+        if have and e.code == 416:  # "range not satisfiable": the partial file is complete
+            return file_digests(part)
+        raise _download_error(remote, part, e) from e
     except OSError as e:
-        kept = f"; the {part.stat().st_size} bytes received are kept in {part} and the next " \
-               "try resumes there" if part.exists() and part.stat().st_size else ""
-        raise OSError(f"could not download {remote.url} to {part.parent / remote.filename}: "
-                      f"{e}{kept}. Check the network, or fetch it by hand into {part.parent} "
-                      "(docs/data.md)") from e
+        raise _download_error(remote, part, e) from e
     return {"size": size, "md5": md5.hexdigest(), "sha256": sha.hexdigest()}
+
+
+def _download_error(remote: RemoteFile, part: Path, e: OSError) -> OSError:
+    """The one-line error for a failed download, saying what was kept for the next try."""
+    kept = (f"; the {part.stat().st_size} bytes received are kept in {part} and the next try "
+            "resumes there" if part.exists() and part.stat().st_size else "")
+    return OSError(f"could not download {remote.url} to {part.parent / remote.filename}: "
+                   f"{e}{kept}. Check the network, or fetch it by hand into {part.parent} "
+                   "(docs/data.md)")
 
 
 def _safe_members(archive: zipfile.ZipFile, dest: Path) -> None:
