@@ -435,7 +435,9 @@ def test_leftovers_of_killed_downloads_and_extractions_are_removed(tmp_path, pay
     (stale / "top").mkdir(parents=True)
     (stale / "top" / "half.txt").write_text("killed")
     assert (extract_dir(archive, "top", tmp_path / "out" / "top") / "x.txt").read_text() == "x"
-    assert _files(tmp_path / "out") == ["top"]
+    (tmp_path / "out" / ".x.txt.0123456789ab.tmp").write_text("killed")
+    assert extract_member(archive, "x.txt", tmp_path / "out" / "x.txt").read_text() == "x"
+    assert _files(tmp_path / "out") == ["top", "x.txt"]
 
 
 def test_a_complete_partial_file_is_checked_not_fetched_again(tmp_path, payload):

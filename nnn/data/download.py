@@ -12,6 +12,8 @@
 - ``extract_member`` / ``extract_dir``: unpack one file or one top-level folder of a zip archive
   into place atomically (temporary name, then rename); member paths that would escape the target
   are refused.
+- Every write holds a per-target lock (``.<name>.lock`` beside it), so one process writes while
+  the others wait, and the lock holder deletes ``.<name>.*.tmp`` leftovers of killed writers.
 
 The opener is a parameter (default ``urllib.request.urlopen``), so tests use ``file://`` URLs
 or a fake server response; they never touch the network.
@@ -28,10 +30,11 @@ import urllib.error
 import urllib.request
 import uuid
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import Callable, Iterator
 
 from filelock import FileLock
 from tqdm.auto import tqdm
@@ -131,10 +134,7 @@ def fetch(remote: RemoteFile, dest_dir: str | Path, *, opener: Callable | None =
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     target = dest_dir / remote.filename
-    with FileLock(dest_dir / f".{remote.filename}.lock"):
-        for leftover in dest_dir.glob(f".{remote.filename}.*.tmp"):  # killed older versions
-            log.info("removing %s left by an interrupted download", leftover)
-            leftover.unlink(missing_ok=True)
+    with _writing(target):
         expected = _expected(remote, dest_dir)
         if target.exists():
             bad = _mismatches(file_digests(target, progress=progress), expected)
@@ -223,14 +223,30 @@ def _safe_members(archive: zipfile.ZipFile, dest: Path) -> None:
             raise ValueError(f"archive {archive.filename} holds an unsafe member path {name!r}")
 
 
+@contextmanager
+def _writing(target: Path) -> Iterator[None]:
+    """Hold ``target``'s lock (``.<name>.lock`` beside it, created with its folder), after
+    deleting the hidden ``.<name>.*.tmp`` files or folders that a killed writer left: with the
+    lock held, no live process is writing them."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(target.parent / f".{target.name}.lock"):
+        for leftover in target.parent.glob(f".{target.name}.*.tmp"):
+            log.info("removing %s left by an interrupted download or extraction", leftover)
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+        yield
+
+
 def extract_member(archive_path: Path, member_name: str, target: Path) -> Path:
     """Write the archive member whose file name is ``member_name`` (any folder) to ``target``."""
     with zipfile.ZipFile(archive_path) as archive:
         matches = [n for n in archive.namelist() if PurePosixPath(n).name == member_name]
         if not matches:
             raise ValueError(f"{archive_path} holds no file named {member_name!r}")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with archive.open(matches[0]) as src, atomic_open(target, "wb") as dst:
+        with _writing(target), archive.open(matches[0]) as src, \
+                atomic_open(target, "wb") as dst:
             shutil.copyfileobj(src, dst, _CHUNK)
     return target
 
@@ -246,13 +262,9 @@ def extract_dir(archive_path: Path, member_dir: str, target: Path, *,
     """
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(target.parent / f".{target.name}.lock"):
+    with _writing(target):
         if target.exists():  # another process finished it while this one waited
             return target
-        for leftover in target.parent.glob(f".{target.name}.*.tmp"):
-            log.info("removing %s left by an interrupted extraction", leftover)
-            shutil.rmtree(leftover, ignore_errors=True)
         return _extract_dir_locked(archive_path, member_dir, target, progress)
 
 
