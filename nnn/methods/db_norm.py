@@ -7,8 +7,8 @@ bugs); the betas are named by the bank they scale.
 from __future__ import annotations
 
 import copy
-import math
 
+import numpy as np
 import torch
 
 from nnn._arrays import as_tensor, check_non_negative, check_positive_int
@@ -118,8 +118,14 @@ class DBNorm(RetrievalMethod):
         self._set_factors()
 
     def _set_factors(self) -> None:
-        """Set ``log_norm_*_``, ``activation_*_`` and the scoring tensors for the current betas."""
-        self._factors = []  # (beta, log_mean (n_g,) float32, activation (n_g,) bool) on device_
+        """Set ``log_norm_*_``, ``activation_*_`` and the scoring tensors for the current betas.
+
+        Scoring tables, indexed by a row's gate pattern p (bit i set: factor i is normalised):
+        ``_lm_table`` (2^n, n_g) float32, the sum of the normalised factors' log-means (summed
+        in float64, then cast), ``_beta_on`` (2^n,) their summed betas, ``_n_off`` (2^n,) the
+        number of gated-off factors; n = the number of factors with beta > 0.
+        """
+        log_means, self._activations = [], []
         for side in _SIDES:
             beta, stats = getattr(self, f"beta_{side}"), getattr(self, f"{side}_stats_")
             log_norm = activation = None
@@ -129,11 +135,19 @@ class DBNorm(RetrievalMethod):
                                      f"fitted; refit with beta_{side} > 0 or it in "
                                      f"beta_{side}_grid")
                 log_norm, activation = stats.log_norm(beta, f"beta_{side}"), stats.activation
-                log_mean = stats.log_mean(beta, f"beta_{side}")
-                self._factors.append((beta, as_tensor(log_mean).float().to(self.device_),
-                                      as_tensor(activation).to(self.device_)))
+                log_means.append((beta, stats.log_mean(beta, f"beta_{side}")))
+                self._activations.append(as_tensor(activation).to(self.device_))
             setattr(self, f"log_norm_{side}_", log_norm)
             setattr(self, f"activation_{side}_", activation)
+        patterns = range(2 ** len(log_means))
+        on = [[i for i in range(len(log_means)) if p >> i & 1] for p in patterns]
+        self._lm_table = torch.from_numpy(np.stack([
+            sum((log_means[i][1] for i in idx), np.zeros(len(self.gallery_))) for idx in on
+        ])).float().to(self.device_)
+        self._beta_on = torch.tensor([sum(log_means[i][0] for i in idx) for idx in on],
+                                     dtype=torch.float32, device=self.device_)
+        self._n_off = torch.tensor([len(log_means) - len(idx) for idx in on],
+                                   dtype=torch.float32, device=self.device_)
 
     def with_params(self, *, beta_query: float | None = None,
                     beta_gallery: float | None = None) -> "DBNorm":
@@ -156,25 +170,25 @@ class DBNorm(RetrievalMethod):
     def _score_sims(self, s: torch.Tensor, top1: torch.Tensor) -> torch.Tensor:
         """Scores (b, n_g) from the raw similarities s (b, n_g) of a query block and each
         query's top-1 gallery id ``top1`` (b,) (the gates); ``s`` is not modified."""
+        beta = self.beta_query + self.beta_gallery
         if not self.dynamic:
-            out = (self.beta_query + self.beta_gallery) * s
-            for _, log_mean, _ in self._factors:
-                out -= log_mean
-            return out
-        x = torch.zeros_like(s)          # sum over the gated-on factors of b s - lm
-        n_off = torch.zeros(len(s), 1, dtype=s.dtype, device=s.device)
-        for beta, log_mean, activation in self._factors:
-            on = activation[top1][:, None]
-            if self.gate == "exp":
-                x += beta * s - on * log_mean
-            else:
-                x += on * (beta * s - log_mean)
-                n_off += ~on
-        if self.gate == "exp" or not n_off.any():
+            return beta * s - self._lm_table[-1]       # every factor normalised
+        pattern = torch.zeros_like(top1)
+        for i, activation in enumerate(self._activations):
+            pattern += activation[top1].long() << i
+        if self.gate == "exp":
+            return beta * s - self._lm_table[pattern]
+        x = self._beta_on[pattern][:, None] * s - self._lm_table[pattern]
+        n_off = self._n_off[pattern]
+        rows = torch.nonzero(n_off > 0).squeeze(1)
+        if len(rows) == 0:
             return x
-        # sign-log domain of P = s^n_off exp(x) on rows with gated-off factors (class docstring)
-        big = n_off * torch.log(s.abs()) + x                  # -inf where s = 0
-        shifted = big - big.masked_fill(~torch.isfinite(big), math.inf).amin(1, keepdim=True) + 1
-        sign = torch.where(n_off % 2 == 1, torch.sign(s), torch.sign(s).abs())
-        signed = torch.where(s == 0, torch.zeros_like(s), sign * shifted)
-        return torch.where(n_off > 0, signed, x)
+        # sign-log domain of P = s^n_off exp(x) on rows with gated-off factors (class docstring);
+        # |s| is clamped to the smallest normal float32 so that log stays finite, and s = 0
+        # still scores 0 through its sign
+        sub, k = s[rows], n_off[rows][:, None]
+        big = k * sub.abs().clamp_min(torch.finfo(s.dtype).tiny).log() + x[rows]
+        sign = sub.sign()
+        sign = torch.where(k > 1, sign * sign, sign)    # sign(s)^n_off, n_off in {1, 2}
+        x[rows] = sign * (big - big.amin(dim=1, keepdim=True) + 1)
+        return x
