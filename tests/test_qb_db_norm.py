@@ -373,7 +373,7 @@ def test_small_beta_big_bank_ranks_like_float64(big_bank, beta):
     a float32 normaliser (ulp 1e-6 at 11.7) used to reorder items; now the ranking agrees with
     float64. Tie-aware: the order may swap only items whose float64 scores differ by less than
     1e-5 x the row's largest |score|, i.e. similarities within ~1e-5 of each other (float32 s
-    is within ~1e-7 for d = 16, the normaliser within ~2^-24 * (log2(c) + 2) * 1.7 * beta * 2;
+    is within ~1e-7 for d = 16, the normaliser within ~e * 2^-24 * (log2(c) + 2) * beta * 2;
     _bank_stats docstring)."""
     g, bank, q, sims = big_bank
     assert N_BIG // chunk_rows(N_G_BIG, D_BIG, BIG_BUDGET) == 6

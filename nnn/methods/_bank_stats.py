@@ -26,10 +26,11 @@ Two things keep it exact enough for any beta:
 - A chunk of c rows whose exponents all lie in [-1, 0] (beta * max_r (m(r) - min_b s(b, r)) <= 1)
   is summed as ``c + sum expm1(e)`` (float32 sum of ``expm1``, then ``log(c) + log1p(D / c)`` in
   float64), not as ``log(sum exp(e))`` in float32. A float32 sum of c values near 1 is off by
-  ~1 ulp of c (absolute error ~6e-8 in the log, whatever beta), while each ``expm1(e)`` carries
-  its relative float32 error: with |e| <= beta * spread, the log is off by at most
-  ~(log2(c) + 2) * 2^-24 * |D| / S <= 1.7 * 2^-24 * (log2(c) + 2) * beta * spread (S = c + D >=
-  c / e), i.e. an error proportional to beta, like the float32 error of beta * s itself. Other
+  ~1 ulp of c (absolute error ~6e-8 in the log, whatever beta), while the float32 sum D of the
+  ``expm1(e)`` is off by ~(log2(c) + 2) * 2^-24 * sum |expm1(e)| and |expm1(e)| <= |e| <=
+  beta * spread; with S = c + D >= c / e (every term >= exp(-1)), the log is off by at most
+  ~e * 2^-24 * (log2(c) + 2) * beta * spread, an error proportional to beta, like the float32
+  error of beta * s itself (s also carries its own float32 rounding, ~1e-7 per unit of |s|). Other
   chunks (large beta, where the exponents spread) use ``sum exp(e)``, whose relative error
   ~2^-24 log2(c) is small next to beta * (score gaps) there.
 - ``BankStats.log_mean(beta)`` = log_norm - log n_b (float64) is what scores use: the constant
