@@ -429,6 +429,8 @@ def test_qbnorm_bad_parameters(kwargs, match):
     (dict(beta_query=1.0, beta_gallery=1.0, activation_k=-2), "activation_k"),
     (dict(beta_query=1.0, beta_gallery=1.0, beta_gallery_grid=[0.0]), "beta_gallery_grid"),
     (dict(beta_query=1.0, beta_gallery=1.0, beta_query_grid=["x"]), "beta_query_grid"),
+    (dict(beta_query=1.0, beta_gallery=1.0, dynamic=True, gate="softmax"),
+     r"gate must be one of \('raw', 'exp'\).*got 'softmax'"),
 ])
 def test_dbnorm_bad_parameters(kwargs, match):
     with pytest.raises(ValueError, match=match):

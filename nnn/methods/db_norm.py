@@ -69,9 +69,8 @@ class DBNorm(RetrievalMethod):
 
     def __init__(self, *, beta_query: float, beta_gallery: float, beta_query_grid=None,
                  beta_gallery_grid=None, dynamic: bool = False, gate: str = "raw",
-                 activation_k: int = 1,
-                 memory_budget_mb: float = 256.0, progress: bool = True, batch_size: int = 4096,
-                 device: str = "cpu", normalize: bool = False):
+                 activation_k: int = 1, memory_budget_mb: float = 256.0, progress: bool = True,
+                 batch_size: int = 4096, device: str = "cpu", normalize: bool = False):
         super().__init__(batch_size=batch_size, device=device, normalize=normalize)
         self.beta_query, self.beta_gallery = self._check_betas(beta_query, beta_gallery)
         self.beta_query_grid = check_beta_grid(beta_query_grid, "beta_query_grid")
