@@ -16,8 +16,10 @@ Definitions:
   are all captions j with ``caption_to_image[j] == i``; the best-ranked one counts, so R@k is a
   hit when ANY of the image's captions is in the top k (the paper's protocol).
 - R@k = percentage (0-100) of queries with rank <= k. Median and mean rank are of the 1-based
-  ranks. Confidence intervals are percentile bootstrap intervals over queries resampled with
-  replacement (``scipy.stats.bootstrap``), seeded.
+  ranks. Confidence intervals are percentile bootstrap intervals (``scipy.stats.bootstrap``,
+  seeded) over queries resampled with replacement, or over groups of queries (an image with all
+  its captions: the pipeline's default for text->image); ``paired_delta`` gives the interval of
+  a method's gain over the baseline from the same resamples.
 - Hubness: N_k(r) = how often gallery item r is among a query's top k (``k_occurrence``);
   ``hubness_stats`` summarises its distribution (see there).
 """
@@ -65,13 +67,27 @@ def _score_chunks(method, queries, batch_size: int, desc: str):
         yield start, stop, s
 
 
-def _first_relevant_rank(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+def first_relevant_rank(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
     """scores, relevant: (b, n_g) -> (b,) 1-based rank of the best-scored relevant item.
 
     Ties with non-relevant items count against the query (pessimistic).
     """
     best = np.where(relevant, scores, -np.inf).max(axis=1)
     return 1 + ((scores >= best[:, None]) & ~relevant).sum(axis=1)
+
+
+def relevant_block(direction: str, caption_to_image: np.ndarray, start: int, stop: int,
+                   n_gallery: int) -> np.ndarray:
+    """(stop - start, n_gallery) bool: the relevant gallery items of queries start..stop-1.
+
+    "t2i": caption j's one image ``caption_to_image[j]``; "i2t": image i's captions, the gallery
+    rows j with ``caption_to_image[j] == i`` (``caption_to_image`` has n_gallery entries).
+    """
+    if direction == "t2i":
+        relevant = np.zeros((stop - start, n_gallery), dtype=bool)
+        relevant[np.arange(stop - start), caption_to_image[start:stop]] = True
+        return relevant
+    return caption_to_image[None, :] == np.arange(start, stop)[:, None]
 
 
 def t2i_ranks(method, text_queries, caption_to_image, *, batch_size: int = 1024) -> np.ndarray:
@@ -96,9 +112,8 @@ def t2i_ranks(method, text_queries, caption_to_image, *, batch_size: int = 1024)
         if last_image >= s.shape[1]:
             raise ValueError(f"caption_to_image holds image rows up to {last_image} but the "
                              f"method's gallery has {s.shape[1]} images")
-        relevant = np.zeros(s.shape, dtype=bool)
-        relevant[np.arange(stop - start), c2i[start:stop]] = True
-        ranks[start:stop] = _first_relevant_rank(s, relevant)
+        relevant = relevant_block("t2i", c2i, start, stop, s.shape[1])
+        ranks[start:stop] = first_relevant_rank(s, relevant)
     return ranks
 
 
@@ -117,8 +132,8 @@ def i2t_ranks(method, image_queries, caption_to_image, *, batch_size: int = 1024
             raise ValueError(f"the method's gallery has {s.shape[1]} captions but "
                              f"caption_to_image has {len(c2i)} entries; fit the method on the "
                              "captions that caption_to_image describes")
-        relevant = c2i[None, :] == np.arange(start, stop)[:, None]
-        ranks[start:stop] = _first_relevant_rank(s, relevant)
+        relevant = relevant_block("i2t", c2i, start, stop, s.shape[1])
+        ranks[start:stop] = first_relevant_rank(s, relevant)
     return ranks
 
 
@@ -153,28 +168,66 @@ def recall_at_k(ranks, ks=(1, 5, 10)) -> dict[str, float]:
     return {f"R@{k}": float(v) for k, v in zip(ks, _recall_percent(r, ks))}
 
 
-def rank_summary(ranks, ks=(1, 5, 10), *, n_boot: int = 1000, seed: int = 0,
+def _group_hits(ranks: np.ndarray, ks: np.ndarray, groups) -> tuple[np.ndarray, np.ndarray]:
+    """Hits per resampling unit: ((n_units, len(ks)) float64 sum of [rank <= k] over each unit's
+    queries, (n_units,) its number of queries). ``groups`` (n,) ints name each query's unit
+    (e.g. the image of a caption); None: every query is its own unit."""
+    hit = (ranks[:, None] <= ks).astype(np.float64)
+    if groups is None:
+        return hit, np.ones(len(ranks))
+    g = np.asarray(groups)
+    if g.shape != ranks.shape or g.dtype.kind not in "iu":
+        raise ValueError(f"groups must be an integer array with one entry per query "
+                         f"({len(ranks)}), got shape {g.shape} dtype {g.dtype}")
+    _, unit = np.unique(g, return_inverse=True)
+    n_units = int(unit.max()) + 1
+    sums = np.stack([np.bincount(unit, weights=hit[:, j], minlength=n_units)
+                     for j in range(len(ks))], axis=1)
+    return sums, np.bincount(unit, minlength=n_units).astype(np.float64)
+
+
+def _bootstrap_recall(hits: np.ndarray, sizes: np.ndarray, *, n_boot: int, seed: int,
+                      level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Percentile bootstrap of R@k = 100 * sum(hits) / sum(sizes) over resampled units.
+
+    ``hits`` (n_units, n_k), ``sizes`` (n_units,). ``scipy.stats.bootstrap`` resamples the unit
+    *indices* and the statistic sums the resampled units' hits and sizes, so a unit (an image
+    with all its captions) is drawn as a whole. The draws depend only on (n_units, n_boot,
+    seed): two calls with the same units and seed use the same resamples, which makes a CI of a
+    difference (``paired_delta``) paired. Returns (point, low, high), each (n_k,).
+    """
+    n_boot = check_positive_int(n_boot, "n_boot")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), e.g. 0.95, got {level!r}")
+    point = 100.0 * hits.sum(axis=0) / sizes.sum()
+    if len(sizes) == 1:  # every resample of one unit is that unit
+        return point, point, point
+
+    def statistic(idx, axis):  # idx (..., n_units) resampled unit indices -> (n_k, ...)
+        return np.moveaxis(100.0 * hits[idx].sum(axis=-2) / sizes[idx].sum(axis=-1)[..., None],
+                           -1, 0)
+
+    ci = stats.bootstrap((np.arange(len(sizes)),), statistic, n_resamples=n_boot,
+                         confidence_level=level, method="percentile",
+                         batch=max(1, _BOOT_ELEMENTS_PER_BATCH // (len(sizes) * hits.shape[1])),
+                         rng=np.random.default_rng(seed)).confidence_interval
+    return point, np.asarray(ci.low), np.asarray(ci.high)
+
+
+def rank_summary(ranks, ks=(1, 5, 10), *, groups=None, n_boot: int = 1000, seed: int = 0,
                  level: float = 0.95) -> dict[str, float]:
     """R@k with bootstrap confidence intervals, median and mean rank.
 
     Returns a flat dict: ``R@k``, ``R@k_ci_low``, ``R@k_ci_high`` (percent) for each k, and
     ``median_rank``, ``mean_rank``, ``n_queries``. The interval is the percentile bootstrap
-    interval at ``level`` from ``n_boot`` resamples of the queries (with replacement), drawn
-    from ``numpy.random.default_rng(seed)``.
+    interval at ``level`` from ``n_boot`` resamples drawn from ``numpy.random.default_rng(seed)``.
+    ``groups`` (n,) ints: resample groups with replacement and take all their queries (e.g. the
+    captions' images for text->image, whose 5 captions per image are not independent); None:
+    resample queries.
     """
     r, ks = _check_ranks(ranks), _check_ks(ks)
-    n_boot = check_positive_int(n_boot, "n_boot")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), e.g. 0.95, got {level!r}")
-    point = _recall_percent(r, ks)
-    if len(r) == 1:  # every resample of one query is that query
-        low = high = point
-    else:
-        ci = stats.bootstrap((r,), lambda x, axis: _recall_percent(x, ks, axis),
-                             n_resamples=n_boot, confidence_level=level, method="percentile",
-                             batch=max(1, _BOOT_ELEMENTS_PER_BATCH // len(r)),
-                             rng=np.random.default_rng(seed)).confidence_interval
-        low, high = ci.low, ci.high
+    point, low, high = _bootstrap_recall(*_group_hits(r, ks, groups), n_boot=n_boot, seed=seed,
+                                         level=level)
     out: dict[str, float] = {}
     for k, p, lo, hi in zip(ks, point, low, high):
         out[f"R@{k}"] = float(p)
@@ -183,6 +236,29 @@ def rank_summary(ranks, ks=(1, 5, 10), *, n_boot: int = 1000, seed: int = 0,
     out["median_rank"] = float(np.median(r))
     out["mean_rank"] = float(r.mean())
     out["n_queries"] = len(r)
+    return out
+
+
+def paired_delta(base_ranks, method_ranks, ks=(1, 5, 10), *, groups=None, n_boot: int = 1000,
+                 seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """R@k(method) - R@k(baseline) with a *paired* bootstrap interval: each resample draws the
+    same queries (or ``groups``, as in ``rank_summary``) for both, so the interval reflects the
+    per-query differences; a gain is significant at ``level`` when the interval excludes 0.
+
+    ``base_ranks``, ``method_ranks``: (n,) 1-based ranks of the same queries. Returns ``R@k``,
+    ``R@k_ci_low``, ``R@k_ci_high`` (percentage points). With the same ``groups``, ``n_boot``
+    and ``seed`` the resamples are those of ``rank_summary``'s intervals.
+    """
+    b, m, ks = _check_ranks(base_ranks), _check_ranks(method_ranks), _check_ks(ks)
+    if b.shape != m.shape:
+        raise ValueError(f"base_ranks and method_ranks must rank the same queries, got "
+                         f"{len(b)} and {len(m)} ranks")
+    hits_b, sizes = _group_hits(b, ks, groups)
+    point, low, high = _bootstrap_recall(_group_hits(m, ks, groups)[0] - hits_b, sizes,
+                                         n_boot=n_boot, seed=seed, level=level)
+    out: dict[str, float] = {}
+    for k, p, lo, hi in zip(ks, point, low, high):
+        out.update({f"R@{k}": float(p), f"R@{k}_ci_low": float(lo), f"R@{k}_ci_high": float(hi)})
     return out
 
 
@@ -204,7 +280,7 @@ def k_occurrence(method, queries, *, k: int = 1, batch_size: int = 1024) -> np.n
     return counts
 
 
-def hubness_stats(counts, *, hub_factor: float = 2.0) -> dict[str, float]:
+def hubness_stats(counts, *, k: int = 1, hub_size: float = 2.0) -> dict[str, float]:
     """Summary of a k-occurrence distribution counts (n_g,) (non-negative integers).
 
     - ``skewness``: ``scipy.stats.skew`` (population moments, bias=True).
@@ -216,7 +292,10 @@ def hubness_stats(counts, *, hub_factor: float = 2.0) -> dict[str, float]:
     - ``never_retrieved``: percent of gallery items with N_k = 0 (anti-hubs).
     - ``robin_hood``: Robin Hood (Hoover) index in percent, 100 * 0.5 * sum|N_i - mean| / sum N_i:
       the share of occurrences that would have to move to make N_k uniform (0 = uniform).
-    - ``hubs``: number of items with N_k > ``hub_factor`` * mean.
+    - ``hubs``: number of items with N_k >= ``hub_size`` * k (k: the N_k's k), the definition of
+      scikit-hubness (``Hubness(hub_size=2)``: its code counts k-occurrence >= hub_size * k).
+      Not relative to the mean N_k (= n_q k / n_g), which differs from k when n_q != n_g
+      (image->text: 1 image query per 5 captions).
     """
     c = np.asarray(counts)
     if c.ndim != 1 or c.dtype.kind not in "iu" or len(c) == 0:
@@ -225,7 +304,8 @@ def hubness_stats(counts, *, hub_factor: float = 2.0) -> dict[str, float]:
     if c.min() < 0 or c.sum() == 0:
         raise ValueError(f"counts must be >= 0 with a positive total, got min {c.min()} and "
                          f"total {c.sum()}")
-    hub_factor = check_non_negative(hub_factor, "hub_factor")
+    k = check_positive_int(k, "k")
+    hub_size = check_non_negative(hub_size, "hub_size")
     x = c.astype(np.float64)
     mean = x.mean()
     spread = bool((x != x[0]).any())
@@ -236,5 +316,5 @@ def hubness_stats(counts, *, hub_factor: float = 2.0) -> dict[str, float]:
         "mean": float(mean),
         "never_retrieved": float((x == 0).mean() * 100.0),
         "robin_hood": float(50.0 * np.abs(x - mean).sum() / x.sum()),
-        "hubs": float((x > hub_factor * mean).sum()),
+        "hubs": float((x >= hub_size * k).sum()),
     }

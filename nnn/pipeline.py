@@ -43,7 +43,7 @@ from nnn.data.base import EmbeddingSet
 from nnn.data.splits import reference_and_tuning_sets, reference_and_tuning_split
 from nnn.loggers import NullLogger, sweep_group
 from nnn.methods import Identity
-from nnn.metrics import hubness_stats, k_occurrence, rank_summary, recall_at_k
+from nnn.metrics import hubness_stats, k_occurrence, paired_delta, rank_summary, recall_at_k
 from nnn.plots import alpha_k_heatmap, hubness_histogram
 from nnn.results import (ALPHA_K_COLUMNS, CSV_COLUMNS, alpha_k_grids, alpha_k_rows, format_table,
                          is_ci_key, metric_rows, write_results, write_table_csv)
@@ -228,18 +228,31 @@ def _tuning_size(size, n_test_images: int) -> int:
 
 
 # -- evaluation ----------------------------------------------------------------------------------
+def _bootstrap_groups(task: RetrievalTask, cfg: DictConfig) -> np.ndarray | None:
+    """The bootstrap's resampling units (``eval.resample``): "image" resamples text->image
+    captions by their image (all 5 together); "query" (and image->text) resamples queries."""
+    how = cfg.eval.get("resample", "image")
+    if how not in ("image", "query"):
+        raise ValueError(f"eval.resample={how!r}: use image (resample images with all their "
+                         "captions) or query (resample queries independently)")
+    return task.caption_to_image if how == "image" and task.direction == "t2i" else None
+
+
 def _evaluate(task: RetrievalTask, method, cfg: DictConfig, timings: dict[str, float],
-              tag: str) -> tuple[dict[str, float], np.ndarray]:
-    """Fit ``method`` on one direction; returns (flat metrics ``dir/...``, N_k counts (n_g,))."""
+              tag: str) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Fit ``method`` on one direction; returns (flat metrics ``dir/...``, N_k counts (n_g,),
+    ranks (n_q,))."""
     e = cfg.eval
     with _timed(timings, f"{task.direction}/fit{tag}"):
         task.fit(method)
     with _timed(timings, f"{task.direction}/evaluate{tag}"):
-        summary = rank_summary(task.ranks(method, batch_size=e.batch_size), ks=list(e.ks),
+        ranks = task.ranks(method, batch_size=e.batch_size)
+        summary = rank_summary(ranks, ks=list(e.ks), groups=_bootstrap_groups(task, cfg),
                                n_boot=e.n_boot, seed=cfg.seed, level=e.ci_level)
         counts = k_occurrence(method, task.queries, k=e.hubness_k, batch_size=e.batch_size)
-        summary.update({f"hubness/{k}": v for k, v in hubness_stats(counts).items()})
-    return {f"{task.direction}/{k}": v for k, v in summary.items()}, counts
+        summary.update({f"hubness/{k}": v
+                        for k, v in hubness_stats(counts, k=e.hubness_k).items()})
+    return {f"{task.direction}/{k}": v for k, v in summary.items()}, counts, ranks
 
 
 def _method_name(cfg: DictConfig) -> str:
@@ -366,21 +379,28 @@ def _evaluate_all(cfg: DictConfig, results: dict[str, Any]) -> dict[str, tuple[n
     def make_method(direction: str):
         return tuned[direction].estimator() if direction in tuned else build_method(cfg)
 
-    base_m, meth_m, counts = {}, {}, {}
+    base_m, meth_m, counts, delta_ci = {}, {}, {}, {}
     k0 = cfg.eval.ks[0]
     for direction in cfg.eval.directions:
         task = RetrievalTask.from_sets(test, reference, direction)
-        b, b_counts = _evaluate(task, Identity(device=cfg.device), cfg, timings, "/baseline")
-        m, m_counts = _evaluate(task, make_method(direction), cfg, timings, "")
+        b, b_counts, b_ranks = _evaluate(task, Identity(device=cfg.device), cfg, timings,
+                                         "/baseline")
+        m, m_counts, m_ranks = _evaluate(task, make_method(direction), cfg, timings, "")
         base_m.update(b)
         meth_m.update(m)
+        # the gain's CI from the same resamples as both CIs (paired): significant if it excludes 0
+        paired = paired_delta(b_ranks, m_ranks, ks=list(cfg.eval.ks),
+                              groups=_bootstrap_groups(task, cfg), n_boot=cfg.eval.n_boot,
+                              seed=cfg.seed, level=cfg.eval.ci_level)
+        delta_ci.update({f"{direction}/{k}": v for k, v in paired.items() if is_ci_key(k)})
         counts[direction] = (b_counts, m_counts)
         if cfg.analysis.alpha_k:
             results["analysis"].setdefault("alpha_k", {})[direction] = \
                 _alpha_k_analysis(cfg, task, timings)
         log.info("%s R@%d: baseline %.2f -> %s %.2f", direction, k0, b[f"{direction}/R@{k0}"],
                  results["method"]["name"], m[f"{direction}/R@{k0}"])
-    results["metrics"] = {"baseline": base_m, "method": meth_m, "delta": _deltas(base_m, meth_m)}
+    results["metrics"] = {"baseline": base_m, "method": meth_m,
+                          "delta": {**_deltas(base_m, meth_m), **delta_ci}}
     if cfg.analysis.top_hubs:  # the biggest hubs and how many items have each N_k, before/after
         results["analysis"]["hubs"] = {
             d: {"top": top_hubs(b, a, top=min(int(cfg.analysis.top_hubs), len(b))),

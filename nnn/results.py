@@ -6,7 +6,8 @@ A run's results are one JSON-able dict (built by ``nnn.pipeline``)::
      "overrides": ["method.k=8", ...], "method": {"name": ..., "repr": ...},
      "data": {"dataset": ..., "n_test_images": ..., ...},
      "metrics": {"baseline": {"t2i/R@1": ..., "t2i/R@1_ci_low": ..., ...},
-                 "method": {...}, "delta": {"t2i/R@1": method - baseline, ...}},
+                 "method": {...}, "delta": {"t2i/R@1": method - baseline,
+                                            "t2i/R@1_ci_low": ..., ...}},  # paired CI of R@k
      "analysis": {"alpha_k": {"t2i": {"split": "test", "axes": {"alpha": [...], "k": [...]},
                                "table": [[R@1, ...], ...]}}},   # only with analysis.alpha_k
      "tuning": {"t2i": {"method": "nnn", "best": {...}, "axes": ..., "table": ...}},  # method.tune=true
@@ -38,7 +39,7 @@ _CI_SUFFIXES = ("_ci_low", "_ci_high")
 _TABLE_EXTRA = ("median_rank", "hubness/skewness", "hubness/kurtosis", "hubness/max",
                 "hubness/never_retrieved", "hubness/robin_hood")
 CSV_COLUMNS = ("metric", "baseline", "baseline_ci_low", "baseline_ci_high", "method",
-               "method_ci_low", "method_ci_high", "delta")
+               "method_ci_low", "method_ci_high", "delta", "delta_ci_low", "delta_ci_high")
 #: columns of alpha_k.csv: NNN's R@1 at each grid point of a direction and split
 ALPHA_K_COLUMNS = ("direction", "split", "role", "alpha", "k", "R@1", "chosen")
 
@@ -72,7 +73,9 @@ def metric_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
                      "baseline_ci_low": base.get(key + "_ci_low"),
                      "baseline_ci_high": base.get(key + "_ci_high"),
                      "method": meth.get(key), "method_ci_low": meth.get(key + "_ci_low"),
-                     "method_ci_high": meth.get(key + "_ci_high"), "delta": delta.get(key)})
+                     "method_ci_high": meth.get(key + "_ci_high"), "delta": delta.get(key),
+                     "delta_ci_low": delta.get(key + "_ci_low"),
+                     "delta_ci_high": delta.get(key + "_ci_high")})
     return rows
 
 
@@ -199,8 +202,11 @@ def format_table(results: Mapping[str, Any]) -> str:
             ci = key.split("/", 1)[-1].startswith("R@")  # only recalls carry bootstrap CIs
             cells = [_fmt(r[side], r[f"{side}_ci_low"], r[f"{side}_ci_high"]) if ci
                      else _fmt(r[side]) for side in ("baseline", "method")]
-            body.append([key, *cells, _fmt(r["delta"], signed=True)])
-        lines.append(_table(["metric", "baseline [95% CI]", "method [95% CI]", "delta"], body))
+            # the delta's CI is paired (same resamples for baseline and method)
+            body.append([key, *cells, _fmt(r["delta"], r["delta_ci_low"], r["delta_ci_high"],
+                                           signed=True)])
+        lines.append(_table(["metric", "baseline [95% CI]", "method [95% CI]",
+                             "delta [paired 95% CI]"], body))
     obj = results.get("objective") or {}
     if obj.get("value") is not None:
         lines.append(f"objective ({obj.get('split')} split, method): {obj.get('metric')} = "

@@ -28,14 +28,18 @@ Grids (defaults from the paper, see the constants):
   of the grid; every (alpha, k) then reuses its top-k reference table (``NNN.with_params``), so
   reference similarities are computed once, not per grid point. The default k grid is cut at
   the number of references (with a note); an explicit k above it is an error.
-- QB-Norm: one beta axis, the union of the coarse and the dense query-bank grids, plus 0.
-- DBNorm: two stages of product grids, coarse (beta_query, beta_gallery) in the coarse grid
-  (plus 0) squared, then the dense beta_query x beta_gallery ranges (plus 0); the best point of
-  all evaluated ones wins. ``table`` spans the union of the values (NaN where not evaluated).
+- QB-Norm: one beta axis, the union of the coarse grid and both dense ranges, plus 0.
+- DBNorm: stages of product grids, coarse (beta_query, beta_gallery) in the coarse grid (plus 0)
+  squared, then the dense ranges (plus 0) in both assignments to the banks (``DB_NORM_STAGES``);
+  the best point of all evaluated ones wins, and ``stages`` / ``notes`` say which stage (so
+  which dense assignment) held it. ``table`` spans the union of the values (NaN where not
+  evaluated). About 1,200 points.
 - QB-Norm and DBNorm also from ONE fit: a bank's log-normaliser depends only on (bank, beta)
   and its activation set only on the bank, so the fit streams each bank once for all the betas
   of its axis (``beta_grid`` / ``beta_*_grid``) and every grid point is a ``with_params`` copy
-  (about 560 DBNorm points: 2 bank passes, not 2 per point). Results equal fresh fits bit for bit.
+  (2 bank passes, not 2 per point). The raw similarities of each block of tuning queries are
+  computed once and every grid point is scored from them (``_beta_search``), so a point costs a
+  few passes over an (n_q, n_g) block, no matrix product. Results equal fresh fits.
 - DN: one lambda axis (the paper fixes lambda = 0.5; tuning it is our extension).
 
 A beta of 0 switches a factor off; all betas 0 is the raw similarity (``Identity``). Ties
@@ -46,16 +50,17 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 from tqdm.auto import tqdm
 
 from nnn._arrays import check_grid, check_non_negative, check_positive_int
 from nnn.data.base import EmbeddingSet
 from nnn.methods import DN, NNN, DBNorm, Identity, QBNorm
-from nnn.metrics import i2t_ranks, recall_at_k, t2i_ranks
+from nnn.metrics import first_relevant_rank, i2t_ranks, recall_at_k, relevant_block, t2i_ranks
 
 log = logging.getLogger(__name__)
 
@@ -68,19 +73,25 @@ ALPHA_GRID = tuple(0.25 + 0.125 * i for i in range(11))
 K_GRID = tuple(2 ** i for i in range(10))
 #: QB-Norm / DBNorm: 20 log-spaced betas in [0.001, 400] (paper-facts.md "Baselines")
 BETA_COARSE_GRID = tuple(float(b) for b in np.geomspace(0.001, 400.0, 20))
-#: the denser second stage (paper-facts.md "Baselines": beta_q in [0.001, 15], beta_g in
-#: [25, 200]); the paper gives the ranges, not the counts: 10 log-spaced values each (our choice)
-BETA_QUERY_DENSE_GRID = tuple(float(b) for b in np.geomspace(0.001, 15.0, 10))
-BETA_GALLERY_DENSE_GRID = tuple(float(b) for b in np.geomspace(25.0, 200.0, 10))
+#: the second stage "again with a resolution of 20 values" (paper-facts.md "Baselines"): 20
+#: log-spaced betas in [0.001, 15] for one bank and in [25, 200] for the other
+BETA_LOW_DENSE_GRID = tuple(float(b) for b in np.geomspace(0.001, 15.0, 20))
+BETA_HIGH_DENSE_GRID = tuple(float(b) for b in np.geomspace(25.0, 200.0, 20))
 #: "plus beta = 0" (paper-facts.md "Baselines"): no normalisation by that bank
 BETA_OFF = 0.0
-#: QB-Norm's one axis: beta = 0, the coarse grid and the dense query-bank grid, sorted
-QB_NORM_BETA_GRID = tuple(sorted({BETA_OFF, *BETA_COARSE_GRID, *BETA_QUERY_DENSE_GRID}))
-#: DBNorm's stages: (beta_query values, beta_gallery values), each a product grid
-DB_NORM_STAGES = (
-    ((BETA_OFF, *BETA_COARSE_GRID), (BETA_OFF, *BETA_COARSE_GRID)),
-    ((BETA_OFF, *BETA_QUERY_DENSE_GRID), (BETA_OFF, *BETA_GALLERY_DENSE_GRID)),
-)
+#: QB-Norm's one axis: beta = 0, the coarse grid and both dense ranges, sorted (which range is
+#: the query bank's is ambiguous in the paper; with one axis, searching both costs 40 points)
+QB_NORM_BETA_GRID = tuple(sorted({BETA_OFF, *BETA_COARSE_GRID, *BETA_LOW_DENSE_GRID,
+                                  *BETA_HIGH_DENSE_GRID}))
+#: DBNorm's stages, name -> (beta_query values, beta_gallery values), each a product grid. Which
+#: bank gets which dense range is ambiguous between the paper's equations (beta1, the low range,
+#: on the gallery bank) and its appendix (beta_q low): both assignments are searched, and the
+#: ``TuningResult`` records which stage the chosen point came from (``stages``, ``notes``).
+DB_NORM_STAGES = {
+    "coarse": ((BETA_OFF, *BETA_COARSE_GRID), (BETA_OFF, *BETA_COARSE_GRID)),
+    "dense, query low": ((BETA_OFF, *BETA_LOW_DENSE_GRID), (BETA_OFF, *BETA_HIGH_DENSE_GRID)),
+    "dense, gallery low": ((BETA_OFF, *BETA_HIGH_DENSE_GRID), (BETA_OFF, *BETA_LOW_DENSE_GRID)),
+}
 #: DN lambda in {0, 0.1, ..., 1}; the paper fixes lambda = 0.5 (paper-facts.md "Baselines")
 DN_LAMBDA_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 
@@ -154,7 +165,9 @@ class TuningResult:
     dict per evaluated point (its parameters and ``"R@1"``), in evaluation order; table: R@1 as
     an array whose axes are named, in order, by ``axes`` (name -> values; NaN = not evaluated);
     method_kwargs: the fixed constructor keywords (e.g. ``dynamic``); notes: adjustments made
-    (e.g. a k grid cut at the reference size).
+    (e.g. a k grid cut at the reference size) and, for staged grids, which stage won; stages:
+    for staged grids (DBNorm), stage name -> {"best": its best parameters, "R@1": their R@1,
+    "chosen": whether the overall best point is its best} (empty otherwise).
     """
 
     method: str
@@ -166,6 +179,7 @@ class TuningResult:
     axes: dict[str, list]
     method_kwargs: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    stages: dict[str, dict] = field(default_factory=dict)
 
     def estimator(self, **overrides):
         """An unfitted method with the best parameters (``overrides`` replace constructor keywords)."""
@@ -177,7 +191,8 @@ class TuningResult:
         return {"method": self.method, "direction": self.direction, "best": dict(self.best),
                 "best_score": self.best_score, "grid": [dict(p) for p in self.grid],
                 "axes": {k: list(v) for k, v in self.axes.items()}, "table": table,
-                "method_kwargs": dict(self.method_kwargs), "notes": list(self.notes)}
+                "method_kwargs": dict(self.method_kwargs), "notes": list(self.notes),
+                "stages": {k: dict(v) for k, v in self.stages.items()}}
 
 
 def make_estimator(method: str, params: dict, **kwargs):
@@ -275,21 +290,39 @@ def _beta_tuner_keywords(method: str) -> tuple[str, ...]:
     return (*TUNED_PARAMS[method], *(_BETA_GRID_KWARGS[n] for n in TUNED_PARAMS[method]))
 
 
-def _beta_estimators(method: str, task: RetrievalTask, points: list[dict], method_kwargs: dict):
-    """p -> a fitted QBNorm / DBNorm for beta point p, all from ONE fit.
+def _beta_search(method: str, task: RetrievalTask, points: list[dict], method_kwargs: dict,
+                 batch_size: int) -> list[dict]:
+    """R@1 of a QBNorm / DBNorm at every beta point p, in order, from ONE fit.
 
     The fit's beta grids hold every beta > 0 of each axis, so each bank is streamed once; each
-    point is then a ``with_params`` copy. All-zero points are ``Identity`` (fitted on its own,
-    no bank pass).
+    point is a ``with_params`` copy (all-zero points: the raw similarity, ``Identity``). The raw
+    similarities of a block of ``batch_size`` tuning queries (and each query's top-1, the DIS
+    gate) are computed once, by ``Identity`` on the same gallery, and every point scores the
+    block from them (``_score_sims``, the method's own scoring after its matrix product), so the
+    ranks equal those of ``task.ranks`` on fresh fits with the same ``batch_size``.
     """
     first = next((p for p in points if any(p.values())), None)
-    if first is None:
-        return _fresh_fits(method, task, method_kwargs)
-    grids = {_BETA_GRID_KWARGS[name]: sorted({p[name] for p in points if p[name] > 0})
-             for name in TUNED_PARAMS[method]}
-    fitted = task.fit(make_estimator(method, first, **grids, **method_kwargs))
-    identity = _fresh_fits(method, task, method_kwargs)
-    return lambda p: fitted.with_params(**p) if any(p.values()) else identity(p)
+    identity = task.fit(make_estimator(method, {k: 0.0 for k in TUNED_PARAMS[method]},
+                                       **method_kwargs))
+    models = [None] * len(points)
+    if first is not None:
+        grids = {_BETA_GRID_KWARGS[name]: sorted({p[name] for p in points if p[name] > 0})
+                 for name in TUNED_PARAMS[method]}
+        fitted = task.fit(make_estimator(method, first, **grids, **method_kwargs))
+        models = [fitted.with_params(**p) if any(p.values()) else None for p in points]
+    n_q, n_g = len(task.queries), len(task.gallery)
+    hits = np.zeros(len(points), dtype=np.int64)
+    starts = range(0, n_q, check_positive_int(batch_size, "batch_size"))
+    for start in tqdm(starts, desc=f"tune {method}", unit="block", leave=False, disable=None):
+        stop = min(start + batch_size, n_q)
+        sims = identity.score(task.queries[start:stop])            # (b, n_g) float32
+        relevant = relevant_block(task.direction, task.caption_to_image, start, stop, n_g)
+        s = torch.from_numpy(sims).to(identity.device_)
+        top1 = s.argmax(dim=1)
+        for i, m in enumerate(models):
+            scores = sims if m is None else m._score_sims(s, top1).cpu().numpy()
+            hits[i] += int((first_relevant_rank(scores, relevant) == 1).sum())
+    return [{**p, "R@1": 100.0 * h / n_q} for p, h in zip(points, hits)]
 
 
 # -- tuners ------------------------------------------------------------------------------------
@@ -330,44 +363,59 @@ def tune_qb_norm(tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i
     task = RetrievalTask.from_sets(tuning, refs, direction)
     betas = check_grid(QB_NORM_BETA_GRID if betas is None else betas, "betas", check_non_negative)
     points = [{"beta": b} for b in betas]
-    grid = _search("qb_norm", task, points, _beta_estimators("qb_norm", task, points, qb_kwargs),
-                   batch_size)
+    grid = _beta_search("qb_norm", task, points, qb_kwargs, batch_size)
     return _result("qb_norm", direction, grid, {"beta": betas}, qb_kwargs, [])
 
 
 def tune_db_norm(tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i", *,
-                 stages: Sequence[tuple[Sequence[float], Sequence[float]]] | None = None,
-                 batch_size: int = 1024, **db_kwargs) -> TuningResult:
-    """DBNorm's (beta_query, beta_gallery): product grids stage by stage (default
-    ``DB_NORM_STAGES``, coarse then dense); a point shared by two stages is evaluated once.
-    All points come from one fit: one pass over each bank for all the betas of its axis.
+                 stages=None, batch_size: int = 1024, **db_kwargs) -> TuningResult:
+    """DBNorm's (beta_query, beta_gallery): product grids stage by stage; a point shared by two
+    stages is evaluated once (and belongs to the first). All points come from one fit: one pass
+    over each bank for all the betas of its axis.
 
-    ``table`` is R@1[beta_query, beta_gallery] over the union of each axis' values.
-    ``db_kwargs`` go to ``DBNorm`` (e.g. ``dynamic=True`` for DualDIS).
+    ``stages``: a mapping name -> (beta_query values, beta_gallery values), or a sequence of such
+    pairs (named "stage 0", ...); None: ``DB_NORM_STAGES`` (coarse, then the dense ranges in both
+    assignments to the banks). ``stages`` of the result gives each stage's best point and which
+    stage holds the chosen one (also in ``notes``). ``table`` is R@1[beta_query, beta_gallery]
+    over the union of each axis' values. ``db_kwargs`` go to ``DBNorm`` (e.g. ``dynamic=True``
+    for DualDIS, ``gate``).
     """
     _check_fixed_kwargs(db_kwargs, _beta_tuner_keywords("db_norm"), "DBNorm")
     task = RetrievalTask.from_sets(tuning, refs, direction)
     stages = DB_NORM_STAGES if stages is None else stages
     if not stages:
         raise ValueError("stages is empty; pass at least one (beta_query values, beta_gallery "
-                         "values) pair, or None for the paper's two stages")
-    points, seen = [], set()
-    for i, stage in enumerate(stages):
+                         "values) pair, or None for the paper's stages")
+    if not isinstance(stages, Mapping):
+        stages = {f"stage {i}": stage for i, stage in enumerate(stages)}
+    points, owner = [], {}   # owner: (bq, bg) -> the first stage holding it
+    members: dict[str, list[tuple[float, float]]] = {}
+    for name, stage in stages.items():
         if len(stage) != 2:
-            raise ValueError(f"stage {i} must be a (beta_query values, beta_gallery values) "
-                             f"pair, got {stage!r}")
-        bqs = check_grid(stage[0], f"stages[{i}] beta_query values", check_non_negative)
-        bgs = check_grid(stage[1], f"stages[{i}] beta_gallery values", check_non_negative)
-        for bq in bqs:
-            for bg in bgs:
-                if (bq, bg) not in seen:
-                    seen.add((bq, bg))
-                    points.append({"beta_query": bq, "beta_gallery": bg})
-    grid = _search("db_norm", task, points, _beta_estimators("db_norm", task, points, db_kwargs),
-                   batch_size)
+            raise ValueError(f"stage {name!r} must be a (beta_query values, beta_gallery "
+                             f"values) pair, got {stage!r}")
+        bqs = check_grid(stage[0], f"stage {name!r} beta_query values", check_non_negative)
+        bgs = check_grid(stage[1], f"stage {name!r} beta_gallery values", check_non_negative)
+        members[name] = [(bq, bg) for bq in bqs for bg in bgs]
+        for bq, bg in members[name]:
+            if (bq, bg) not in owner:
+                owner[bq, bg] = name
+                points.append({"beta_query": bq, "beta_gallery": bg})
+    grid = _beta_search("db_norm", task, points, db_kwargs, batch_size)
     axes = {"beta_query": sorted({p["beta_query"] for p in points}),
             "beta_gallery": sorted({p["beta_gallery"] for p in points})}
-    return _result("db_norm", direction, grid, axes, db_kwargs, [])
+    result = _result("db_norm", direction, grid, axes, db_kwargs, [])
+    r1 = {(p["beta_query"], p["beta_gallery"]): p["R@1"] for p in grid}
+    chosen = (result.best["beta_query"], result.best["beta_gallery"])
+    for name, pts in members.items():
+        best = max(pts, key=r1.__getitem__)   # max keeps the first of equal keys (grid order)
+        result.stages[name] = {"best": {"beta_query": best[0], "beta_gallery": best[1]},
+                               "R@1": r1[best], "chosen": owner[chosen] == name}
+    result.notes.append(f"chosen point {dict(result.best)} from stage {owner[chosen]!r}; best per "
+                        "stage: " + ", ".join(f"{n!r} {v['best']} R@1 {v['R@1']:.2f}"
+                                              for n, v in result.stages.items()))
+    log.info("db_norm tuning (%s): %s", direction, result.notes[-1])
+    return result
 
 
 def tune_dn(tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i", *,

@@ -235,14 +235,16 @@ def test_k_occurrence_errors(data):
 
 
 def test_hubness_uniform_counts():
-    s = metrics.hubness_stats(np.full(10, 5))
+    s = metrics.hubness_stats(np.full(10, 5), k=5)
     assert s == {"skewness": 0.0, "kurtosis": 0.0, "max": 5.0, "mean": 5.0,
                  "never_retrieved": 0.0, "robin_hood": 0.0, "hubs": 0.0}
+    # scikit-hubness's hubs are absolute, N_k >= 2k: with k = 1 every item (N_1 = 5) is one
+    assert metrics.hubness_stats(np.full(10, 5))["hubs"] == 10
 
 
 def test_hubness_one_hub():
     n = 20
-    s = metrics.hubness_stats(np.array([n * 3] + [0] * (n - 1)))
+    s = metrics.hubness_stats(np.array([n * 3] + [0] * (n - 1)), k=3)
     p = 1 / n  # a scaled Bernoulli(p): closed-form population moments
     assert s["skewness"] == pytest.approx((1 - 2 * p) / np.sqrt(p * (1 - p)))
     assert s["kurtosis"] == pytest.approx((1 - 6 * p * (1 - p)) / (p * (1 - p)))
@@ -261,7 +263,11 @@ def test_hubness_against_moment_formulas():
     assert s["kurtosis"] == pytest.approx(m4 / m2 ** 2 - 3)
     assert s["robin_hood"] == pytest.approx(100 * 0.5 * np.abs(x - m).sum() / x.sum())
     assert s["never_retrieved"] == pytest.approx(100 * (c == 0).mean())
-    assert s["hubs"] == (x > 2 * m).sum()
+    # hubs as scikit-hubness counts them (Hubness(k, hub_size): k-occurrence >= hub_size * k)
+    for k, hub_size in ((1, 2.0), (2, 2.0), (3, 1.5)):
+        want = sum(1 for n_k in c if n_k >= hub_size * k)
+        assert metrics.hubness_stats(c, k=k, hub_size=hub_size)["hubs"] == want
+    assert metrics.hubness_stats(np.array([4, 0, 2]), k=2)["hubs"] == 1   # N_k = 2k is a hub
 
 
 @pytest.mark.parametrize("counts, match", [
@@ -273,3 +279,87 @@ def test_hubness_against_moment_formulas():
 def test_hubness_input_errors(counts, match):
     with pytest.raises(ValueError, match=match):
         metrics.hubness_stats(counts)
+
+
+# -- bootstrap by image, paired deltas ------------------------------------------------------------
+def scipy_resamples(n_units: int, n_boot: int, seed: int) -> np.ndarray:
+    """The unit indices (n_boot, n_units) that ``scipy.stats.bootstrap`` draws for ``n_units``
+    units with this seed in one batch (recorded by a statistic that keeps its input)."""
+    from scipy import stats
+    seen = []
+
+    def record(idx, axis):
+        seen.append(np.array(idx))
+        return idx.mean(axis=axis)
+
+    stats.bootstrap((np.arange(n_units),), record, n_resamples=n_boot, method="percentile",
+                    rng=np.random.default_rng(seed))
+    return np.concatenate(seen[-1:], axis=0)   # the last call is the resampling batch
+
+
+def loop_ci(values_per_resample, level=0.95):
+    v = np.asarray(values_per_resample)
+    return np.quantile(v, [(1 - level) / 2, (1 + level) / 2], axis=0)
+
+
+def test_bootstrap_by_image_and_paired_delta_match_a_plain_loop():
+    """Text->image with 5 captions per image (43 images, 215 captions): the CIs resample images
+    with all their captions, and the delta's CI uses the same resamples for both rank vectors.
+    Reference: a plain loop over scipy's own draws of image indices (seeded), pooling the drawn
+    images' captions and computing R@k of each resample from the formula."""
+    rng = np.random.default_rng(11)
+    n_img, ks, n_boot, seed = 43, (1, 5), 200, 5
+    c2i = np.repeat(rng.permutation(n_img), 5)               # captions of an image are grouped
+    base = rng.integers(1, 12, size=len(c2i))
+    meth = np.maximum(1, base - rng.integers(0, 3, size=len(c2i)))
+    draws = scipy_resamples(n_img, n_boot, seed)
+    assert draws.shape == (n_boot, n_img)
+    members = [np.flatnonzero(c2i == i) for i in np.unique(c2i)]
+
+    def recall(ranks, rows):
+        return np.array([100.0 * (ranks[rows] <= k).mean() for k in ks])
+
+    per_b, per_m, per_d = [], [], []
+    for idx in draws:                                      # plain loop: one resample at a time
+        rows = np.concatenate([members[i] for i in idx])
+        per_b.append(recall(base, rows))
+        per_m.append(recall(meth, rows))
+        per_d.append(recall(meth, rows) - recall(base, rows))
+    sb = metrics.rank_summary(base, ks, groups=c2i, n_boot=n_boot, seed=seed)
+    sm = metrics.rank_summary(meth, ks, groups=c2i, n_boot=n_boot, seed=seed)
+    d = metrics.paired_delta(base, meth, ks, groups=c2i, n_boot=n_boot, seed=seed)
+    for summary, per in ((sb, per_b), (sm, per_m), (d, per_d)):
+        low, high = loop_ci(per)
+        for j, k in enumerate(ks):
+            assert summary[f"R@{k}_ci_low"] == pytest.approx(low[j], abs=1e-9)
+            assert summary[f"R@{k}_ci_high"] == pytest.approx(high[j], abs=1e-9)
+    for k in ks:
+        assert d[f"R@{k}"] == pytest.approx(sm[f"R@{k}"] - sb[f"R@{k}"])
+    assert metrics.rank_summary(base, ks, n_boot=n_boot, seed=seed)["R@1"] == sb["R@1"]
+
+
+def test_bootstrap_units_of_one_query_are_the_plain_bootstrap():
+    """groups=None and groups with one query each give the plain per-query bootstrap, whose
+    values equal scipy.stats.bootstrap on the ranks with the same seed."""
+    from scipy import stats
+    ranks = np.random.default_rng(3).integers(1, 9, size=57)
+    a = metrics.rank_summary(ranks, (1, 5), n_boot=300, seed=2)
+    assert a == metrics.rank_summary(ranks, (1, 5), groups=np.arange(57), n_boot=300, seed=2)
+    ref = stats.bootstrap((ranks,), lambda x, axis: np.stack([100.0 * (x <= k).mean(axis=axis)
+                                                              for k in (1, 5)]),
+                          n_resamples=300, method="percentile",
+                          rng=np.random.default_rng(2)).confidence_interval
+    assert [a["R@1_ci_low"], a["R@5_ci_low"]] == pytest.approx(ref.low, abs=1e-9)
+    assert [a["R@1_ci_high"], a["R@5_ci_high"]] == pytest.approx(ref.high, abs=1e-9)
+
+
+def test_paired_delta_identical_and_shifted_ranks():
+    ranks = np.random.default_rng(4).integers(1, 6, size=40)
+    same = metrics.paired_delta(ranks, ranks, (1,), n_boot=100)
+    assert same == {"R@1": 0.0, "R@1_ci_low": 0.0, "R@1_ci_high": 0.0}
+    better = metrics.paired_delta(ranks, np.ones_like(ranks), (1,), n_boot=100)
+    assert better["R@1_ci_low"] > 0          # every query improves or stays: significant gain
+    with pytest.raises(ValueError, match="same queries"):
+        metrics.paired_delta(ranks, ranks[:-1])
+    with pytest.raises(ValueError, match="groups"):
+        metrics.rank_summary(ranks, groups=np.zeros(3, dtype=int))

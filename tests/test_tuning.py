@@ -95,15 +95,17 @@ def test_grids_are_the_papers():
     coarse = np.array(T.BETA_COARSE_GRID)
     assert len(coarse) == 20 and coarse[0] == pytest.approx(0.001) and coarse[-1] == pytest.approx(400)
     assert np.allclose(np.diff(np.log(coarse)), np.log(400 / 0.001) / 19)   # log-spaced
-    for grid, lo, hi in ((T.BETA_QUERY_DENSE_GRID, 0.001, 15), (T.BETA_GALLERY_DENSE_GRID, 25, 200)):
+    low, high = T.BETA_LOW_DENSE_GRID, T.BETA_HIGH_DENSE_GRID
+    for grid, lo, hi in ((low, 0.001, 15), (high, 25, 200)):   # "a resolution of 20 values"
         g = np.array(grid)
-        assert g[0] == pytest.approx(lo) and g[-1] == pytest.approx(hi) and len(g) == 10
-        assert np.allclose(np.diff(np.log(g)), np.log(hi / lo) / 9)
-    assert 0.0 in T.QB_NORM_BETA_GRID and set(T.BETA_COARSE_GRID) <= set(T.QB_NORM_BETA_GRID)
+        assert g[0] == pytest.approx(lo) and g[-1] == pytest.approx(hi) and len(g) == 20
+        assert np.allclose(np.diff(np.log(g)), np.log(hi / lo) / 19)
+    assert set(T.QB_NORM_BETA_GRID) == {0.0, *T.BETA_COARSE_GRID, *low, *high}
     assert list(T.QB_NORM_BETA_GRID) == sorted(T.QB_NORM_BETA_GRID)
-    (cq, cg), (dq, dg) = T.DB_NORM_STAGES
-    assert cq == cg == (0.0, *T.BETA_COARSE_GRID)
-    assert dq == (0.0, *T.BETA_QUERY_DENSE_GRID) and dg == (0.0, *T.BETA_GALLERY_DENSE_GRID)
+    # coarse, then both assignments of the dense ranges to the banks (the paper is ambiguous)
+    assert list(T.DB_NORM_STAGES.values()) == [
+        ((0.0, *T.BETA_COARSE_GRID), (0.0, *T.BETA_COARSE_GRID)),
+        ((0.0, *low), (0.0, *high)), ((0.0, *high), (0.0, *low))]
     assert T.DN_LAMBDA_GRID[0] == 0 and T.DN_LAMBDA_GRID[-1] == 1 and 0.5 in T.DN_LAMBDA_GRID
 
 
@@ -201,7 +203,19 @@ def test_db_norm_stages_match_formula(sets, direction):
         assert p["R@1"] == pytest.approx(db_r1(tuning, refs, direction, p["beta_query"], p["beta_gallery"]))
     assert res.axes == {"beta_query": [0.0, 2.0, 9.0], "beta_gallery": [0.0, 2.0, 30.0]}
     assert np.isnan(res.table[2, 0]) and res.table[2, 2] == res.grid[-1]["R@1"]
-    json.dumps(res.to_dict(), allow_nan=False)
+    # each stage's best point, and which stage the chosen point came from
+    r1 = {(p["beta_query"], p["beta_gallery"]): p["R@1"] for p in res.grid}
+    assert list(res.stages) == ["stage 0", "stage 1"]
+    for name, pts in (("stage 0", pts[:4]), ("stage 1", [(2.0, 30.0), (9.0, 30.0)])):
+        want = max(pts, key=r1.__getitem__)
+        assert res.stages[name]["best"] == {"beta_query": want[0], "beta_gallery": want[1]}
+        assert res.stages[name]["R@1"] == r1[want]
+    assert [v["chosen"] for v in res.stages.values()].count(True) == 1
+    chosen = next(n for n, v in res.stages.items() if v["chosen"])
+    assert res.stages[chosen]["best"] == res.best and chosen in res.notes[-1]
+    assert json.loads(json.dumps(res.to_dict(), allow_nan=False))["stages"] == res.stages
+    named = tune_db_norm(tuning, refs, direction, stages={"a": stages[0], "b": stages[1]})
+    assert list(named.stages) == ["a", "b"] and named.grid == res.grid
     assert isinstance(T.make_estimator("db_norm", {"beta_query": 0, "beta_gallery": 0}), Identity)
     est = T.make_estimator("db_norm", {"beta_query": 0.0, "beta_gallery": 5.0})
     assert isinstance(est, DBNorm) and (est.beta_query, est.beta_gallery) == (0.0, 5.0)

@@ -12,12 +12,30 @@ not depend on beta, and each log_norm depends only on (bank, beta).
 All of them come from ONE pass over bank chunks of ``chunk_rows(n_g, d, memory_budget_mb)``
 rows, however many betas are asked for (a grid search over beta costs one pass per bank). Each
 chunk's (c, n_g) block of s is computed once into a reusable buffer, its top-k taken, and its
-column maxima m subtracted in place; then for every beta the block beta * (s - m) (all <= 0) is
-written into a second reusable buffer and its log-sum-exp down the bank axis is taken there in
-float32, plus beta * m in float64, and merged into a float64 running value with ``logaddexp``.
-The result is stable for any beta (100 and beyond), the bank x gallery matrix (11.8 GB at COCO
-scale, 591,753 x 5,000) is never built, and each beta's value does not depend on which other
-betas share the pass (a grid search gives bit for bit what a one-beta fit gives).
+column maxima m subtracted in place; then for every beta the block e = beta * (s - m) (all <= 0)
+is written into a second reusable buffer, summed down the bank axis in float32, and merged into
+a float64 running value with ``logaddexp``. The result is stable for any beta (100 and beyond),
+the bank x gallery matrix (11.8 GB at COCO scale, 591,753 x 5,000) is never built, and each
+beta's value does not depend on which other betas share the pass (a grid search gives bit for bit
+what a one-beta fit gives).
+
+Small betas (precision). At beta -> 0, log_norm(r) -> log n_b + beta * mean_b s(b, r): a large
+constant (log 118,350 = 11.7) plus a signal that shrinks with beta, and only the signal ranks.
+Two things keep it exact enough for any beta:
+
+- A chunk of c rows whose exponents all lie in [-1, 0] (beta * max_r (m(r) - min_b s(b, r)) <= 1)
+  is summed as ``c + sum expm1(e)`` (float32 sum of ``expm1``, then ``log(c) + log1p(D / c)`` in
+  float64), not as ``log(sum exp(e))`` in float32. A float32 sum of c values near 1 is off by
+  ~1 ulp of c (absolute error ~6e-8 in the log, whatever beta), while the float32 sum D of the
+  ``expm1(e)`` is off by ~(log2(c) + 2) * 2^-24 * sum |expm1(e)| and |expm1(e)| <= |e| <=
+  beta * spread; with S = c + D >= c / e (every term >= exp(-1)), the log is off by at most
+  ~e * 2^-24 * (log2(c) + 2) * beta * spread, an error proportional to beta, like the float32
+  error of beta * s itself (s also carries its own float32 rounding, ~1e-7 per unit of |s|). Other
+  chunks (large beta, where the exponents spread) use ``sum exp(e)``, whose relative error
+  ~2^-24 log2(c) is small next to beta * (score gaps) there.
+- ``BankStats.log_mean(beta)`` = log_norm - log n_b (float64) is what scores use: the constant
+  log n_b (the same for every r, so it changes no ranking) is removed *before* the cast to
+  float32, so the float32 value carries its relative error on the ~beta-sized signal, not on 11.7.
 """
 
 from __future__ import annotations
@@ -76,11 +94,12 @@ class BankStats:
 
     ``log_norms``: beta -> (n_g,) float64 ``log sum_b exp(beta * s(b, r))``, for every fitted
     beta; ``activation``: (n_g,) bool, gallery items in the top-``activation_k`` of at least one
-    bank row (``activation_k`` as given to ``bank_stats``).
+    bank row (``activation_k`` as given to ``bank_stats``); ``n_rows``: the bank size n_b.
     """
 
     log_norms: dict[float, np.ndarray]
     activation: np.ndarray
+    n_rows: int
 
     def log_norm(self, beta: float, name: str = "beta") -> np.ndarray:
         """The (n_g,) float64 log-normaliser of ``beta``; ``ValueError`` if it was not fitted."""
@@ -89,6 +108,12 @@ class BankStats:
         except KeyError:
             raise ValueError(f"{name}={beta} was not fitted (fitted: {sorted(self.log_norms)}); "
                              "refit with it among the betas") from None
+
+    def log_mean(self, beta: float, name: str = "beta") -> np.ndarray:
+        """(n_g,) float64 ``log mean_b exp(beta * s(b, r))`` = ``log_norm(beta) - log(n_rows)``:
+        the log-normaliser without its r-independent constant, ready for a float32 cast
+        (module docstring, "Small betas")."""
+        return self.log_norm(beta, name) - math.log(self.n_rows)
 
 
 def bank_stats(bank: np.ndarray, gallery: torch.Tensor, *, betas: Sequence[float],
@@ -119,20 +144,23 @@ def bank_stats(bank: np.ndarray, gallery: torch.Tensor, *, betas: Sequence[float
             _, top = torch.topk(s, activation_k, dim=1, sorted=False)  # (c, activation_k)
             activation[top.reshape(-1)] = True
             peak = s.amax(dim=0)                                       # (n_g,)
+            spread = float((peak - s.amin(dim=0)).max())               # max_r of m(r) - min s
             s.sub_(peak)                                               # <= 0
             peak = peak.double()
+            rows = len(xb)
             for i, beta in enumerate(betas):
                 # In place in ``work``, unlike torch.logsumexp, which allocates a (c, n_g) block.
-                e = torch.mul(s, beta, out=work[:len(xb)])
-                chunk = e.exp_().sum(dim=0).log_().double() + beta * peak
-                log_norm[i] = torch.logaddexp(log_norm[i], chunk)
+                e = torch.mul(s, beta, out=work[:rows])
+                if beta * spread <= 1.0:  # all e in [-1, 0]: sum exp(e) = c + sum expm1(e)
+                    below = e.expm1_().sum(dim=0).double()             # sum - c, <= 0
+                    chunk = torch.log1p(below / rows) + math.log(rows)
+                else:
+                    chunk = e.exp_().sum(dim=0).double().log_()
+                log_norm[i] = torch.logaddexp(log_norm[i], chunk + beta * peak)
     bad = [b for b, row in zip(betas, log_norm) if not torch.isfinite(row.float()).all()]
     if bad:
         raise ValueError(f"beta {bad} overflows float32 (beta * similarity must stay below "
                          "3e38); use a smaller beta")
-    return BankStats(dict(zip(betas, log_norm.cpu().numpy())), activation.cpu().numpy())
+    return BankStats(dict(zip(betas, log_norm.cpu().numpy())), activation.cpu().numpy(),
+                     n_b)
 
-
-def top1_in(s: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
-    """(b,) bool: rows of ``s`` (b, n_g) whose top-1 gallery item lies in ``activation`` (n_g,)."""
-    return activation[s.argmax(dim=1)]

@@ -8,55 +8,78 @@ from __future__ import annotations
 
 import copy
 
+import numpy as np
 import torch
 
 from nnn._arrays import as_tensor, check_non_negative, check_positive_int
-from nnn.methods._bank_stats import bank_stats, check_beta_grid, check_memory_budget, top1_in
+from nnn.methods._bank_stats import bank_stats, check_beta_grid, check_memory_budget
 from nnn.methods.base import RetrievalMethod
 
 _SIDES = ("query", "gallery")
+#: what a gated-off DualDIS factor becomes: the raw similarity (paper) or exp(beta s)
+GATES = ("raw", "exp")
 
 
 class DBNorm(RetrievalMethod):
     """DualIS: the product of two inverted softmaxes,
 
-        exp(bq s(q,r)) / sum_{q' in B_q} exp(bq s(q',r))
-          * exp(bg s(q,r)) / sum_{g' in B_g} exp(bg s(g',r)),
+        F_q(q, r) * F_g(q, r),   F_x(q, r) = exp(b_x s(q,r)) / sum_{x' in B_x} exp(b_x s(x',r)),
 
-    with bq = ``beta_query`` over the query bank B_q and bg = ``beta_gallery`` over the gallery
-    bank B_g. ``score`` returns its log,
-    ``(bq + bg) s(q, r) - log_norm_query_[r] - log_norm_gallery_[r]``. The gallery-bank sum
-    compares items of the gallery's own modality (e.g. training images with test images), whose
-    similarities are larger, so useful ``beta_gallery`` values differ from ``beta_query``'s.
+    with b_q = ``beta_query`` over the query bank B_q and b_g = ``beta_gallery`` over the gallery
+    bank B_g. ``score`` returns a value that ranks each query's row like the product: for DualIS
+    its log up to a constant, ``(b_q + b_g) s(q, r) - lm_q[r] - lm_g[r]`` with
+    ``lm_x = log mean_{x' in B_x} exp(b_x s(x', r))`` (the log-normaliser minus log |B_x|, which
+    is the same for every r; ``BankStats.log_mean``: it keeps small betas exact). The gallery-bank
+    sum compares items of the gallery's own modality (e.g. training images with test images),
+    whose similarities are larger, so useful ``beta_gallery`` values differ from ``beta_query``'s.
 
-    DualDIS (``dynamic=True``) gates each factor on its own: a factor is normalised for a query
-    only if the query's top-1 gallery item (raw s) lies in that bank's activation set (gallery
-    items in the top-``activation_k`` of some row of that bank); otherwise the factor stays the
-    un-normalised exp(beta s(q, r)) and contributes beta s(q, r) to the log-score. Rows can thus
-    be on different scales; rank per query only.
+    DualDIS (``dynamic=True``) gates each factor on its own: factor x is normalised for a query
+    only if the query's top-1 gallery item (raw s) lies in bank x's activation set A_x (gallery
+    items in the top-``activation_k`` of some row of bank x). A gated-off factor is, by ``gate``:
 
-    A factor with beta 0 is a constant (1 / bank size) and is dropped: its bank may be omitted
-    (ignored if given) and its fitted attributes are ``None``. So ``beta_gallery=0`` is QB-Norm
-    and needs no gallery bank. Both betas 0 would make every score constant: ``ValueError``.
+    - ``"raw"`` (default; the paper and the DBNorm reference): the raw similarity s(q, r), as
+      DIS keeps s(q, r). The row then ranks by the product of its factors,
+      ``P(q, r) = s(q, r)^n_off * exp(x(q, r))``, ``x = sum_{on factors} (b s(q, r) - lm[r])``,
+      n_off = the number of gated-off factors (the gates depend on q only, so n_off is fixed
+      along a row). With n_off = 0 the score is x; otherwise P may be <= 0 (s can be negative
+      or 0) and exp(x) under- or overflows, so the row is scored in the sign-log domain:
+      ``L = n_off log|s| + x`` and ``score = sign(P) * (L - min_row L + 1)`` (0 where P = 0),
+      which orders the row exactly as P does (positive products above 0 above negative ones,
+      by |P| within each sign). With both factors off, P = s^2: a large negative similarity
+      ranks high, as in the paper's product (it needs s < 0, rare for CLIP-like models).
+    - ``"exp"``: the un-normalised exp(b s(q, r)), i.e. the factor contributes b s(q, r) to the
+      log-score ``(b_q + b_g) s - sum_{on factors} lm[r]``.
+
+    Rows can thus be on different scales; rank per query only.
+
+    A factor with beta 0 is a constant (1 / bank size) and is dropped, gated or not: its bank may
+    be omitted (ignored if given) and its fitted attributes are ``None``. So ``beta_gallery=0`` is
+    QB-Norm (with ``dynamic=True``: DIS, whatever ``gate``) and needs no gallery bank. Both betas
+    0 would make every score constant: ``ValueError``.
 
     Each bank is streamed once, in chunks sized by ``memory_budget_mb``. That pass also computes
     the normalisers of the betas in ``beta_query_grid`` / ``beta_gallery_grid`` (betas > 0), so
     ``with_params`` with any of them is a fitted copy without another pass (a grid search costs
     one pass per bank); a bank is needed if its beta or any beta of its grid is > 0. Fitted:
     ``query_stats_``, ``gallery_stats_`` (``BankStats``), ``log_norm_query_``,
-    ``log_norm_gallery_`` (n_g,) float64 and ``activation_query_``, ``activation_gallery_``
-    (n_g,) bool (or ``None`` for a dropped factor / an unused bank).
+    ``log_norm_gallery_`` (n_g,) float64 (``log sum_{x'} exp(b s(x', r))``) and
+    ``activation_query_``, ``activation_gallery_`` (n_g,) bool (or ``None`` for a dropped factor
+    / an unused bank).
     """
 
     def __init__(self, *, beta_query: float, beta_gallery: float, beta_query_grid=None,
-                 beta_gallery_grid=None, dynamic: bool = False, activation_k: int = 1,
-                 memory_budget_mb: float = 256.0, progress: bool = True, batch_size: int = 4096,
-                 device: str = "cpu", normalize: bool = False):
+                 beta_gallery_grid=None, dynamic: bool = False, gate: str = "raw",
+                 activation_k: int = 1, memory_budget_mb: float = 256.0, progress: bool = True,
+                 batch_size: int = 4096, device: str = "cpu", normalize: bool = False):
         super().__init__(batch_size=batch_size, device=device, normalize=normalize)
         self.beta_query, self.beta_gallery = self._check_betas(beta_query, beta_gallery)
         self.beta_query_grid = check_beta_grid(beta_query_grid, "beta_query_grid")
         self.beta_gallery_grid = check_beta_grid(beta_gallery_grid, "beta_gallery_grid")
         self.dynamic = bool(dynamic)
+        if gate not in GATES:
+            raise ValueError(f"gate must be one of {GATES} (what a DualDIS factor is when the "
+                             f"query's top-1 is outside its activation set), got {gate!r}")
+        self.gate = gate
         self.activation_k = check_positive_int(activation_k, "activation_k")
         self.memory_budget_mb = check_memory_budget(memory_budget_mb)
         self.progress = bool(progress)
@@ -94,8 +117,14 @@ class DBNorm(RetrievalMethod):
         self._set_factors()
 
     def _set_factors(self) -> None:
-        """Set ``log_norm_*_``, ``activation_*_`` and the scoring tensors for the current betas."""
-        self._factors = []  # (log_norm (n_g,) float32, activation (n_g,) bool) on device_
+        """Set ``log_norm_*_``, ``activation_*_`` and the scoring tensors for the current betas.
+
+        Scoring tables, indexed by a row's gate pattern p (bit i set: factor i is normalised):
+        ``_lm_table`` (2^n, n_g) float32, the sum of the normalised factors' log-means (summed
+        in float64, then cast), ``_beta_on`` (2^n,) their summed betas, ``_n_off`` (2^n,) the
+        number of gated-off factors; n = the number of factors with beta > 0.
+        """
+        log_means, self._activations = [], []
         for side in _SIDES:
             beta, stats = getattr(self, f"beta_{side}"), getattr(self, f"{side}_stats_")
             log_norm = activation = None
@@ -105,10 +134,19 @@ class DBNorm(RetrievalMethod):
                                      f"fitted; refit with beta_{side} > 0 or it in "
                                      f"beta_{side}_grid")
                 log_norm, activation = stats.log_norm(beta, f"beta_{side}"), stats.activation
-                self._factors.append((as_tensor(log_norm).float().to(self.device_),
-                                      as_tensor(activation).to(self.device_)))
+                log_means.append((beta, stats.log_mean(beta, f"beta_{side}")))
+                self._activations.append(as_tensor(activation).to(self.device_))
             setattr(self, f"log_norm_{side}_", log_norm)
             setattr(self, f"activation_{side}_", activation)
+        patterns = range(2 ** len(log_means))
+        on = [[i for i in range(len(log_means)) if p >> i & 1] for p in patterns]
+        self._lm_table = torch.from_numpy(np.stack([
+            sum((log_means[i][1] for i in idx), np.zeros(len(self.gallery_))) for idx in on
+        ])).float().to(self.device_)
+        self._beta_on = torch.tensor([sum(log_means[i][0] for i in idx) for idx in on],
+                                     dtype=torch.float32, device=self.device_)
+        self._n_off = torch.tensor([len(log_means) - len(idx) for idx in on],
+                                   dtype=torch.float32, device=self.device_)
 
     def with_params(self, *, beta_query: float | None = None,
                     beta_gallery: float | None = None) -> "DBNorm":
@@ -126,10 +164,30 @@ class DBNorm(RetrievalMethod):
 
     def _score_block(self, q: torch.Tensor) -> torch.Tensor:
         s = q @ self._gallery_t.T
-        out = (self.beta_query + self.beta_gallery) * s
-        for log_norm, activation in self._factors:
-            if self.dynamic:
-                out -= top1_in(s, activation)[:, None] * log_norm
-            else:
-                out -= log_norm
-        return out
+        return self._score_sims(s, s.argmax(dim=1))
+
+    def _score_sims(self, s: torch.Tensor, top1: torch.Tensor) -> torch.Tensor:
+        """Scores (b, n_g) from the raw similarities s (b, n_g) of a query block and each
+        query's top-1 gallery id ``top1`` (b,) (the gates); ``s`` is not modified."""
+        beta = self.beta_query + self.beta_gallery
+        if not self.dynamic:
+            return beta * s - self._lm_table[-1]       # every factor normalised
+        pattern = torch.zeros_like(top1)
+        for i, activation in enumerate(self._activations):
+            pattern += activation[top1].long() << i
+        if self.gate == "exp":
+            return beta * s - self._lm_table[pattern]
+        x = self._beta_on[pattern][:, None] * s - self._lm_table[pattern]
+        n_off = self._n_off[pattern]
+        rows = torch.nonzero(n_off > 0).squeeze(1)
+        if len(rows) == 0:
+            return x
+        # sign-log domain of P = s^n_off exp(x) on rows with gated-off factors (class docstring);
+        # |s| is clamped to the smallest normal float32 so that log stays finite, and s = 0
+        # still scores 0 through its sign
+        sub, k = s[rows], n_off[rows][:, None]
+        big = k * sub.abs().clamp_min(torch.finfo(s.dtype).tiny).log() + x[rows]
+        sign = sub.sign()
+        sign = torch.where(k > 1, sign * sign, sign)    # sign(s)^n_off, n_off in {1, 2}
+        x[rows] = sign * (big - big.amin(dim=1, keepdim=True) + 1)
+        return x

@@ -7,7 +7,7 @@ import copy
 import torch
 
 from nnn._arrays import check_non_negative, check_positive_int
-from nnn.methods._bank_stats import bank_stats, check_beta_grid, check_memory_budget, top1_in
+from nnn.methods._bank_stats import bank_stats, check_beta_grid, check_memory_budget
 from nnn.methods.base import RetrievalMethod
 
 
@@ -16,12 +16,15 @@ class QBNorm(RetrievalMethod):
 
         n(q, r) = exp(beta s(q, r)) / sum_{q' in B_q} exp(beta s(q', r)).
 
-    ``score`` returns ``log n(q, r) = beta s(q, r) - log_norm_query_[r]``, which ranks like n.
-    With ``dynamic=True`` (dynamic inverted softmax, DIS) only queries whose top-1 gallery item by
-    raw s lies in the activation set (gallery items in the top-``activation_k`` of some bank
-    query) are normalised; the other rows keep the raw similarity s(q, r). Rows can thus be on
-    different scales; ranking is per query, so this is harmless, but do not compare scores
-    across queries.
+    ``score`` returns ``log n(q, r) + log n_b = beta s(q, r) - lm[r]``, with
+    ``lm = log mean_{q' in B_q} exp(beta s(q', r)) = log_norm_query_ - log n_b``; it ranks like n
+    (the constant log n_b is removed before the float32 cast so that small betas stay exact:
+    ``BankStats.log_mean``). With ``dynamic=True`` (dynamic inverted softmax, DIS, as the paper
+    defines it) only queries whose top-1 gallery item by raw s lies in the activation set
+    (gallery items in the top-``activation_k`` of some bank query) are normalised; the other
+    rows keep the raw similarity s(q, r) (the same rule as ``DBNorm(gate="raw")`` with
+    ``beta_gallery=0``). Rows can thus be on different scales; ranking is per query, so this is
+    harmless, but do not compare scores across queries.
 
     The bank is streamed once, in chunks sized by ``memory_budget_mb`` (MiB of per-chunk
     temporaries); the bank x gallery matrix is never built. That pass also computes the
@@ -66,7 +69,8 @@ class QBNorm(RetrievalMethod):
 
     def _set_log_norm(self) -> None:
         self.log_norm_query_ = self.query_stats_.log_norm(self.beta)
-        self._log_norm_t = torch.from_numpy(self.log_norm_query_).float().to(self.device_)
+        self._log_mean_t = torch.from_numpy(self.query_stats_.log_mean(self.beta)).float().to(
+            self.device_)
 
     def with_params(self, *, beta: float) -> "QBNorm":
         """A fitted copy with another ``beta`` (the fitted one or one of ``beta_grid``), from the
@@ -80,7 +84,12 @@ class QBNorm(RetrievalMethod):
 
     def _score_block(self, q: torch.Tensor) -> torch.Tensor:
         s = q @ self._gallery_t.T
-        normed = self.beta * s - self._log_norm_t
+        return self._score_sims(s, s.argmax(dim=1))
+
+    def _score_sims(self, s: torch.Tensor, top1: torch.Tensor) -> torch.Tensor:
+        """Scores (b, n_g) from the raw similarities s (b, n_g) of a query block and each
+        query's top-1 gallery id ``top1`` (b,) (the DIS gate); ``s`` is not modified."""
+        normed = self.beta * s - self._log_mean_t
         if not self.dynamic:
             return normed
-        return torch.where(top1_in(s, self._activation_t)[:, None], normed, s)
+        return torch.where(self._activation_t[top1][:, None], normed, s)
