@@ -6,7 +6,8 @@ Sections, each in its own subprocess with its own time limit (a section that fai
 hangs becomes an ERROR row and the others still run; all together stay within ``--budget-s``):
 
 - ``tests``:   the suite's CUDA tests (files under tests/ that test ``cuda.is_available()``,
-  ``-k cuda``), with a placeholder ``faiss`` module where FAISS is not installed;
+  ``-k cuda``), with a placeholder ``faiss`` module where FAISS is not installed; and
+  ``run.py debug=tiny logger=none device=...`` (the Hydra runner, with the carried hydra);
 - ``nnn``:     NNN's exact bias at COCO scale (5,000 x 591,753 x 512, k = 128) for every row of
   ``NNN_VARIANTS`` (float32, TF32, float16, bfloat16, ...): the max bias error against a float64
   reference on sampled rows, the kernel on device tensors, ``NNN.fit`` from NumPy, the bare GEMM,
@@ -252,6 +253,30 @@ def section_tests(ctx: Context) -> None:
     if n == 0 or proc.returncode not in (0, 5):
         ctx.emit("tests", "check", f"pytest {' '.join(files)} -k cuda",
                  ERROR if n == 0 else FAIL, note=f"pytest exit status {proc.returncode}")
+    run_py_check(ctx)
+
+
+def run_py_check(ctx: Context) -> None:
+    """The Hydra runner end to end on the device (synthetic data, NNN): the carried hydra-core
+    and omegaconf, the config tree and the pipeline."""
+    import importlib.util
+
+    args = ["debug=tiny", "logger=none", f"device={ctx.device}"]
+    what = f"run.py {' '.join(args)}"
+    with guarded(ctx, "tests", what, kind="check"), tempfile.TemporaryDirectory() as tmp:
+        hydra_at = Path(importlib.util.find_spec("hydra").origin).parents[1]
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, str(REPO / "run.py"), *args,
+                               f"hydra.run.dir={tmp}"], cwd=REPO, capture_output=True,
+                              text=True, timeout=max(5.0, ctx.time_left() - 5))
+        seconds = time.perf_counter() - t0
+        print(proc.stdout[-4000:], proc.stderr[-4000:], sep="\n", flush=True)
+        done = proc.returncode == 0 and (Path(tmp) / "results.json").is_file()
+        objective = next((ln for ln in proc.stdout.splitlines() if ln.startswith("objective")),
+                         "")
+        note = f"{objective}; hydra from {hydra_at}" if done else \
+            f"exit status {proc.returncode}: {one_line(RuntimeError(proc.stderr[-400:]))}"
+        ctx.emit("tests", "check", what, OK if done else FAIL, seconds=seconds, note=note)
 
 
 # -- section: NNN exact bias -----------------------------------------------------------------------
@@ -589,6 +614,7 @@ def section_extract(ctx: Context) -> None:
               f"{mean_bytes / 1e3:.0f} kB", flush=True)
         (tmp / "configs").mkdir()
         (tmp / "configs" / f"{TINY_MODEL}.json").write_text(json.dumps(TINY))
+        first = None  # (encoder, embed_split result, label) of the first model, for ddp
         for i, model_name in enumerate(s.models):
             name = TINY_MODEL if model_name == "tiny" else model_name
             if ctx.time_left() < 20:
@@ -600,7 +626,7 @@ def section_extract(ctx: Context) -> None:
                                     precision=precision, batch_size=batch,
                                     model_config_dir=str(tmp / "configs")).load()
                 size = int(enc.image_transform(Image.new("RGB", (64, 48))).shape[-1])
-                fwd = None
+                fwd = es = None
                 with guarded(ctx, sec, f"{name}: images"):
                     fwd = forward_only(enc, dev, s.n_images, batch, size)
                     ctx.emit(sec, "time", f"{label}: images, forward only", rate=fwd,
@@ -636,7 +662,6 @@ def section_extract(ctx: Context) -> None:
                         with torch.inference_mode(), autocast(dev, enc.precision):
                             enc._model.encode_text(tokens)  # noqa: SLF001
                     steps = max(3, math.ceil(s.n_images / batch))
-                    text_forward()
                     best, rounds, _, _ = measure(lambda: [text_forward() for _ in range(steps)],
                                                  dev, 1)
                     tfwd = steps * len(tokens) / best
@@ -648,12 +673,19 @@ def section_extract(ctx: Context) -> None:
                     ctx.emit(sec, "time", f"{label}: texts, encode_captions (tokenise + forward)",
                              rate=rate, unit="texts/s",
                              note=f"{100 * rate / tfwd:.1f} % of forward only")
-                if i == 0 and s.ddp_images:
-                    with guarded(ctx, sec, f"{name}: Lightning ddp"):
-                        lightning_check(ctx, enc, split, es, tmp / "ddp", label)
+                # the first model is kept for the Lightning run, which comes last (it leaves
+                # a process group behind)
+                if first is None and es is not None:
+                    first = (enc, es, label)
                 del enc
                 if ctx.cuda:
                     torch.cuda.empty_cache()
+        if s.ddp_images and first is not None:
+            if ctx.time_left() < 20:
+                ctx.emit(sec, "time", "Lightning ddp", SKIP, note="section time limit near")
+            else:
+                with guarded(ctx, sec, "Lightning ddp"):
+                    lightning_check(ctx, first[0], split, first[1], tmp / "ddp", first[2])
 
 
 def lightning_check(ctx: Context, enc, split, single, folder: Path, label: str) -> None:

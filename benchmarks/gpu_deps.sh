@@ -86,7 +86,8 @@ try:
             item = json.load(open(report))["install"][0]
         url = item["download_info"]["url"]
         head = urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=60)
-        deps[os.path.basename(url)] = int(head.headers["Content-Length"])
+        name_version = "-".join(os.path.basename(url).split("-")[:2])
+        deps[name_version] = int(head.headers["Content-Length"])
     size = os.path.getsize(wheel)
     total = size + sum(deps.values())
     mib = lambda b: (b + 2**20 - 1) // 2**20
