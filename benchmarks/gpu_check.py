@@ -723,8 +723,9 @@ def faiss_wheel_note() -> str:
     info = json.loads(info_file.read_text())
     if not info.get("measured"):
         return f"faiss-gpu wheel not measured: {info.get('reason')}"
-    what = f"{info['wheel']} is {info['bytes'] / MiB:.1f} MiB"
-    return f"{what}, carried" if info.get("carried") else f"{what}: not carried ({info['reason']})"
+    if info.get("carried"):
+        return f"{info['wheel']} ({info['mib']} MiB) carried: {info['reason']}"
+    return f"{info['wheel']} not carried: {info['reason']}"
 
 
 def section_faiss(ctx: Context) -> None:
@@ -749,7 +750,7 @@ def section_faiss(ctx: Context) -> None:
         return
     s = ctx.sizes
     where = "GPU FAISS" if use_gpu else f"CPU FAISS {faiss.__version__} (no GPU)"
-    gallery, refs, _ = synthetic_problem(s.n_gallery, s.faiss_refs, s.dim, seed=0)
+    gallery, _, refs = synthetic_problem(s.n_gallery, s.faiss_refs, s.dim, seed=0)
     dev = torch.device(ctx.device)
     exact = NNN(k=s.k, alpha=ALPHA, device=ctx.device, progress=False)
     best_exact, rounds, _, _ = measure(lambda: exact.fit(gallery, query_bank=refs), dev,
