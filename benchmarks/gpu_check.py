@@ -838,6 +838,9 @@ def run_section(name: str, args, limit: float, log) -> list[dict]:
                      "status": ERROR, "note": problem})
     print(f"[{name}] {time.monotonic() - t0:.1f} s, {len(rows)} rows"
           + (f", {problem}" if problem else ""), flush=True)
+    for r in rows:
+        if r["status"] in (FAIL, ERROR):
+            print(f"  {r['status']}: {r['what']}: {r.get('note', '')}", flush=True)
     return rows
 
 
@@ -941,6 +944,18 @@ def child_main(args) -> int:
     return 0
 
 
+def write_results(args, env: dict, rows: list[dict], wall: float) -> str:
+    """Write table.md and results.json to ``args.out``; returns the table."""
+    args.wall = wall
+    table = markdown(env, rows, args)
+    (args.out / "table.md").write_text(table)
+    (args.out / "results.json").write_text(json.dumps(
+        {"environment": env, "preset": args.preset, "device": args.device,
+         "sizes": asdict(PRESETS[args.preset]), "rows": rows, "wall_s": wall},
+        indent=1, default=float))
+    return table
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     if sys.version_info < (3, 10):
@@ -971,13 +986,9 @@ def main(argv=None) -> int:
             log.write(f"==== section {name} (limit {limit:.0f} s)\n")
             log.flush()
             rows += run_section(name, args, limit, log)
-    args.wall = time.monotonic() - start
-    table = markdown(env, rows, args)
-    (args.out / "table.md").write_text(table)
-    (args.out / "results.json").write_text(json.dumps(
-        {"environment": env, "preset": args.preset, "device": args.device,
-         "sizes": asdict(PRESETS[args.preset]), "rows": rows, "wall_s": args.wall},
-        indent=1, default=float))
+            # written after every section: a run stopped from outside keeps what it finished
+            write_results(args, env, rows, time.monotonic() - start)
+    table = write_results(args, env, rows, time.monotonic() - start)
     print("\n" + table, flush=True)
     return 1 if any(r["status"] in (FAIL, ERROR) for r in rows) else 0
 
