@@ -14,13 +14,16 @@ At the end of the sweep the summary table and these plots also go to the experim
 
 Summarising after every job (under a file lock, as joblib workers run jobs in parallel) keeps
 the summary complete even when Hydra stops the sweep with a failed job's exception, in which
-case ``on_multirun_end`` is never called.
+case ``on_multirun_end`` is never called. A job that fails with a user error does not stop the
+sweep (``run.py`` records it and returns NaN): the sweep then ends with the summary and one
+line naming the failed jobs, exit code 1.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,8 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from hydra.utils import instantiate
 
 from nnn.loggers import NullLogger, sweep_group
-from nnn.plots import metric_vs_param
-from nnn.results import (RESULTS_JSON, format_sweep_table, read_results, sweep_rows,
+from nnn.results import (RESULTS_JSON, SWEEP_CSV, format_sweep_table, read_results, sweep_rows,
                          write_sweep_summary)
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,8 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
 
 def _plot_against(param: str, columns: Sequence[str], rows: Sequence[dict], metrics: Sequence[str],
                   sweep_dir: Path) -> list[Path]:
+    from nnn.plots import metric_vs_param  # matplotlib: only when a sweep is plotted
+
     others = [c for c in columns[2:columns.index("objective")] if c != param]
     paths = []
     for metric in metrics:
@@ -146,8 +150,6 @@ class SweepSummary(Callback):
         if final and rows:
             failed = [r["job"] for r in rows if r["status"] != "completed"]
             log.info("sweep summary (%s):\n%s", sweep_dir, format_sweep_table(columns, rows))
-            if failed:
-                log.warning("jobs %s did not complete; see their results.json / log files", failed)
             try:
                 logger = instantiate(config.logger)
             except Exception as err:
@@ -155,6 +157,10 @@ class SweepSummary(Callback):
                             "summary is in %s", type(err).__name__, err, sweep_dir)
                 logger = NullLogger()
             log_sweep_summary(logger, str(config.name), sweep_dir, columns, rows)
+            if failed:  # the sweep ends with its summary and this one line, exit code 1
+                print(f"Error: jobs {failed} of the sweep failed (their errors are in "
+                      f"{sweep_dir / SWEEP_CSV} and their results.json)", file=sys.stderr)
+                sys.exit(1)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode == RunMode.MULTIRUN:
