@@ -22,6 +22,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from nnn import pipeline  # light: torch, scipy, matplotlib are imported once a job runs
 from nnn.errors import MissingResourceError
 
 log = logging.getLogger("nnn.run")
@@ -44,8 +45,6 @@ def user_error(err: BaseException) -> BaseException | None:
 def main(cfg: DictConfig) -> float:
     """Returns the objective (``cfg.objective`` of the method) for sweepers such as Optuna; NaN
     for a sweep job that failed with a user error (Optuna records the trial as failed)."""
-    from nnn import pipeline  # torch, scipy, ...: not needed for --help or a config error
-
     try:
         results = pipeline.run(cfg)
     except Exception as err:

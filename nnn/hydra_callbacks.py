@@ -93,6 +93,18 @@ def _plot_against(param: str, columns: Sequence[str], rows: Sequence[dict], metr
     return paths
 
 
+#: the summary column saying where each job's objective was measured: "tuning" (a selection may
+#: use it) or "test (analysis)" (a grid over the test split describes; it must not choose)
+OBJECTIVE_SPLIT = "objective split"
+
+
+def _objective_split(results: dict[str, Any] | None) -> str | None:
+    obj = (results or {}).get("objective") or {}
+    if not obj.get("split"):
+        return None
+    return f"{obj['split']} ({obj['role']})" if obj.get("role") else str(obj["split"])
+
+
 #: swept parameters (last dotted part) plotted against by default
 PLOT_PARAMS = ("alpha", "k", "fraction")
 
@@ -106,6 +118,10 @@ def summarise_sweep(sweep_dir: str | Path, metrics: Sequence[str] = ("t2i/R@1", 
     if not jobs:
         return [], []
     columns, rows = sweep_rows(jobs, metrics)
+    at = columns.index("objective") + 1  # where the objective was measured, beside it
+    columns = [*columns[:at], OBJECTIVE_SPLIT, *columns[at:]]
+    for row, job in zip(rows, jobs):
+        row[OBJECTIVE_SPLIT] = _objective_split(job["results"])
     write_sweep_summary(sweep_dir, columns, rows)
     for param in [c for c in columns[2:columns.index("objective")]
                   if c.rsplit(".", 1)[-1] in plot_params]:
@@ -150,6 +166,13 @@ class SweepSummary(Callback):
         if final and rows:
             failed = [r["job"] for r in rows if r["status"] != "completed"]
             log.info("sweep summary (%s):\n%s", sweep_dir, format_sweep_table(columns, rows))
+            on_test = [r["job"] for r in rows if "analysis" in str(r.get(OBJECTIVE_SPLIT))]
+            if on_test:  # once per sweep, not once per job
+                log.warning("the objective of jobs %s is measured on the test split: the sweep is "
+                            "an analysis, not a selection of hyper-parameters; to choose them, "
+                            "measure it on a held-out tuning part: reference.tuning_size=test "
+                            "(or N images; a selecting sweeper such as Optuna gets one by "
+                            "default)", on_test)
             try:
                 logger = instantiate(config.logger)
             except Exception as err:

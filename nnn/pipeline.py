@@ -52,6 +52,10 @@ log = logging.getLogger(__name__)
 
 #: the configs of a source checkout (conf/ beside the package)
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
+#: ``${nnn.repo_root:}`` in the configs: the checkout holding conf/, so that default paths beside
+#: it (``paths.shared_data``) do not depend on the current directory
+REPO_ROOT_RESOLVER = "nnn.repo_root"
+OmegaConf.register_new_resolver(REPO_ROOT_RESOLVER, lambda: str(CONFIG_DIR.parent), replace=True)
 HUBNESS_PNG = "hubness.png"
 ALPHA_K_PNG = "alpha_k.png"
 ALPHA_K_CSV = "alpha_k.csv"
@@ -180,7 +184,7 @@ def load_sets(cfg: DictConfig, timings: dict[str, float], info: dict[str, Any] |
         raise ValueError(f"reference.source={r.source!r} is the evaluation split (eval.split); "
                          "references and the tuning part must come from another split, e.g. "
                          "reference.source=train")
-    with _timed(timings, "load"):
+    with _timed(timings, "load"), _shared_data_hint(cfg):
         dataset = instantiate(cfg.dataset)
         got = _splits(dataset, {"test": cfg.eval.split, "source": r.source})
         test, source = got["test"], got["source"]
@@ -229,6 +233,22 @@ def load_sets(cfg: DictConfig, timings: dict[str, float], info: dict[str, Any] |
                            {"part": "tuning", "tuning_size": n_tuning, **subset})
     sets = _encode(cfg, parts, timings)
     return sets["test"], sets["reference"], sets.get("tuning")
+
+
+@contextmanager
+def _shared_data_hint(cfg: DictConfig):
+    """A missing file under ``paths.shared_data`` (the ready-made embeddings) raises
+    ``MissingResourceError`` that also says where that folder comes from."""
+    from nnn.errors import MissingResourceError
+
+    try:
+        yield
+    except MissingResourceError as err:
+        shared = OmegaConf.select(cfg, "paths.shared_data", default=None)
+        if not shared or str(Path(shared)) not in str(err):
+            raise
+        raise MissingResourceError(f"{err} (paths.shared_data={shared}: set NNN_SHARED_DATA to "
+                                   "the folder holding the ready-made embeddings)") from err
 
 
 def _tuning_size(size, n_test_images: int, n_source_images: int, fraction: float, *,
