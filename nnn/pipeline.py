@@ -462,6 +462,10 @@ def _evaluate_all(cfg: DictConfig, results: dict[str, Any]) -> dict[str, tuple[n
     from nnn.tuning import RetrievalTask
 
     timings = results["timings_s"]
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:  # before any data is loaded
+        raise ValueError(f"{', '.join(missing)} must be set (??? in the config): add "
+                         f"{missing[0]}=VALUE to the command line")
     _check_directions(cfg.eval.directions)
     sweeper = _selecting_sweeper()
     if sweeper is not None and cfg.reference.tuning_size in (0, "0"):

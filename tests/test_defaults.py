@@ -95,3 +95,9 @@ def test_missing_shared_data_names_the_variable(tmp_path, monkeypatch):
     monkeypatch.setenv("NNN_SHARED_DATA", str(tmp_path / "nowhere"))
     with pytest.raises(MissingResourceError, match="NNN_SHARED_DATA"):
         run(compose(["dataset=precomputed", "logger=none"]), output_dir=tmp_path / "out")
+
+
+def test_missing_mandatory_value_is_named_before_loading(tmp_path):
+    with pytest.raises(ValueError, match=r"model.model_id must be set .*model.model_id=VALUE"):
+        run(compose(["model=hf", "dataset=flickr30k", "logger=none",
+                     f"paths.data_root={tmp_path / 'no_data'}"]), output_dir=tmp_path)

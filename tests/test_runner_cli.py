@@ -64,3 +64,25 @@ def test_user_error_traceback_with_hydra_full_error(tmp_path):
     proc = _run(tmp_path, "debug=tiny", "logger=none", "method.k=0", env={"HYDRA_FULL_ERROR": "1"})
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and "k must be a positive integer" in proc.stderr
+
+
+def test_user_errors_are_told_from_bugs():
+    import importlib.util
+
+    from hydra.errors import InstantiationException
+
+    from nnn.data.download import ChecksumError
+    from nnn.errors import MissingResourceError
+
+    spec = importlib.util.spec_from_file_location("nnn_run_script", REPO / "run.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    refused = ValueError("k must be a positive integer, got 0")
+    wrapped = InstantiationException("Error in call to target 'nnn.methods.NNN'")
+    wrapped.__cause__ = refused
+    assert script.user_error(wrapped) is refused
+    for err in (MissingResourceError("x"), FileNotFoundError("x"), OSError("download"),
+                ChecksumError("x")):
+        assert script.user_error(err) is err
+    assert script.user_error(RuntimeError("a bug")) is None
+    assert script.user_error(KeyError("a bug")) is None
