@@ -5,8 +5,8 @@ from an input check, e.g. ``method.k`` larger than the references, ``device=cuda
 CUDA), a dataset, file or model that is not on disk (``MissingResourceError``,
 ``FileNotFoundError``), a failed download or other ``OSError``, a corrupt download
 (``nnn.data.download.ChecksumError``). Its message names the value and what to do, so
-``run.py`` (``user_error``) prints that one line and exits 1 (the traceback with ``HYDRA_FULL_ERROR=1``).
-Anything else is a bug and keeps its traceback.
+``run.py`` (``user_error``) prints that one line and exits 1 (the traceback with
+``HYDRA_FULL_ERROR=1``). Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations

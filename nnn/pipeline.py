@@ -10,7 +10,9 @@ the uncorrected baseline, then results files, plots and the experiment logger:
    (``cfg.reference``), disjoint from the evaluation split; the references may come from
    another dataset's training split (``reference.dataset``, out-of-distribution references).
 3. Optionally (``cfg.method.tune``) the method's hyper-parameters are chosen per direction on
-   the tuning part (``nnn.tuning``); the test split is never used for it.
+   the tuning part (``nnn.tuning``); the test split is never used for it. The tuning part is
+   ``reference.tuning_size`` images; ``auto`` (default) holds out as many as the test split
+   (fewer if the references would not fit) when tuning or a selecting sweeper needs it.
 4. Per direction (``nnn.tuning.RetrievalTask``: t2i: captions retrieve test images, the banks are
    reference captions (query bank) and reference images (gallery bank); i2t: the mirror image),
    the baseline (plain dot product) and the method are fitted (*fit*) and evaluated (*evaluate*):
@@ -45,8 +47,8 @@ from nnn.results import (ALPHA_K_COLUMNS, CSV_COLUMNS, alpha_k_grids, alpha_k_ro
 if TYPE_CHECKING:
     from nnn.tuning import RetrievalTask
 
-# torch, scipy and matplotlib (methods, metrics, tuning, ablations, plots) are imported where they
-# are used, so that composing a config and checking it stays fast (``run.py --help`` never needs them)
+# torch, scipy and matplotlib (methods, metrics, tuning, ablations, plots) are imported where
+# they are used, so that composing and checking a config stays fast (``run.py --help`` needs none)
 
 log = logging.getLogger(__name__)
 
@@ -552,7 +554,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
             raise ValueError("run() outside a Hydra job needs output_dir=")
         output_dir = hc.runtime.output_dir
     out = Path(output_dir)
-    import nnn.metrics, nnn.tuning  # noqa: E401,F401  torch and scipy: imported outside the timings
+    import nnn.metrics  # noqa: F401  torch and scipy: imported here, outside the stage timings
+    import nnn.tuning  # noqa: F401
     results = _new_results(cfg)
     t0 = time.perf_counter()
     try:
