@@ -22,7 +22,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from nnn import pipeline  # light: torch, scipy, matplotlib are imported once a job runs
+import nnn.config_dir  # noqa: F401  registers ${nnn.repo_root:} before Hydra composes
 from nnn.errors import MissingResourceError
 
 log = logging.getLogger("nnn.run")
@@ -45,6 +45,8 @@ def user_error(err: BaseException) -> BaseException | None:
 def main(cfg: DictConfig) -> float:
     """Returns the objective (``cfg.objective`` of the method) for sweepers such as Optuna; NaN
     for a sweep job that failed with a user error (Optuna records the trial as failed)."""
+    from nnn import pipeline  # numpy, torch, scipy, ...: not needed for --help or a config error
+
     try:
         results = pipeline.run(cfg)
     except Exception as err:

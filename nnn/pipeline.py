@@ -39,6 +39,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from nnn.config_dir import CONFIG_DIR  # also registers ${nnn.repo_root:}
 from nnn.data.base import EmbeddingSet
 from nnn.loggers import NullLogger, sweep_group
 from nnn.results import (ALPHA_K_COLUMNS, CSV_COLUMNS, alpha_k_grids, alpha_k_rows, format_table,
@@ -52,12 +53,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: the configs of a source checkout (conf/ beside the package)
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
-#: ``${nnn.repo_root:}`` in the configs: the checkout holding conf/, so that default paths beside
-#: it (``paths.shared_data``) do not depend on the current directory
-REPO_ROOT_RESOLVER = "nnn.repo_root"
-OmegaConf.register_new_resolver(REPO_ROOT_RESOLVER, lambda: str(CONFIG_DIR.parent), replace=True)
 HUBNESS_PNG = "hubness.png"
 ALPHA_K_PNG = "alpha_k.png"
 ALPHA_K_CSV = "alpha_k.csv"
