@@ -53,14 +53,14 @@ def main(cfg: DictConfig) -> float:
         cause = user_error(err)
         if cause is None:
             raise  # a bug: Hydra prints its traceback
+        if os.environ.get(FULL_ERROR_ENV) == "1":
+            raise
         message = str(cause).replace("\n", " ")
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             # the job is recorded as failed; the sweep goes on and ends with its summary, which
             # lists this job (nnn.hydra_callbacks.SweepSummary)
             log.error("job failed: %s", message)
             return float("nan")
-        if os.environ.get(FULL_ERROR_ENV) == "1":
-            raise
         print(f"Error: {message}", file=sys.stderr)
         sys.exit(1)
     return pipeline.objective_value(results)
