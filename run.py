@@ -1,36 +1,68 @@
 """Run one experiment (or a sweep with -m): ``python run.py [group=option ...] [key=value ...]``.
 
 ``python run.py --help`` lists the config groups and examples. The work is done by
-``nnn.pipeline.run``; this file only maps a missing dataset, file or model (an expected situation,
-e.g. offline) to a clean error message and exit code 1, and returns the sweep objective.
+``nnn.pipeline.run``; this file only turns a user error (``nnn.errors``: a bad
+setting, a missing dataset, file or model, a failed download) into its one-line message and exit
+code 1 (the full traceback with ``HYDRA_FULL_ERROR=1``), and returns the sweep objective. In a
+sweep such a job is recorded as failed (results.json, sweep_summary) and the others still run.
+
+Heavy modules (torch, scipy, matplotlib, W&B) are imported only once a job runs, so ``--help``
+and config mistakes answer at once.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from nnn import pipeline
+import nnn.config_dir  # noqa: F401  registers ${nnn.repo_root:} before Hydra composes
 from nnn.errors import MissingResourceError
 
 log = logging.getLogger("nnn.run")
+#: Hydra's switch for full tracebacks; for a user error too
+FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
+
+
+def user_error(err: BaseException) -> BaseException | None:
+    """The user error (``nnn.errors``) behind ``err``: ``err`` itself, or the cause of Hydra's
+    ``InstantiationException`` when a constructor refused its config; None for a bug."""
+    from nnn.data.download import ChecksumError  # stdlib and tqdm only
+
+    while isinstance(err, InstantiationException) and err.__cause__ is not None:
+        err = err.__cause__
+    return err if isinstance(err, (MissingResourceError, ValueError, OSError, ChecksumError)) \
+        else None
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    """Returns the objective (``cfg.objective`` of the method) for sweepers such as Optuna."""
+    """Returns the objective (``cfg.objective`` of the method) for sweepers such as Optuna; NaN
+    for a sweep job that failed with a user error (Optuna records the trial as failed)."""
+    from nnn import pipeline  # numpy, torch, scipy, ...: not needed for --help or a config error
+
     try:
         results = pipeline.run(cfg)
-    except (MissingResourceError, FileNotFoundError) as err:
-        log.error("%s", err)
-        if HydraConfig.get().mode == RunMode.RUN:
-            sys.exit(1)  # no traceback for an expected, explained situation
-        raise  # in a sweep, the other jobs still run; Hydra reports this one at the end
+    except Exception as err:
+        cause = user_error(err)
+        if cause is None:
+            raise  # a bug: Hydra prints its traceback
+        if os.environ.get(FULL_ERROR_ENV) == "1":
+            raise
+        message = str(cause).replace("\n", " ")
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            # the job is recorded as failed; the sweep goes on and ends with its summary, which
+            # lists this job (nnn.hydra_callbacks.SweepSummary)
+            log.error("job failed: %s", message)
+            return float("nan")
+        print(f"Error: {message}", file=sys.stderr)
+        sys.exit(1)
     return pipeline.objective_value(results)
 
 

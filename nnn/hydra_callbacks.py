@@ -14,13 +14,16 @@ At the end of the sweep the summary table and these plots also go to the experim
 
 Summarising after every job (under a file lock, as joblib workers run jobs in parallel) keeps
 the summary complete even when Hydra stops the sweep with a failed job's exception, in which
-case ``on_multirun_end`` is never called.
+case ``on_multirun_end`` is never called. A job that fails with a user error does not stop the
+sweep (``run.py`` records it and returns NaN): the sweep then ends with the summary and one
+line naming the failed jobs, exit code 1.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -33,8 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 from hydra.utils import instantiate
 
 from nnn.loggers import NullLogger, sweep_group
-from nnn.plots import metric_vs_param
-from nnn.results import (RESULTS_JSON, format_sweep_table, read_results, sweep_rows,
+from nnn.results import (RESULTS_JSON, SWEEP_CSV, format_sweep_table, read_results, sweep_rows,
                          write_sweep_summary)
 
 log = logging.getLogger(__name__)
@@ -63,6 +65,8 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
 
 def _plot_against(param: str, columns: Sequence[str], rows: Sequence[dict], metrics: Sequence[str],
                   sweep_dir: Path) -> list[Path]:
+    from nnn.plots import metric_vs_param  # matplotlib: only when a sweep is plotted
+
     others = [c for c in columns[2:columns.index("objective")] if c != param]
     paths = []
     for metric in metrics:
@@ -89,6 +93,18 @@ def _plot_against(param: str, columns: Sequence[str], rows: Sequence[dict], metr
     return paths
 
 
+#: the summary column saying where each job's objective was measured: "tuning" (a selection may
+#: use it) or "test (analysis)" (a grid over the test split describes; it must not choose)
+OBJECTIVE_SPLIT = "objective split"
+
+
+def _objective_split(results: dict[str, Any] | None) -> str | None:
+    obj = (results or {}).get("objective") or {}
+    if not obj.get("split"):
+        return None
+    return f"{obj['split']} ({obj['role']})" if obj.get("role") else str(obj["split"])
+
+
 #: swept parameters (last dotted part) plotted against by default
 PLOT_PARAMS = ("alpha", "k", "fraction")
 
@@ -102,6 +118,10 @@ def summarise_sweep(sweep_dir: str | Path, metrics: Sequence[str] = ("t2i/R@1", 
     if not jobs:
         return [], []
     columns, rows = sweep_rows(jobs, metrics)
+    at = columns.index("objective") + 1  # where the objective was measured, beside it
+    columns = [*columns[:at], OBJECTIVE_SPLIT, *columns[at:]]
+    for row, job in zip(rows, jobs):
+        row[OBJECTIVE_SPLIT] = _objective_split(job["results"])
     write_sweep_summary(sweep_dir, columns, rows)
     for param in [c for c in columns[2:columns.index("objective")]
                   if c.rsplit(".", 1)[-1] in plot_params]:
@@ -146,8 +166,13 @@ class SweepSummary(Callback):
         if final and rows:
             failed = [r["job"] for r in rows if r["status"] != "completed"]
             log.info("sweep summary (%s):\n%s", sweep_dir, format_sweep_table(columns, rows))
-            if failed:
-                log.warning("jobs %s did not complete; see their results.json / log files", failed)
+            on_test = [r["job"] for r in rows if "analysis" in str(r.get(OBJECTIVE_SPLIT))]
+            if on_test:  # once per sweep, not once per job
+                log.warning("the objective of jobs %s is measured on the test split: the sweep is "
+                            "an analysis, not a selection of hyper-parameters; to choose them, "
+                            "measure it on a held-out tuning part: reference.tuning_size=test "
+                            "(or N images; a selecting sweeper such as Optuna gets one by "
+                            "default)", on_test)
             try:
                 logger = instantiate(config.logger)
             except Exception as err:
@@ -155,6 +180,10 @@ class SweepSummary(Callback):
                             "summary is in %s", type(err).__name__, err, sweep_dir)
                 logger = NullLogger()
             log_sweep_summary(logger, str(config.name), sweep_dir, columns, rows)
+            if failed:  # the sweep ends with its summary and this one line, exit code 1
+                print(f"Error: jobs {failed} of the sweep failed (their errors are in "
+                      f"{sweep_dir / SWEEP_CSV} and their results.json)", file=sys.stderr)
+                sys.exit(1)
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if config.hydra.mode == RunMode.MULTIRUN:

@@ -10,7 +10,9 @@ the uncorrected baseline, then results files, plots and the experiment logger:
    (``cfg.reference``), disjoint from the evaluation split; the references may come from
    another dataset's training split (``reference.dataset``, out-of-distribution references).
 3. Optionally (``cfg.method.tune``) the method's hyper-parameters are chosen per direction on
-   the tuning part (``nnn.tuning``); the test split is never used for it.
+   the tuning part (``nnn.tuning``); the test split is never used for it. The tuning part is
+   ``reference.tuning_size`` images; ``auto`` (default) holds out as many as the test split
+   (fewer if the references would not fit) when tuning or a selecting sweeper needs it.
 4. Per direction (``nnn.tuning.RetrievalTask``: t2i: captions retrieve test images, the banks are
    reference captions (query bank) and reference images (gallery bank); i2t: the mirror image),
    the baseline (plain dot product) and the method are fitted (*fit*) and evaluated (*evaluate*):
@@ -29,7 +31,7 @@ import logging
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from hydra.core.hydra_config import HydraConfig
@@ -37,23 +39,20 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from nnn.ablations import (HUB_COUNTS_NPZ, hub_occupancy, nnn_recall_grid, top_hubs,
-                           write_hub_counts)
+from nnn.config_dir import CONFIG_DIR  # also registers ${nnn.repo_root:}
 from nnn.data.base import EmbeddingSet
-from nnn.data.splits import reference_and_tuning_sets, reference_and_tuning_split
 from nnn.loggers import NullLogger, sweep_group
-from nnn.methods import Identity
-from nnn.metrics import hubness_stats, k_occurrence, paired_delta, rank_summary, recall_at_k
-from nnn.plots import alpha_k_heatmap, hubness_histogram
 from nnn.results import (ALPHA_K_COLUMNS, CSV_COLUMNS, alpha_k_grids, alpha_k_rows, format_table,
                          is_ci_key, metric_rows, write_results, write_table_csv)
-from nnn.tuning import (ALPHA_GRID, DIRECTIONS, K_GRID, TUNED_PARAMS, RetrievalTask,
-                         canonical_method, tune)
+
+if TYPE_CHECKING:
+    from nnn.tuning import RetrievalTask
+
+# torch, scipy and matplotlib (methods, metrics, tuning, ablations, plots) are imported where
+# they are used, so that composing and checking a config stays fast (``run.py --help`` needs none)
 
 log = logging.getLogger(__name__)
 
-#: the configs of a source checkout (conf/ beside the package)
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "conf"
 HUBNESS_PNG = "hubness.png"
 ALPHA_K_PNG = "alpha_k.png"
 ALPHA_K_CSV = "alpha_k.csv"
@@ -65,6 +64,12 @@ HUB_OCCUPANCY_COLUMNS = ("direction", "bin", "low", "high", "before", "after")
 REFERENCE_DATASET_CHOICE = "dataset@reference.dataset"
 #: the key of cfg.method that switches tuning on; a pipeline switch, not a constructor keyword
 TUNE_KEY = "tune"
+#: reference.tuning_size: the paper's protocol when a tuning part is needed, else none
+TUNING_AUTO = "auto"
+#: results["objective"]["role"] of a sweep job whose objective is measured on the test split
+OBJECTIVE_ANALYSIS = "analysis"
+#: methods without hyper-parameters: method.tune=true is a no-op for them (with a note)
+UNTUNED_METHODS = ("Identity",)
 
 
 @contextmanager
@@ -154,9 +159,12 @@ def _splits(dataset, names: dict[str, str]) -> dict[str, Any]:
     return {key: sets[name] for key, name in names.items()}
 
 
-def load_sets(cfg: DictConfig, timings: dict[str, float]
+def load_sets(cfg: DictConfig, timings: dict[str, float], info: dict[str, Any] | None = None
               ) -> tuple[EmbeddingSet, EmbeddingSet, EmbeddingSet | None]:
     """(evaluation split, reference set, tuning part or None) as ``EmbeddingSet``s.
+
+    The tuning part's size is ``reference.tuning_size`` (``_tuning_size``); how it was chosen
+    goes to ``info["tuning_part"]`` when ``info`` is given.
 
     The reference set comes from ``reference.source`` of the evaluation dataset, or of
     ``reference.dataset`` when that names another one (out-of-distribution references, e.g.
@@ -164,6 +172,8 @@ def load_sets(cfg: DictConfig, timings: dict[str, float]
     ``reference.source`` split (the same images either way), so hyper-parameters are chosen for
     the evaluation distribution, as in the paper.
     """
+    from nnn.data.splits import reference_and_tuning_sets, reference_and_tuning_split
+
     r = cfg.reference
     has_model = "_target_" in (cfg.get("model") or {})
     ref_cfg = reference_dataset_config(cfg)
@@ -171,7 +181,7 @@ def load_sets(cfg: DictConfig, timings: dict[str, float]
         raise ValueError(f"reference.source={r.source!r} is the evaluation split (eval.split); "
                          "references and the tuning part must come from another split, e.g. "
                          "reference.source=train")
-    with _timed(timings, "load"):
+    with _timed(timings, "load"), _shared_data_hint(cfg):
         dataset = instantiate(cfg.dataset)
         got = _splits(dataset, {"test": cfg.eval.split, "source": r.source})
         test, source = got["test"], got["source"]
@@ -184,7 +194,11 @@ def load_sets(cfg: DictConfig, timings: dict[str, float]
                          f"dataset {type(ref_dataset).__name__} must both hold embeddings "
                          "(model=none) or both raw images and captions (embedded by one model)")
     n_test = len(test.image) if isinstance(test, EmbeddingSet) else test.n_images
-    n_tuning = _tuning_size(r.tuning_size, n_test)
+    n_source = len(source.image) if isinstance(source, EmbeddingSet) else source.n_images
+    n_tuning, how = _tuning_size(r.tuning_size, n_test, n_source, r.fraction,
+                                 auto=_needs_tuning_part(cfg))
+    if info is not None:
+        info["tuning_part"] = how
     # in-distribution: one seeded draw gives disjoint reference and tuning parts; otherwise the
     # references are drawn from the other dataset and the tuning part as in-distribution
     n_ref_tuning = n_tuning if ref_cfg is None else 0
@@ -218,13 +232,64 @@ def load_sets(cfg: DictConfig, timings: dict[str, float]
     return sets["test"], sets["reference"], sets.get("tuning")
 
 
-def _tuning_size(size, n_test_images: int) -> int:
-    """``reference.tuning_size``: an image count, or "test" for the test split's size."""
+@contextmanager
+def _shared_data_hint(cfg: DictConfig):
+    """A missing file under ``paths.shared_data`` (the ready-made embeddings) raises
+    ``MissingResourceError`` that also says where that folder comes from."""
+    from nnn.errors import MissingResourceError
+
+    try:
+        yield
+    except MissingResourceError as err:
+        shared = OmegaConf.select(cfg, "paths.shared_data", default=None)
+        if not shared or str(Path(shared)) not in str(err):
+            raise
+        raise MissingResourceError(f"{err} (paths.shared_data={shared}: set NNN_SHARED_DATA to "
+                                   "the folder holding the ready-made embeddings)") from err
+
+
+def _tuning_size(size, n_test_images: int, n_source_images: int, fraction: float, *,
+                 auto: bool) -> tuple[int, str]:
+    """(images, how they were chosen) for ``reference.tuning_size``: an image count, "test" for
+    the test split's size, or "auto": when ``auto`` (tuning requested, or a selecting sweeper)
+    the paper's protocol, as many as the test split but at most what the references
+    (``fraction`` of the ``n_source_images``) leave, else none."""
+    if size == TUNING_AUTO:
+        if not auto:
+            return 0, "none"
+        room = n_source_images - int(round(fraction * n_source_images))
+        if room < 1:
+            raise ValueError(f"no images are left for a tuning part: the references take "
+                             f"reference.fraction={fraction} of the {n_source_images} training "
+                             "images; lower reference.fraction or set reference.tuning_size")
+        if room < n_test_images:
+            note = (f"{room} images (auto: the test split's {n_test_images} do not fit beside "
+                    f"the references, reference.fraction={fraction} of {n_source_images})")
+            log.warning("tuning part shrunk to %s", note)
+            return room, note
+        return n_test_images, f"{n_test_images} images (auto: as many as the test split)"
     if size == "test":
-        return n_test_images
+        return n_test_images, f"{n_test_images} images (reference.tuning_size=test)"
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
-        raise ValueError(f"reference.tuning_size must be an integer >= 0 or 'test', got {size!r}")
-    return size
+        raise ValueError(f"reference.tuning_size must be an integer >= 0, 'test' or "
+                         f"'{TUNING_AUTO}', got {size!r}")
+    return size, f"{size} images (reference.tuning_size={size})" if size else "none"
+
+
+def _selecting_sweeper() -> str | None:
+    """The sweeper's class when this job belongs to a sweep whose sweeper *selects* parameters
+    by the objective (Optuna, Nevergrad, ...: any but Hydra's grid, ``BasicSweeper``)."""
+    hc = _hydra()
+    if hc is None or hc.mode != RunMode.MULTIRUN:
+        return None
+    target = str(OmegaConf.select(hc, "sweeper._target_", default="") or "")
+    return None if not target or target.endswith(".BasicSweeper") else target
+
+
+def _needs_tuning_part(cfg: DictConfig) -> bool:
+    """Whether ``reference.tuning_size=auto`` holds out a tuning part: the method is tuned, or
+    a selecting sweeper needs an objective that is not measured on test."""
+    return _tuning_requested(cfg) or _selecting_sweeper() is not None
 
 
 # -- evaluation ----------------------------------------------------------------------------------
@@ -242,6 +307,8 @@ def _evaluate(task: RetrievalTask, method, cfg: DictConfig, timings: dict[str, f
               tag: str) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Fit ``method`` on one direction; returns (flat metrics ``dir/...``, N_k counts (n_g,),
     ranks (n_q,))."""
+    from nnn.metrics import hubness_stats, k_occurrence, rank_summary
+
     e = cfg.eval
     with _timed(timings, f"{task.direction}/fit{tag}"):
         task.fit(method)
@@ -270,24 +337,53 @@ def build_method(cfg: DictConfig):
     return instantiate(method_params(cfg))
 
 
-def _tuning_requested(cfg: DictConfig) -> bool:
+def _tune_switch(cfg: DictConfig) -> bool:
     return bool(cfg.method.get(TUNE_KEY, False))
 
 
+def _tuning_requested(cfg: DictConfig) -> bool:
+    """``method.tune=true`` for a method with hyper-parameters (``UNTUNED_METHODS`` have none:
+    there the switch is a no-op, noted in the log and results.json)."""
+    return _tune_switch(cfg) and _method_name(cfg) not in UNTUNED_METHODS
+
+
+def _call_repr(name: str, params: dict[str, Any]) -> str:
+    return f"{name}({', '.join(f'{k}={v!r}' for k, v in params.items())})"
+
+
 def _method_description(cfg: DictConfig) -> dict[str, Any]:
-    """{"name": "NNN", "params": {...}, "repr": "NNN(k=16, alpha=0.75, ...)"} from cfg.method."""
+    """{"name": "NNN", "params": {...}, "repr": "NNN(k=16, alpha=0.75, ...)"} from cfg.method
+    (``_used_parameters`` replaces the repr by what tuning chose)."""
     params = {k: v for k, v in method_params(cfg).items() if k not in ("_target_", "device")}
     name = _method_name(cfg)
-    return {"name": name, "params": params,
-            "repr": f"{name}({', '.join(f'{k}={v!r}' for k, v in params.items())})"}
+    return {"name": name, "params": params, "repr": _call_repr(name, params)}
+
+
+def _used_parameters(description: dict[str, Any], tuned: dict) -> dict[str, Any]:
+    """``description`` (``_method_description``) with what tuning chose: ``per_direction``
+    {direction: {"params", "repr"}} holds the parameters each direction's method was built
+    with, and ``repr`` lists them ("t2i: NNN(k=64, ...); i2t: NNN(k=128, ...)"); ``params``
+    stay as configured."""
+    per_direction = {}
+    for direction, result in tuned.items():
+        estimator = result.estimator()
+        name = type(estimator).__name__  # Identity when every beta was tuned to 0
+        params = {**description["params"], **result.best} if name == description["name"] \
+            else dict(result.best)
+        per_direction[direction] = {"params": params, "repr": _call_repr(name, params)}
+    return {**description, "per_direction": per_direction,
+            "repr": "; ".join(f"{d}: {p['repr']}" for d, p in per_direction.items())}
 
 
 def _tune(cfg: DictConfig, tuning: EmbeddingSet | None, reference: EmbeddingSet,
           timings: dict[str, float]) -> dict:
     """Per direction, the ``TuningResult`` of the method's grid on the tuning part."""
     if tuning is None:
-        raise ValueError("method.tune=true needs a tuning part: set reference.tuning_size "
-                         "(e.g. 'test', the paper's protocol)")
+        raise ValueError(f"method.tune=true needs a tuning part, but reference.tuning_size="
+                         f"{cfg.reference.tuning_size}: use reference.tuning_size={TUNING_AUTO} "
+                         "(the paper's protocol), 'test' or a number of images")
+    from nnn.tuning import TUNED_PARAMS, canonical_method, tune
+
     method = canonical_method(_method_name(cfg))
     fixed = {k: v for k, v in method_params(cfg).items()
              if k != "_target_" and k not in TUNED_PARAMS[method]}
@@ -305,18 +401,22 @@ def _tune(cfg: DictConfig, tuning: EmbeddingSet | None, reference: EmbeddingSet,
 def _objective(cfg: DictConfig, test_metrics: dict[str, float], tuning: EmbeddingSet | None,
                reference: EmbeddingSet, make_method, tuned: dict) -> dict[str, Any]:
     """The metric returned to a sweeper: on the tuning part when there is one, else on test."""
+    from nnn.metrics import recall_at_k
+    from nnn.tuning import DIRECTIONS, RetrievalTask
+
     metric = str(cfg.objective)
     direction, _, name = metric.partition("/")
     if tuning is None:
         if metric not in test_metrics:
             raise ValueError(f"objective={metric!r} is not among the metrics "
                              f"{sorted(k for k in test_metrics if not is_ci_key(k))}")
+        out = {"metric": metric, "split": cfg.eval.split, "value": test_metrics[metric]}
         hc = _hydra()
         if hc is not None and hc.mode == RunMode.MULTIRUN:
-            log.warning("the sweep's objective %s is measured on the test split; set "
-                        "reference.tuning_size (e.g. 'test') to choose hyper-parameters on a "
-                        "held-out part of the training split instead", metric)
-        return {"metric": metric, "split": cfg.eval.split, "value": test_metrics[metric]}
+            # a grid over the test split describes, it must not choose: labelled, and said once
+            # per sweep with its summary (nnn.hydra_callbacks)
+            out["role"] = OBJECTIVE_ANALYSIS
+        return out
     if direction not in DIRECTIONS or not name.startswith("R@") or not name[2:].isdigit():
         raise ValueError(f"objective={metric!r}: on the tuning part the objective is a recall, "
                          "e.g. t2i/R@1 or i2t/R@5")
@@ -339,6 +439,9 @@ def _alpha_k_analysis(cfg: DictConfig, task: RetrievalTask,
     """NNN's R@1 over the alpha x k grid on the evaluation split (``analysis.alpha_k``), from one
     top-k table. An analysis of how R@1 depends on alpha and k: it chooses nothing (the run's
     parameters come from the tuning part or the config)."""
+    from nnn.ablations import nnn_recall_grid
+    from nnn.tuning import ALPHA_GRID, K_GRID
+
     a = cfg.analysis
     n_refs = len(task.query_bank)
     alphas = list(ALPHA_GRID) if a.alphas is None else list(a.alphas)
@@ -354,6 +457,8 @@ def _alpha_k_analysis(cfg: DictConfig, task: RetrievalTask,
 
 
 def _check_directions(names) -> None:
+    from nnn.tuning import DIRECTIONS
+
     bad = [n for n in names if n not in DIRECTIONS]
     if bad or not names:
         raise ValueError(f"eval.directions={list(names)}: each must be one of {list(DIRECTIONS)}")
@@ -362,19 +467,42 @@ def _check_directions(names) -> None:
 def _evaluate_all(cfg: DictConfig, results: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Fill ``results`` (data, tuning, metrics, objective, timings); returns N_k counts per
     direction (baseline, method)."""
+    from nnn.ablations import hub_occupancy, top_hubs
+    from nnn.methods import Identity
+    from nnn.metrics import paired_delta
+    from nnn.tuning import RetrievalTask
+
     timings = results["timings_s"]
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:  # before any data is loaded
+        raise ValueError(f"{', '.join(missing)} must be set (??? in the config): add "
+                         f"{missing[0]}=VALUE to the command line")
     _check_directions(cfg.eval.directions)
+    sweeper = _selecting_sweeper()
+    if sweeper is not None and cfg.reference.tuning_size in (0, "0"):
+        raise ValueError(f"the sweeper {sweeper} chooses parameters by the objective, which must "
+                         "not be measured on the test split, but reference.tuning_size=0: use "
+                         f"reference.tuning_size={TUNING_AUTO} (default), 'test' or a number")
     build_method(cfg)  # bad parameters fail here, before any data is loaded
-    test, reference, tuning = load_sets(cfg, timings)
+    info: dict[str, Any] = {}
+    test, reference, tuning = load_sets(cfg, timings, info)
     results["data"] = {
         "dataset": results["choices"].get("dataset") or test.meta.get("source", test.name),
         "dim": test.dim, "test_images": len(test.image), "test_captions": len(test.text),
         "reference_images": len(reference.image), "reference_captions": len(reference.text),
-        "tuning_images": 0 if tuning is None else len(tuning.image)}
+        "tuning_images": 0 if tuning is None else len(tuning.image),
+        "tuning_part": info.get("tuning_part", "none")}
     results["data"]["reference_dataset"] = _reference_dataset_name(cfg, results["data"]["dataset"])
     log.info("data: %s", results["data"])
     tuned = _tune(cfg, tuning, reference, timings) if _tuning_requested(cfg) else {}
     results["tuning"] = {d: r.to_dict() for d, r in tuned.items()}
+    if tuned:
+        results["method"] = _used_parameters(results["method"], tuned)
+    elif _tune_switch(cfg):
+        note = (f"{results['method']['name']} has no hyper-parameters: method.tune=true "
+                "changes nothing")
+        log.warning("%s", note)
+        results["method"]["note"] = note
 
     def make_method(direction: str):
         return tuned[direction].estimator() if direction in tuned else build_method(cfg)
@@ -442,6 +570,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
             raise ValueError("run() outside a Hydra job needs output_dir=")
         output_dir = hc.runtime.output_dir
     out = Path(output_dir)
+    import nnn.metrics  # noqa: F401  torch and scipy: imported here, outside the stage timings
+    import nnn.tuning  # noqa: F401
     results = _new_results(cfg)
     t0 = time.perf_counter()
     try:
@@ -465,6 +595,9 @@ def _write_plots_and_tables(cfg: DictConfig, results: dict[str, Any],
                             ) -> tuple[dict[str, Path], dict[str, tuple]]:
     """The run's files beside results.json: N_k counts and their histogram, and where computed
     the alpha x k heat map and grid, the hub tables. Returns (PNGs, tables) for the logger."""
+    from nnn.ablations import HUB_COUNTS_NPZ, write_hub_counts
+    from nnn.plots import alpha_k_heatmap, hubness_histogram  # matplotlib: only when plotting
+
     write_hub_counts(out / HUB_COUNTS_NPZ, counts)
     pngs = {"hubness": hubness_histogram(counts, out / HUBNESS_PNG,
                                          labels=("baseline", results["method"]["name"]),

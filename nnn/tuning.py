@@ -41,6 +41,8 @@ Grids (defaults from the paper, see the constants):
   computed once and every grid point is scored from them (``_beta_search``), so a point costs a
   few passes over an (n_q, n_g) block, no matrix product. Results equal fresh fits.
 - DN: one lambda axis (the paper fixes lambda = 0.5; tuning it is our extension).
+- CSLS: one k axis, NNN's k grid (CSLS is not in the paper's tables; tuning k is our extension),
+  one fit per k.
 
 A beta of 0 switches a factor off; all betas 0 is the raw similarity (``Identity``). Ties
 between grid points go to the one evaluated first (grid order), so results are deterministic.
@@ -59,7 +61,7 @@ from tqdm.auto import tqdm
 
 from nnn._arrays import check_grid, check_non_negative, check_positive_int
 from nnn.data.base import EmbeddingSet
-from nnn.methods import DN, NNN, DBNorm, Identity, QBNorm
+from nnn.methods import CSLS, DN, NNN, DBNorm, Identity, QBNorm
 from nnn.metrics import first_relevant_rank, i2t_ranks, recall_at_k, relevant_block, t2i_ranks
 
 log = logging.getLogger(__name__)
@@ -97,7 +99,7 @@ DN_LAMBDA_GRID = tuple(round(0.1 * i, 1) for i in range(11))
 
 #: the constructor keywords each tuner sets (the other keywords are passed through unchanged)
 TUNED_PARAMS = {"nnn": ("k", "alpha"), "qb_norm": ("beta",),
-                "db_norm": ("beta_query", "beta_gallery"), "dn": ("lam",)}
+                "db_norm": ("beta_query", "beta_gallery"), "dn": ("lam",), "csls": ("k",)}
 #: constructor keywords every method (Identity included) accepts
 _RUNTIME_KWARGS = ("batch_size", "device", "normalize")
 #: tuned beta -> the QBNorm / DBNorm keyword naming the betas that one fit prepares for it
@@ -196,7 +198,7 @@ class TuningResult:
 
 
 def make_estimator(method: str, params: dict, **kwargs):
-    """Unfitted method ``method`` ("nnn", "qb_norm", "db_norm", "dn") with ``params``.
+    """Unfitted method ``method`` ("nnn", "qb_norm", "db_norm", "dn", "csls") with ``params``.
 
     Betas that are all 0 give ``Identity`` (raw similarity) with the runtime keywords only.
     """
@@ -205,6 +207,8 @@ def make_estimator(method: str, params: dict, **kwargs):
         return NNN(k=params["k"], alpha=params["alpha"], **kwargs)
     if method == "dn":
         return DN(lam=params["lam"], **kwargs)
+    if method == "csls":
+        return CSLS(k=params["k"], **kwargs)
     betas = [params["beta"]] if method == "qb_norm" else [params["beta_query"], params["beta_gallery"]]
     if all(b == 0 for b in betas):
         return Identity(**{k: v for k, v in kwargs.items() if k in _RUNTIME_KWARGS})
@@ -224,19 +228,19 @@ def _check_finite(value, name: str) -> float:
     return v
 
 
-def _k_grid(ks, n_refs: int, notes: list[str]) -> list[int]:
+def _k_grid(ks, n_refs: int, notes: list[str], method: str = "NNN") -> list[int]:
     if ks is None:
         grid = [k for k in K_GRID if k <= n_refs]
         if len(grid) < len(K_GRID):
             note = (f"k grid cut at the reference size {n_refs}: k in {grid} "
                     f"(dropped {[k for k in K_GRID if k > n_refs]})")
-            log.info("NNN tuning: %s", note)
+            log.info("%s tuning: %s", method, note)
             notes.append(note)
         return grid
     grid = check_grid(ks, "ks", check_positive_int)
     too_big = [k for k in grid if k > n_refs]
     if too_big:
-        raise ValueError(f"ks {too_big} exceed the number of references ({n_refs}); NNN "
+        raise ValueError(f"ks {too_big} exceed the number of references ({n_refs}); {method} "
                          f"averages the k most similar references, so use k <= {n_refs} or "
                          "more references (ks=None cuts the paper's grid automatically)")
     return grid
@@ -430,8 +434,26 @@ def tune_dn(tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i", *,
     return _result("dn", direction, grid, {"lam": lams}, dn_kwargs, [])
 
 
-#: method name -> tuner; methods without hyper-parameters to tune (Identity, CSLS) are absent
-TUNERS = {"nnn": tune_nnn, "qb_norm": tune_qb_norm, "db_norm": tune_db_norm, "dn": tune_dn}
+def tune_csls(tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i", *,
+              ks: Sequence[int] | None = None, batch_size: int = 1024,
+              **csls_kwargs) -> TuningResult:
+    """CSLS's k (default ``K_GRID``, like NNN's, cut at the smaller of the query bank and the
+    tuning gallery: CSLS averages the k nearest neighbours on both sides), one fit per k.
+
+    ``csls_kwargs`` go to ``CSLS`` (e.g. ``device``).
+    """
+    _check_fixed_kwargs(csls_kwargs, TUNED_PARAMS["csls"], "CSLS")
+    task = RetrievalTask.from_sets(tuning, refs, direction)
+    notes: list[str] = []
+    ks = _k_grid(ks, min(len(task.query_bank), len(task.gallery)), notes, method="CSLS")
+    grid = _search("csls", task, [{"k": k} for k in ks], _fresh_fits("csls", task, csls_kwargs),
+                   batch_size)
+    return _result("csls", direction, grid, {"k": ks}, csls_kwargs, notes)
+
+
+#: method name -> tuner; Identity (no hyper-parameters) is absent
+TUNERS = {"nnn": tune_nnn, "qb_norm": tune_qb_norm, "db_norm": tune_db_norm, "dn": tune_dn,
+          "csls": tune_csls}
 _ALIASES = {"qbnorm": "qb_norm", "dbnorm": "db_norm"}
 
 

@@ -9,11 +9,12 @@ import pytest
 
 from nnn.data.base import EmbeddingSet
 from nnn.data.splits import reference_and_tuning_sets, train_test_split
-from nnn.methods import DBNorm, DN, Identity, NNN, QBNorm
+from nnn.methods import CSLS, DBNorm, DN, Identity, NNN, QBNorm
 from nnn.methods._topk import ReferenceTopK
 from nnn.methods.base import RetrievalMethod
 from nnn import tuning as T
-from nnn.tuning import RetrievalTask, tune, tune_db_norm, tune_dn, tune_nnn, tune_qb_norm
+from nnn.tuning import (RetrievalTask, tune, tune_csls, tune_db_norm, tune_dn, tune_nnn,
+                        tune_qb_norm)
 
 from conftest import unit_rows
 
@@ -290,6 +291,29 @@ def test_dn_grid_matches_formula(sets, direction):
     assert isinstance(res.estimator(), DN) and res.estimator().lam == res.best["lam"]
 
 
+def csls_r1(split, refs, direction, k):
+    g, q, qb, _ = sides(split, refs, direction)
+    s = q @ g.T
+    gallery_side = np.sort(qb @ g.T, axis=0)[-k:].mean(axis=0)       # r_B(r), (n_g,)
+    query_side = np.sort(s, axis=1)[:, -k:].mean(axis=1, keepdims=True)  # r_B(q), (n_q, 1)
+    return r1_from_scores(2 * s - gallery_side - query_side, split.caption_to_image, direction)
+
+
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+def test_csls_k_grid_matches_formula_and_is_cut_at_the_smaller_side(sets, direction):
+    tuning, refs = sets
+    res = tune_csls(tuning, refs, direction)
+    task = RetrievalTask.from_sets(tuning, refs, direction)
+    limit = min(len(task.query_bank), len(task.gallery))  # t2i: 37 tuning images; i2t: 53 refs
+    assert res.axes["k"] == [k for k in T.K_GRID if k <= limit] and res.notes
+    # float32 scores against the float64 formula: a near-tie may flip one query, no more
+    one_query = 100.0 / len(task.queries)
+    for p in res.grid:
+        assert p["R@1"] == pytest.approx(csls_r1(tuning, refs, direction, p["k"]),
+                                         abs=one_query + 1e-9)
+    assert isinstance(res.estimator(), CSLS) and res.estimator().k == res.best["k"]
+
+
 def test_dispatcher_and_bad_inputs(sets):
     tuning, refs = sets
     res = tune("QB-Norm", tuning, refs, "t2i", betas=(1.0, 10.0), dynamic=True)
@@ -299,8 +323,8 @@ def test_dispatcher_and_bad_inputs(sets):
         tune("db_norm", tuning, refs, beta_gallery=3.0)
     assert res.estimator().dynamic is True
     assert tune("nnn", tuning, refs, alphas=(0.5,), ks=(4,)).best == {"alpha": 0.5, "k": 4}
-    with pytest.raises(ValueError, match="no tuner for method 'csls'"):
-        tune("csls", tuning, refs)
+    with pytest.raises(ValueError, match="no tuner for method 'identity'"):
+        tune("identity", tuning, refs)
     with pytest.raises(ValueError, match="stages is empty"):
         tune_db_norm(tuning, refs, stages=[])
     with pytest.raises(ValueError, match="betas is empty"):

@@ -173,7 +173,7 @@ def _download(remote: RemoteFile, part: Path, expected: dict, opener: Callable |
             if have:
                 log.info("%s: %s", remote.filename,
                          f"resuming after {have} bytes" if resumed else "the server cannot "
-                         f"resume; downloading again from the start")
+                         "resume; downloading again from the start")
             log.info("downloading %s -> %s", remote.url, part.parent / remote.filename)
             length = getattr(response, "headers", {}).get("Content-Length")
             total = expected.get("size") or (int(length) + (have if resumed else 0)
