@@ -184,7 +184,7 @@ def comparison_points(rows: Sequence[Mapping], path: str | Path, *, title: str =
                         markersize=7, markeredgewidth=1.5)
         ax.set_yticks(y, [str(r["label"]) for r in part], fontsize=8)
         ax.set_ylim(-0.7, len(part) - 0.3)
-        ax.set_xlabel(metric)
+        ax.set_xlabel(f"{metric} (%)" if metric.startswith("R@") else metric)
         ax.grid(axis="x", alpha=0.3)
     handles = [plt.Line2D([], [], marker="o", color="tab:blue", linestyle="none",
                           label="ours (95% CI)")]
