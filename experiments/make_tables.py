@@ -6,15 +6,19 @@ or whole output trees) and writes, into ``--out``:
 - ``tables.md``: one Markdown section per table;
 - ``<table>.csv``: the same rows (comparison tables: setting, refs, paper_setting, column,
   metric, ours, ci_low, ci_high, paper, diff, run);
-- PNGs: ``reference_size_<setting>.png`` and ``k_sweep_<setting>.png`` (R@1 against the
-  reference-set size / k, ours and the paper's), ``alpha_k_<run>.png`` (R@1 heat maps).
+- PNGs: ``<table>.png`` per comparison table (ours with 95% CIs beside the paper's, a row per
+  cell), ``reference_size_<setting>.png`` and ``k_sweep_<setting>.png`` (R@1 against the
+  reference-set size / k, ours and the paper's), ``alpha_k_<n>.png`` (R@1 heat maps).
 
 Which runs feed which table is decided by the experiment they ran (``experiment=paper_table1``
--> ``table1``, see ``SOURCES``); ``runs`` lists every run. A run's model and evaluation dataset
-are matched to the paper's by config name (``model=clip`` -> CLIP, ``dataset=coco`` -> COCO);
-runs on data the paper has no numbers for (``dataset=synthetic``, ``dataset=precomputed``) get
-the paper's numbers of ``--paper-model`` / ``--paper-dataset`` as a stand-in, and references
-from another dataset than the evaluation set count as the paper's *other* dataset.
+-> ``table1``, see ``SOURCES``); ``runs`` lists every run, in job order (sweep jobs 0, 1, 2, ...,
+10). A run's model and evaluation dataset are matched to the paper's from its config
+(``model=clip`` or ``model=open_clip`` with ViT-B-32/openai -> CLIP, ``dataset=coco`` -> COCO,
+see ``paper_numbers.paper_model_of``); references from another dataset than the evaluation set
+count as the paper's *other* dataset. Runs the paper has no row for (``model=none`` on
+``dataset=synthetic`` or ``dataset=precomputed``) are named in one line of the report;
+``--paper-model`` / ``--paper-dataset`` override the match for every run (a stand-in
+comparison for such runs).
 
 Example (offline)::
 
@@ -36,12 +40,13 @@ from typing import Iterable, Sequence
 
 from nnn._atomic import atomic_write_text
 from nnn.ablations import HUB_COUNTS_NPZ, hub_occupancy, read_hub_counts, top_hubs
-from nnn.plots import alpha_k_heatmap, metric_vs_param
+from nnn.plots import alpha_k_heatmap, comparison_points, metric_vs_param
 from nnn.results import RESULTS_JSON, alpha_k_grids, read_results, write_table_csv
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paper_numbers import (DATASET_ALIASES, DATASET_LABELS, DATASETS, MODEL_ALIASES,  # noqa: E402
-                           TABLES as PAPER_TABLES, TYPICAL_R1_CI_HALF_WIDTH, paper_value)
+from paper_numbers import (DATASET_ALIASES, DATASET_LABELS, DATASETS,  # noqa: E402
+                           TABLES as PAPER_TABLES, TYPICAL_R1_CI_HALF_WIDTH, paper_model_of,
+                           paper_value)
 
 log = logging.getLogger("make_tables")
 
@@ -135,20 +140,27 @@ def _other(dataset: str | None) -> str | None:
     return None if dataset is None else next(d for d in DATASETS if d != dataset)
 
 
+def _natural_key(path: Path) -> tuple:
+    """Sort key that orders numbered folders by number (sweep jobs 0, 1, 2, ..., 10)."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts)
+
+
 def find_results(paths: Iterable[str | Path]) -> list[Path]:
-    """Every ``results.json`` under ``paths`` (files or directories), sorted, deduplicated."""
+    """Every ``results.json`` under ``paths`` (files or directories), deduplicated, sorted with
+    numbered job folders in numeric order."""
     found = set()
     for p in map(Path, paths):
         if not p.exists():
             raise FileNotFoundError(f"{str(p)!r} does not exist; pass run or sweep directories "
                                     "(e.g. outputs/multirun/paper_table1) or results.json files")
         found.update([p] if p.is_file() else p.rglob(RESULTS_JSON))
-    return sorted(found)
+    return sorted(found, key=_natural_key)
 
 
 def load_runs(paths: Iterable[str | Path], *, paper_model: str | None = None,
               paper_dataset: str | None = None) -> list[Run]:
-    """Completed runs under ``paths``, mapped to the paper's model / dataset / references."""
+    """Completed runs under ``paths``, mapped to the paper's model / dataset / references:
+    inferred from each run's config, or ``paper_model`` / ``paper_dataset`` for every run."""
     runs = []
     for path in find_results(paths):
         try:
@@ -161,8 +173,8 @@ def load_runs(paths: Iterable[str | Path], *, paper_model: str | None = None,
                         results.get("error"))
             continue
         run = Run(path.parent, results, path.stat().st_mtime)
-        run.paper_model = MODEL_ALIASES.get(run.model, paper_model)
-        run.paper_dataset = DATASET_ALIASES.get(run.dataset, paper_dataset)
+        run.paper_model = paper_model or paper_model_of(run.model, run.config.get("model"))
+        run.paper_dataset = paper_dataset or DATASET_ALIASES.get(run.dataset)
         if run.ref_dataset == run.dataset:
             run.paper_refs = run.paper_dataset
         else:
@@ -526,13 +538,16 @@ def _k_of(column: str) -> float | None:
 
 
 # -- Markdown ------------------------------------------------------------------------------------
-def _fmt(v, signed: bool = False) -> str:
+def _fmt(v, signed: bool = False, exact: bool = False) -> str:
+    """A Markdown cell: floats to 2 decimals (``exact``: in full, for hyper-parameters)."""
     if v is None:
         return "-"
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return str(v)
     if isinstance(v, int):
         return f"{v:+d}" if signed else str(v)
+    if exact:
+        return f"{v:+g}" if signed else f"{v:g}"
     return f"{v:+.2f}" if signed else f"{v:.2f}"
 
 
@@ -542,21 +557,53 @@ def _md_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-def comparison_markdown(table: Comparison) -> str:
+def comparison_markdown(table: Comparison, exact: bool = False) -> str:
+    """The rows of ``table`` as Markdown; ``exact``: values are hyper-parameters, in full."""
     header = ["Setting", "Refs", "Paper setting", "Column", "Metric", "Ours [95% CI]",
               "Paper", "Ours - paper"]
     body = []
     for r in table.rows:
-        ours = _fmt(r["ours"])
+        ours = _fmt(r["ours"], exact=exact)
         if r["ci_low"] is not None and r["ci_high"] is not None:
             ours += f" [{r['ci_low']:.1f}, {r['ci_high']:.1f}]"
         body.append([r["setting"], r["refs"], r["paper_setting"] or "-", r["column"],
-                     r["metric"], ours, _fmt(r["paper"]), _fmt(r["diff"], signed=True)])
+                     r["metric"], ours, _fmt(r["paper"], exact=exact),
+                     _fmt(r["diff"], signed=True, exact=exact)])
     return _md_table(header, body)
+
+
+def comparison_png(table: Comparison, path: Path) -> Path:
+    """``table`` as a point plot: a row per cell (setting and column; the reference set too
+    where one setting's column has several), grouped by setting, ours with its CI beside the
+    paper's."""
+    seen: dict[tuple, int] = {}
+    for r in table.rows:
+        key = (r["setting"], r["column"], r["metric"])
+        seen[key] = seen.get(key, 0) + 1
+    order = {s: i for i, s in enumerate(dict.fromkeys(r["setting"] for r in table.rows))}
+    points = [{**r, "label": f"{r['setting']}  {r['column']}"
+               + (f" [refs {r['refs']}]" if seen[(r["setting"], r["column"], r["metric"])] > 1
+                  else "")}
+              for r in sorted(table.rows, key=lambda r: order[r["setting"]])]  # stable
+    papers = {r["paper_setting"] for r in table.rows if r["paper"] is not None}
+    return comparison_points(points, path, title=TITLES[table.name],
+                             paper_label=f"paper ({papers.pop()})" if len(papers) == 1 else "paper")
 
 
 def rows_markdown(columns: Sequence[str], rows: Sequence[dict]) -> str:
     return _md_table(columns, [[_fmt(r.get(c)) for c in columns] for r in rows])
+
+
+def unmatched_note(runs: Sequence[Run]) -> str | None:
+    """One line naming the runs the paper has no numbers for, or None when every run has a row."""
+    missing = [r for r in runs if r.paper_model is None or r.paper_dataset is None]
+    if not missing:
+        return None
+    kinds = ", ".join(f"model={m} on dataset={d}"
+                      for m, d in dict.fromkeys((r.model, r.dataset) for r in missing))
+    return (f"No paper numbers for {len(missing)} of {len(runs)} runs ({kinds}): the paper has "
+            f"no row for this model and data; to compare with one of its rows anyway, pass e.g. "
+            f"--paper-model CLIP --paper-dataset flickr30k.")
 
 
 NOTES = {
@@ -590,9 +637,13 @@ def make_report(paths: Sequence[str | Path], out: str | Path, *,
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
+    unmatched = unmatched_note(runs)
+    if unmatched:
+        log.warning("%s", unmatched)
     sections = [f"# Results against the paper\n\n{len(runs)} runs from "
                 f"{', '.join(str(p) for p in paths)}. Ours: this project's runs, with 95% "
-                f"bootstrap CIs; paper: Chowdhury et al. (EMNLP 2024). {_CI_NOTE}"]
+                f"bootstrap CIs; paper: Chowdhury et al. (EMNLP 2024). {_CI_NOTE}"
+                + (f"\n\n{unmatched}" if unmatched else "")]
     warnings: list[str] = []
     for name in tables:
         if name in SOURCES or name == "chosen":
@@ -601,8 +652,13 @@ def make_report(paths: Sequence[str | Path], out: str | Path, *,
             if not table.rows:
                 continue
             warnings += table.warnings
-            written[name] = write_table_csv(out / f"{name}.csv", COMPARE_COLUMNS, table.rows)
-            body = comparison_markdown(table)
+            exact = name == "chosen"  # alpha and k: grid points, shown in full
+            written[name] = write_table_csv(out / f"{name}.csv", COMPARE_COLUMNS, table.rows,
+                                            exact=COMPARE_COLUMNS if exact else ())
+            body = comparison_markdown(table, exact=exact)
+            if not exact:
+                written[f"{name}_png"] = comparison_png(table, out / f"{name}.png")
+                body += f"\n\n![{name}]({name}.png)"
             if name == "reference_size":
                 body += "".join(f"\n\n![{p.stem}]({p.name})" for p in sweep_plots(
                     table, out, x_of=_fraction_of, xlabel="reference fraction", name=name))
@@ -646,11 +702,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                         metavar="NAME", help=f"tables to build (default: all with runs): "
                         f"{', '.join(ALL_TABLES)}")
     parser.add_argument("--paper-model", default=None,
-                        help="the paper's model to compare runs of other models with, e.g. CLIP "
-                             "(runs with model=clip, siglip, blip_*, albef_* map by themselves)")
+                        help="compare every run with this model of the paper, e.g. CLIP "
+                             "(default: each run's own, from its config: model=clip, siglip, "
+                             "blip_*, albef_*, or their checkpoints; none for model=none)")
     parser.add_argument("--paper-dataset", default=None, choices=DATASETS,
-                        help="the paper's evaluation set to compare runs on other data with "
-                             "(synthetic, precomputed)")
+                        help="compare every run with the paper's numbers on this evaluation "
+                             "set (default: each run's dataset=coco / flickr30k; none for "
+                             "synthetic or precomputed data)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:

@@ -16,7 +16,9 @@ reference set / banks came from (None for "Orig"); ``param`` a table-specific se
 "delta R@1", "bias_time_s", "alpha", "k".
 
 ``paper_value(...)`` looks one number up; ``MODEL_ALIASES`` / ``DATASET_ALIASES`` map this
-project's config names (``model=clip``, ``dataset=coco``) to the paper's names.
+project's config names (``model=clip``, ``dataset=coco``) to the paper's names, and
+``paper_model_of(...)`` also recognises the paper's checkpoints behind ``model=open_clip``,
+``model=hf`` and LAVIS configs.
 """
 
 from __future__ import annotations
@@ -27,6 +29,16 @@ import re
 MODEL_ALIASES = {"clip": "CLIP", "siglip": "SigLIP", "blip_flickr": "BLIP ft.Flickr",
                  "blip_coco": "BLIP ft.COCO", "albef_flickr": "ALBEF ft.Flickr",
                  "albef_coco": "ALBEF ft.COCO"}
+#: the paper's checkpoints by their identity in a model config: open_clip (model_name,
+#: pretrained), Hugging Face model_id, LAVIS (name, model_type)
+CHECKPOINT_ALIASES = {
+    ("ViT-B-32", "openai"): "CLIP", ("ViT-B-16-SigLIP", "webli"): "SigLIP",
+    "openai/clip-vit-base-patch32": "CLIP", "google/siglip-base-patch16-224": "SigLIP",
+    "Salesforce/blip-itm-base-coco": "BLIP ft.COCO",
+    "Salesforce/blip-itm-base-flickr": "BLIP ft.Flickr",
+    ("albef_retrieval", "coco"): "ALBEF ft.COCO", ("albef_retrieval", "flickr"): "ALBEF ft.Flickr",
+    ("blip_retrieval", "coco"): "BLIP ft.COCO", ("blip_retrieval", "flickr"): "BLIP ft.Flickr",
+}
 #: config name of a dataset (conf/dataset/*.yaml) -> the paper's evaluation set
 DATASET_ALIASES = {"flickr30k": "flickr30k", "coco": "coco"}
 DATASETS = ("flickr30k", "coco")
@@ -156,6 +168,24 @@ TABLES = {
     "runtime": "Table A5: bias computation on COCO (one V100), exhaustive vs FAISS",
     "hubness": "Table 3: hubness of text->image retrieval (N_1 of each image), Orig -> NNN",
 }
+
+def paper_model_of(choice: str | None, model_config: dict | None = None) -> str | None:
+    """The paper's name of a run's encoder, or None when the paper has no row for it.
+
+    ``choice``: the run's ``model=`` option (``clip``, ``open_clip``, ``none``, ...);
+    ``model_config``: its resolved ``model`` config, whose checkpoint identity is looked up in
+    ``CHECKPOINT_ALIASES`` (so ``model=open_clip model.model_name=ViT-B-32
+    model.pretrained=openai`` is the paper's CLIP too).
+    """
+    if choice in MODEL_ALIASES:
+        return MODEL_ALIASES[choice]
+    cfg = model_config or {}
+    for key in ((cfg.get("model_name"), cfg.get("pretrained")), cfg.get("model_id"),
+                (cfg.get("name"), cfg.get("model_type"))):
+        if key in CHECKPOINT_ALIASES:
+            return CHECKPOINT_ALIASES[key]
+    return None
+
 
 _DIR = {"IR": "t2i", "TR": "i2t"}
 _DS = {"Flickr": "flickr30k", "COCO": "coco", "F": "flickr30k", "C": "coco"}

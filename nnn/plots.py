@@ -3,9 +3,12 @@
 - ``hubness_histogram``: distribution of N_1 (how often each gallery item is some query's top-1)
   before and after a correction, one panel per retrieval direction.
 - ``metric_vs_param``: a metric (e.g. R@1) against a swept parameter (e.g. α), one line per
-  setting of the other swept parameters.
+  setting of the other swept parameters; a parameter spanning a factor of 16 or more (k = 1 ...
+  512) gets a logarithmic axis.
 - ``alpha_k_heatmap``: NNN's R@1 over the α x k grid, one panel per direction and split; the
   tuning split's panels are where (α, k) are chosen, the test split's panels are an analysis.
+- ``comparison_points``: our value with its 95% CI beside the paper's, one row per table cell,
+  one panel per metric (the report's ``table1.png``, ...).
 
 Files are written atomically (rendered to memory, then ``atomic_write_bytes``).
 """
@@ -46,8 +49,10 @@ def hubness_histogram(counts: Mapping[str, tuple[np.ndarray, np.ndarray]], path:
         before, after = np.asarray(before), np.asarray(after)
         top = int(max(before.max(), after.max()))
         bins = np.arange(top + 2) - 0.5 if top <= 60 else np.linspace(-0.5, top + 0.5, 61)
-        for c, label, color in ((before, labels[0], "tab:gray"), (after, labels[1], "tab:blue")):
-            ax.hist(c, bins=bins, alpha=0.55, color=color,
+        for c, label, style in ((before, labels[0], {"color": "0.7"}),
+                                (after, labels[1], {"histtype": "step", "color": "tab:blue",
+                                                    "linewidth": 1.8})):
+            ax.hist(c, bins=bins, **style,
                     label=f"{label} (max {int(c.max())}, {100 * np.mean(c == 0):.0f}% never)")
         ax.set_yscale("log")
         ax.set_xlabel(f"N_{k}: times a gallery item is a query's top-{k}")
@@ -57,28 +62,49 @@ def hubness_histogram(counts: Mapping[str, tuple[np.ndarray, np.ndarray]], path:
     return _save(fig, path)
 
 
+#: a positive axis whose values span at least this factor is drawn logarithmically
+LOG_AXIS_SPAN = 16
+
+
+def _log_axis(xs: np.ndarray) -> bool:
+    return bool(xs.size) and bool(np.all(xs > 0)) and xs.max() / xs.min() >= LOG_AXIS_SPAN
+
+
 def metric_vs_param(series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
                     path: str | Path, *, xlabel: str, ylabel: str, title: str = "",
-                    baseline: float | None = None) -> Path:
+                    baseline: float | None = None, xscale: str = "auto") -> Path:
     """Line plot: ``series`` maps a label to ``(x values, y values)``; points sorted by x.
 
     ``baseline`` draws a dashed horizontal reference line (e.g. the uncorrected R@1).
+    ``xscale``: "linear", "log" (base 2, ticks at the values) or "auto": log when every x is
+    positive and they span a factor of ``LOG_AXIS_SPAN`` or more (k = 1 ... 512), else linear.
     """
     if not series:
         raise ValueError("metric_vs_param needs at least one series")
-    fig, ax = plt.subplots(figsize=(6.0, 4.0))
+    if xscale not in ("auto", "linear", "log"):
+        raise ValueError(f"xscale must be 'auto', 'linear' or 'log', got {xscale!r}")
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    all_x = np.concatenate([np.asarray(xs, dtype=float) for xs, _ in series.values()])
     for label, (xs, ys) in series.items():
         order = np.argsort(np.asarray(xs, dtype=float))
         ax.plot(np.asarray(xs, dtype=float)[order], np.asarray(ys, dtype=float)[order],
                 marker="o", label=label)
     if baseline is not None:
-        ax.axhline(baseline, color="gray", linestyle="--", label="baseline")
+        ax.axhline(baseline, color="gray", linestyle="--",
+                   label=f"uncorrected baseline ({baseline:.2f})")
+    if xscale == "log" or (xscale == "auto" and _log_axis(all_x)):
+        ax.set_xscale("log", base=2)
+        ticks = np.unique(all_x)
+        if len(ticks) <= 12:  # label the swept values themselves (1, 8, 64), not powers of 2
+            ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+            ax.minorticks_off()
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if title:
-        ax.set_title(title)
+        ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    # beside the axes, so that no line or point is hidden behind it
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0)
     return _save(fig, path)
 
 
@@ -94,8 +120,9 @@ def alpha_k_heatmap(grids: Sequence[Mapping], path: str | Path) -> Path:
         raise ValueError("alpha_k_heatmap needs at least one grid")
     directions = list(dict.fromkeys(g["direction"] for g in grids))
     roles = [r for r in ("selection", "analysis") if any(g["role"] == r for g in grids)]
-    fig, axes = plt.subplots(len(roles), len(directions), squeeze=False,
-                             figsize=(5.6 * len(directions), 4.4 * len(roles)))
+    # constrained layout keeps each row's titles clear of the axis labels of the row above
+    fig, axes = plt.subplots(len(roles), len(directions), squeeze=False, layout="constrained",
+                             figsize=(5.8 * len(directions), 4.8 * len(roles)))
     for ax in axes.ravel():
         ax.set_visible(False)
     for g in grids:
@@ -122,4 +149,52 @@ def alpha_k_heatmap(grids: Sequence[Mapping], path: str | Path) -> Path:
         what = ("chooses α, k (red)" if g["role"] == "selection"
                 else "ANALYSIS ONLY, chooses nothing; red: the run's α, k")
         ax.set_title(f"{g['direction']}: R@1 on the {g['split']} split\n{what}", fontsize=9)
+    return _save(fig, path)
+
+
+def comparison_points(rows: Sequence[Mapping], path: str | Path, *, title: str = "",
+                      paper_label: str = "paper") -> Path:
+    """Our value with its 95% CI beside the paper's: a row per table cell, a panel per metric.
+
+    rows: dicts with ``label`` (the row's text), ``metric`` (its panel, e.g. "R@1"), ``ours``,
+    ``ci_low``, ``ci_high`` and ``paper`` (each a number or None). Rows with neither our value
+    nor the paper's are left out; panels keep the order in which their metric first appears.
+    """
+    rows = [r for r in rows if r.get("ours") is not None or r.get("paper") is not None]
+    if not rows:
+        raise ValueError("comparison_points needs at least one row with our or the paper's value")
+    metrics = list(dict.fromkeys(str(r["metric"]) for r in rows))
+    per_metric = [[r for r in rows if str(r["metric"]) == m] for m in metrics]
+    longest = max(len(str(r["label"])) for r in rows)
+    fig, axes = plt.subplots(len(metrics), 1, squeeze=False, layout="constrained",
+                             figsize=(4.5 + 0.065 * longest, 0.9 * len(metrics) + 0.3 * len(rows)
+                                      + (0.4 if title else 0.0)),
+                             gridspec_kw={"height_ratios": [len(p) + 1.5 for p in per_metric]})
+    has_paper = any(r.get("paper") is not None for r in rows)
+    for ax, metric, part in zip(axes[:, 0], metrics, per_metric):
+        y = np.arange(len(part))[::-1]  # the first row on top
+        for yi, r in zip(y, part):
+            if r.get("ours") is not None:
+                lo, hi = r.get("ci_low"), r.get("ci_high")
+                err = None if lo is None or hi is None else [[r["ours"] - lo], [hi - r["ours"]]]
+                ax.errorbar(r["ours"], yi, xerr=err, fmt="o", color="tab:blue", capsize=3,
+                            markersize=5)
+            if r.get("paper") is not None:
+                ax.plot(r["paper"], yi, "D", color="tab:orange", markerfacecolor="none",
+                        markersize=7, markeredgewidth=1.5)
+        ax.set_yticks(y, [str(r["label"]) for r in part], fontsize=8)
+        ax.set_ylim(-0.7, len(part) - 0.3)
+        ax.set_xlabel(f"{metric} (%)" if metric.startswith("R@") else metric)
+        ax.grid(axis="x", alpha=0.3)
+    handles = [plt.Line2D([], [], marker="o", color="tab:blue", linestyle="none",
+                          label="ours (95% CI)")]
+    if has_paper:
+        handles.append(plt.Line2D([], [], marker="D", color="tab:orange", linestyle="none",
+                                  markerfacecolor="none", markeredgewidth=1.5,
+                                  label=paper_label))
+    axes[0, 0].legend(handles=handles, fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0),
+                      ncols=2, frameon=False, borderaxespad=0.2)
+    if title:
+        fig.suptitle(title if has_paper else f"{title}\n(the paper has no numbers for these runs)",
+                     fontsize=10)
     return _save(fig, path)

@@ -38,6 +38,12 @@ _CI_SUFFIXES = ("_ci_low", "_ci_high")
 #: metrics shown in the printed table, per direction, in this order (R@k rows come first)
 _TABLE_EXTRA = ("median_rank", "hubness/skewness", "hubness/kurtosis", "hubness/max",
                 "hubness/never_retrieved", "hubness/robin_hood")
+#: decimals of every measured float in a CSV file: what the printed tables show
+CSV_DECIMALS = 2
+#: columns that hold hyper-parameters (grid points such as alpha = 0.125, not measurements):
+#: written in full, as the shortest text that reads back as the same float
+EXACT_CSV_COLUMNS = frozenset({"alpha", "k", "fraction", "beta", "beta_query", "beta_gallery",
+                               "lam"})
 CSV_COLUMNS = ("metric", "baseline", "baseline_ci_low", "baseline_ci_high", "method",
                "method_ci_low", "method_ci_high", "delta", "delta_ci_low", "delta_ci_high")
 #: columns of alpha_k.csv: NNN's R@1 at each grid point of a direction and split
@@ -79,20 +85,38 @@ def metric_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
-def _csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, Any]]) -> str:
+def _csv_cell(value, decimals: int | None = CSV_DECIMALS) -> str:
+    """The text of one CSV cell: None -> "", a finite float rounded to ``decimals`` (None: in
+    full), everything else ``str``. ``9.060000000000002`` -> ``9.06``; ``-0.0`` -> ``0.0``."""
+    if value is None:
+        return ""
+    if isinstance(value, float) and math.isfinite(value):
+        return repr((value if decimals is None else round(value, decimals)) + 0.0)
+    return str(value)
+
+
+def _csv_text(columns: Sequence[str], rows: Iterable[Mapping[str, Any]], *,
+              decimals: int | None = CSV_DECIMALS,
+              exact: Iterable[str] = EXACT_CSV_COLUMNS) -> str:
+    exact = frozenset(exact)
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(columns), extrasaction="ignore",
                             lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in columns})
+        writer.writerow({k: _csv_cell(row.get(k), None if k in exact else decimals)
+                         for k in columns})
     return buf.getvalue()
 
 
 def write_table_csv(path: str | Path, columns: Sequence[str],
-                    rows: Iterable[Mapping[str, Any]]) -> Path:
-    """Write ``rows`` (dicts; missing keys and None become empty cells) as CSV (atomic)."""
-    return atomic_write_text(path, _csv_text(columns, rows))
+                    rows: Iterable[Mapping[str, Any]], *, decimals: int | None = CSV_DECIMALS,
+                    exact: Iterable[str] = EXACT_CSV_COLUMNS) -> Path:
+    """Write ``rows`` (dicts; missing keys and None become empty cells) as CSV (atomic).
+
+    Floats are rounded to ``decimals`` (the precision the printed tables show; results.json
+    keeps full precision), except in the ``exact`` columns (hyper-parameters)."""
+    return atomic_write_text(path, _csv_text(columns, rows, decimals=decimals, exact=exact))
 
 
 def alpha_k_grids(results: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -140,7 +164,8 @@ def alpha_k_rows(grids: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_results(out_dir: str | Path, results: Mapping[str, Any]) -> dict[str, Path]:
-    """Write ``results.json`` (everything) and ``results.csv`` (metric rows) into ``out_dir``."""
+    """Write ``results.json`` (everything, full precision) and ``results.csv`` (metric rows,
+    ``CSV_DECIMALS`` decimals) into ``out_dir``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     clean = jsonable(results)
@@ -256,7 +281,8 @@ def sweep_rows(jobs: Sequence[Mapping[str, Any]], metrics: Sequence[str]) -> tup
 
 
 def write_sweep_summary(out_dir: str | Path, columns: Sequence[str], rows: Sequence[Mapping]) -> dict[str, Path]:
-    """``sweep_summary.csv`` and ``sweep_summary.json`` in ``out_dir`` (the sweep directory)."""
+    """``sweep_summary.csv`` (numbers to ``CSV_DECIMALS`` decimals) and ``sweep_summary.json``
+    (full precision) in ``out_dir`` (the sweep directory)."""
     out = Path(out_dir)
     return {"json": atomic_write_json(out / SWEEP_JSON, jsonable({"columns": list(columns),
                                                                    "rows": list(rows)})),
