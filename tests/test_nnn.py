@@ -3,6 +3,8 @@ backends, input checks and effect on hubs (synthetic) and on real CLIP embedding
 
 from __future__ import annotations
 
+import sys
+
 import faiss
 import numpy as np
 import pytest
@@ -441,3 +443,11 @@ def test_concurrent_ivf_fits_agree_and_restore_torch_threads(unit):
     assert torch.get_num_threads() == threads_before
     for b in biases:
         np.testing.assert_array_equal(b, expected)
+
+
+def test_missing_faiss_names_the_extra(monkeypatch, unit):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # `import faiss` now raises ImportError
+    g, r = unit(20, 8), unit(50, 8)
+    with pytest.raises(ImportError, match=r"nnn-hubness\[cpu\].*nnn-hubness\[gpu\]") as err:
+        NNN(k=2, backend="faiss").fit(g, query_bank=r)
+    assert "\n" not in str(err.value)

@@ -125,7 +125,7 @@ def faiss_index(refs: np.ndarray, *, index: str, nlist: int | None = None,
     spherical k-means on at most ``IVF_TRAIN_POINTS_PER_LIST`` references per list; set
     ``nprobe`` before a FAISS search.
     """
-    import faiss  # lazy: only the FAISS backend needs it
+    faiss = import_faiss()
 
     n_r, d = refs.shape
     if index == "flat":
@@ -148,6 +148,18 @@ def faiss_index(refs: np.ndarray, *, index: str, nlist: int | None = None,
         idx.gpu_resources = resources  # must outlive the GPU index
     idx.add(refs)
     return idx
+
+
+def import_faiss():
+    """The ``faiss`` module (imported lazily: only the FAISS backend needs it), or ImportError
+    saying which extra installs it."""
+    try:
+        import faiss
+    except ImportError as e:
+        raise ImportError(f"the FAISS backend needs the 'faiss' package ({e}); install "
+                          "nnn-hubness[cpu] (faiss-cpu) or, for GPU FAISS, nnn-hubness[gpu] "
+                          "(faiss-gpu-cu12) instead, or use backend='exact'") from e
+    return faiss
 
 
 def default_nlist(n_refs: int) -> int:
@@ -183,7 +195,7 @@ def ivf_topk(idx, x: np.ndarray, k: int, nprobe: int, *, memory_budget_mb: float
     verbose=0 and pays a ``faiss.knn`` call per list). Rows are taken in blocks whose
     (rows x nprobe) candidate buffers fit ``memory_budget_mb``.
     """
-    import faiss
+    faiss = import_faiss()
 
     n_x, d = x.shape
     lists = idx.invlists
@@ -352,7 +364,8 @@ def check_gpu_k(use_gpu: bool, k: int) -> None:
 
 
 _NO_GPU_FAISS = ("use_gpu_faiss=True but the installed FAISS has no GPU support or sees no GPU; "
-                 "install faiss-gpu or use use_gpu_faiss='auto'/False")
+                 "install nnn-hubness[gpu] (faiss-gpu-cu12) instead of [cpu], or use "
+                 "use_gpu_faiss='auto'/False")
 
 
 @dataclass(frozen=True)
