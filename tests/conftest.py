@@ -7,16 +7,29 @@
 - ``real_flickr``: folder of real CLIP ViT-L/14 Flickr30k embeddings (1,000 pairs); tests using
   it are skipped when it is absent. Found at ``$NNN_SHARED_DATA/flickr30k_clip_vitl14_1k``, by
   default ``<repo>/../shared/data/flickr30k_clip_vitl14_1k``.
+- ``run_py(*args)``: ``python run.py *args`` inside the test process (Hydra's own command-line
+  path), returning the exit code; for tests whose subject is not the fresh interpreter.
+
+The repository root goes first on ``sys.path`` and on ``PYTHONPATH`` (inherited by every
+subprocess: ``run.py``, ``experiments/*.py``, notebook kernels), so that this checkout's ``nnn``
+is tested even when another clone is installed (editable) in the same environment.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import runpy
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH"))
+                                           if p)
 REAL_FLICKR = "flickr30k_clip_vitl14_1k"
 
 
@@ -87,3 +100,35 @@ def real_flickr() -> Path:
         pytest.skip(f"real embeddings not found at {path} (set NNN_SHARED_DATA to the folder "
                     f"holding {REAL_FLICKR}/)")
     return path
+
+
+@pytest.fixture
+def run_py(monkeypatch, hydra_restore_singletons):
+    """``run_py(*args)`` runs ``python run.py *args`` in this process and returns its exit code.
+
+    The script runs as ``__main__`` (``runpy``), as on the command line: Hydra's argument
+    parsing, run or ``-m`` multirun with the basic launcher, callbacks, logging set-up, error
+    report and exit code, without the seconds a fresh interpreter spends importing. Hydra's
+    singletons and the root logger's handlers are restored afterwards. Output: ``capsys``.
+    """
+    from hydra.core.global_hydra import GlobalHydra
+
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+
+    def call(*args: str) -> int:
+        monkeypatch.setattr(sys, "argv", ["run.py", *args])
+        try:
+            runpy.run_path(str(REPO / "run.py"), run_name="__main__")
+        except SystemExit as stop:
+            return stop.code if isinstance(stop.code, int) else 1
+        finally:
+            GlobalHydra.instance().clear()
+            for handler in root.handlers:
+                if handler not in handlers:
+                    handler.close()
+            root.handlers[:] = handlers
+            root.setLevel(level)
+        return 0
+
+    return call

@@ -425,19 +425,16 @@ def test_run_logs_its_analysis_tables_and_heat_map_to_wandb(tmp_path, monkeypatc
     assert list(media.glob("images/alpha_k_*.png")) and list(media.glob("images/hubness_*.png"))
 
 
-def _multirun(*args, env=None):
-    return subprocess.run([sys.executable, "run.py", "-m", *args], cwd=REPO, capture_output=True,
-                          text=True, timeout=600, env=env)
-
-
+# the sweeps run ``run.py -m`` in this process (``run_py``, conftest.py); test_multirun.py has the
+# fresh-interpreter one
 @pytest.mark.slow
-def test_reference_size_sweep_one_command_with_wandb_groups(tmp_path, monkeypatch):
-    env = {**os.environ, "WANDB_MODE": "offline", "WANDB_SILENT": "true",
-           "WANDB_DIR": str(tmp_path / "wandb_dir")}
+def test_reference_size_sweep_one_command_with_wandb_groups(tmp_path, monkeypatch, run_py):
+    for name, value in {"WANDB_MODE": "offline", "WANDB_SILENT": "true",
+                        "WANDB_DIR": str(tmp_path / "wandb_dir")}.items():
+        monkeypatch.setenv(name, value)
     sweep = tmp_path / "sweep"
-    proc = _multirun("experiment=ablation_reference_size", "debug=tiny", "dataset=synthetic",
-                     "method.k=8", "logger=wandb", f"hydra.sweep.dir={sweep}", env=env)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert run_py("-m", "experiment=ablation_reference_size", "debug=tiny", "dataset=synthetic",
+                  "method.k=8", "logger=wandb", f"hydra.sweep.dir={sweep}") == 0
     rows = _csv(sweep / "sweep_summary.csv")
     assert [r["reference.fraction"] for r in rows] == ["0.1", "0.2", "0.5", "1.0"]
     assert (sweep / "t2i_R1_vs_fraction.png").is_file() and (sweep / "i2t_R1_vs_fraction.png").is_file()
@@ -453,15 +450,14 @@ def test_reference_size_sweep_one_command_with_wandb_groups(tmp_path, monkeypatc
 
 
 @pytest.mark.slow
-def test_paper_table1_offline_command_and_report(tmp_path):
+def test_paper_table1_offline_command_and_report(tmp_path, run_py):
     sweep = tmp_path / "sweep"
-    proc = _multirun("experiment=paper_table1", "dataset=synthetic", "debug=tiny", "method=nnn",
-                     "logger=none", "dataset@reference.dataset=synthetic,synthetic_shift",
-                     *SHIFT_TINY, *NNN_GRID, f"hydra.sweep.dir={sweep}")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert run_py("-m", "experiment=paper_table1", "dataset=synthetic", "debug=tiny", "method=nnn",
+                  "logger=none", "dataset@reference.dataset=synthetic,synthetic_shift",
+                  *SHIFT_TINY, *NNN_GRID, f"hydra.sweep.dir={sweep}") == 0
     assert [r["dataset@reference.dataset"] for r in _csv(sweep / "sweep_summary.csv")] == \
         ["synthetic", "synthetic_shift"]
-    out = tmp_path / "report"
+    out = tmp_path / "report"  # the one fresh-interpreter make_tables.py
     proc = subprocess.run([sys.executable, "experiments/make_tables.py", str(sweep), "--out",
                            str(out), "--paper-model", "CLIP", "--paper-dataset", "coco"],
                           cwd=REPO, capture_output=True, text=True, timeout=300)

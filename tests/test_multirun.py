@@ -1,4 +1,8 @@
-"""Sweeps: `python run.py -m ...` runs every job even when one fails, and summarises the sweep."""
+"""Sweeps: `python run.py -m ...` runs every job even when one fails, and summarises the sweep.
+
+The joblib sweep runs ``run.py -m`` in a fresh interpreter (its workers are processes anyway);
+the others go through the same command line in this process (``run_py``, conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -15,16 +19,13 @@ from nnn.results import SWEEP_CSV, read_results, sweep_rows
 REPO = CONFIG_DIR.parent
 
 
-def _multirun(sweep_dir, *overrides):
-    return subprocess.run([sys.executable, "run.py", "-m", "debug=tiny", "logger=none",
-                           f"hydra.sweep.dir={sweep_dir}", *overrides],
-                          cwd=REPO, capture_output=True, text=True, timeout=300)
+def _args(sweep_dir, *overrides):
+    return ["-m", "debug=tiny", "logger=none", f"hydra.sweep.dir={sweep_dir}", *overrides]
 
 
-def test_sweep_with_a_failing_job_runs_the_others(tmp_path):
+def test_sweep_with_a_failing_job_runs_the_others(tmp_path, run_py):
     sweep = tmp_path / "sweep"
-    proc = _multirun(sweep, "method.k=-1,2")
-    assert proc.returncode != 0  # the failure is reported ...
+    assert run_py(*_args(sweep, "method.k=-1,2")) != 0  # the failure is reported ...
     failed, done = read_results(sweep / "0"), read_results(sweep / "1")  # ... after both ran
     assert failed["status"] == "failed" and "k" in failed["error"]
     assert "method.k=-1" in failed["overrides"]
@@ -47,16 +48,18 @@ def _check_alpha_sweep(sweep) -> None:
         assert (sweep / job / "hubness.png").is_file()
 
 
-def test_two_job_sweep_completes_with_summary_and_alpha_plot(tmp_path):
-    proc = _multirun(tmp_path / "sweep", "method.alpha=0.5,0.75")
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_two_job_sweep_completes_with_summary_and_alpha_plot(tmp_path, run_py):
+    assert run_py(*_args(tmp_path / "sweep", "method.alpha=0.5,0.75")) == 0
     _check_alpha_sweep(tmp_path / "sweep")
 
 
 @pytest.mark.slow
 def test_joblib_launcher_sweep(tmp_path):
-    proc = _multirun(tmp_path / "sweep", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                     "method.alpha=0.5,0.75")
+    """The one fresh-interpreter ``run.py -m``: two jobs in parallel worker processes."""
+    proc = subprocess.run([sys.executable, "run.py",
+                           *_args(tmp_path / "sweep", "hydra/launcher=joblib",
+                                  "hydra.launcher.n_jobs=2", "method.alpha=0.5,0.75")],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     _check_alpha_sweep(tmp_path / "sweep")
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import subprocess
 import sys
 
 import numpy as np
@@ -132,13 +131,11 @@ def test_results_writing_is_json_safe(tmp_path):
 
 
 # -- missing resources -------------------------------------------------------------------------
-def test_missing_data_root_exits_cleanly(tmp_path):
+def test_missing_data_root_exits_cleanly(tmp_path, run_py, capsys):
     missing = tmp_path / "no_data_here"
-    proc = subprocess.run([sys.executable, "run.py", "dataset=coco", "logger=none",
-                           f"paths.data_root={missing}", f"hydra.run.dir={tmp_path / 'run'}"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1
-    text = proc.stdout + proc.stderr
+    assert run_py("dataset=coco", "logger=none", f"paths.data_root={missing}",
+                  f"hydra.run.dir={tmp_path / 'run'}") == 1
+    text = "".join(capsys.readouterr())
     assert str(missing) in text and "dataset.download=true" in text
     assert "Traceback" not in text
     assert read_results(tmp_path / "run")["status"] == "failed"

@@ -17,6 +17,7 @@ from scipy.special import logsumexp
 
 from nnn.methods import DBNorm, QBNorm
 from nnn.methods._bank_stats import bank_stats, chunk_rows
+from tolerances import assert_topk_ids, dot_atol
 
 N_G, N_QB, N_GB, N_Q, D = 53, 211, 103, 41, 24
 CHUNK = 7
@@ -99,16 +100,12 @@ def assert_orders_like(scores, ref, rtol):
     assert (np.diff(along, axis=1) <= slack).all()
 
 
-def top_ids(scores, k=TOP):
-    return np.argsort(-scores, axis=1, kind="stable")[:, :k]
-
-
 def check_against(model, q, ref, atol):
     out = model.score(q)
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out, ref, atol=atol, rtol=0)
     vals, ids = model.search(q, TOP)
-    np.testing.assert_array_equal(ids, top_ids(ref))
+    assert_topk_ids(ids, ref, atol=2 * atol)  # chosen by scores off by atol
     np.testing.assert_allclose(vals, np.take_along_axis(ref, ids, axis=1), atol=atol, rtol=0)
 
 
@@ -142,8 +139,9 @@ def test_bank_stats_many_betas_in_one_pass_match_float64(data):
     for beta in betas:
         got = stats.log_norm(beta)
         assert got.dtype == np.float64 and got.shape == (N_G,) and np.isfinite(got).all()
+        # a weighted mean of similarities each off by dot_atol(D) (float32, any CPU), times beta
         np.testing.assert_allclose(got, logsumexp(beta * sim(qb, g), axis=0), rtol=0,
-                                   atol=1e-6 + 5e-7 * beta)
+                                   atol=1e-6 + beta * dot_atol(D))
         # a beta's value does not depend on the other betas of the pass: equal to a one-beta pass
         alone = bank_stats(qb, torch.from_numpy(g), betas=[beta], activation_k=3,
                            memory_budget_mb=BUDGET, progress=False)
@@ -335,7 +333,8 @@ def test_qbnorm_equals_dbnorm_with_zero_gallery_beta(data, dynamic, pass_gallery
     dbn.fit(g, query_bank=qb, gallery_bank=gb if pass_gallery_bank else None)
     assert dbn.log_norm_gallery_ is None and dbn.activation_gallery_ is None
     np.testing.assert_array_equal(dbn.log_norm_query_, qbn.log_norm_query_)
-    np.testing.assert_array_equal(qbn.search(q, N_G)[1], dbn.search(q, N_G)[1])
+    # the same ranking up to near-ties: each side's scores are off by <= 2 * 20 * dot_atol(D)
+    assert_topk_ids(dbn.search(q, N_G)[1], qbn.score(q), atol=4 * 20.0 * dot_atol(D))
     if not dynamic:
         np.testing.assert_allclose(qbn.score(q), dbn.score(q), atol=1e-6)
 
