@@ -66,5 +66,34 @@ def main(cfg: DictConfig) -> float:
     return pipeline.objective_value(results)
 
 
+def exit_fast(code) -> None:
+    """Leave the process as ``sys.exit(code)`` would, without finalising the interpreter.
+
+    Python's exit handlers run as usual (W&B's teardown, logging's flush); then, if no
+    non-daemon thread is left to join, the process ends with ``os._exit``. The reason: the CUDA
+    build of torch (README's pinned wheel, on CPU-only machines too) spends ~2 s of every run
+    unloading its libraries during interpreter finalisation, after all work is done.
+    """
+    import atexit
+    import threading
+
+    if isinstance(code, str):  # sys.exit("message"): printed, exit status 1
+        print(code, file=sys.stderr)
+        code = 1
+    code = 0 if code is None else int(code)
+    others = [t for t in threading.enumerate()
+              if t is not threading.main_thread() and not t.daemon and t.is_alive()]
+    if others:  # let Python join them as usual
+        sys.exit(code)
+    atexit._run_exitfuncs()  # noqa: SLF001  the handlers Python would run at exit
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except SystemExit as stop:  # Hydra exits this way after an error it reported
+        exit_fast(stop.code)
+    exit_fast(0)

@@ -5,6 +5,9 @@ cost an experiment its results: every W&B call is wrapped, and a failure (W&B no
 ``init`` refused, a log call raising) is logged as one warning, after which the logger turns
 itself off and the run goes on. The pipeline writes its local results *before* logging.
 
+``start(..., background=True)`` returns at once and starts the run in a thread; every later
+call waits for it, so importing W&B and starting its service (seconds) overlap the caller's work.
+
 Use as a context manager so that the run is always finished::
 
     with WandbLogger(project="nnn", mode="offline", dir=out) as logger:
@@ -15,6 +18,7 @@ Use as a context manager so that the run is always finished::
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -36,8 +40,11 @@ class NullLogger:
     active = False
 
     def start(self, config: Mapping[str, Any], *, name: str | None = None,
-              group: str | None = None, dir: str | Path | None = None) -> None:
-        """Begin a run with a flat ``config`` dict."""
+              group: str | None = None, dir: str | Path | None = None,
+              background: bool = False) -> None:
+        """Begin a run with a flat ``config`` dict. ``background=True`` returns at once and
+        starts the run in a thread (the next call waits for it), so that a slow start overlaps
+        the caller's work."""
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         """Record scalar metrics, e.g. ``{"t2i/R@1": 64.6}``."""
@@ -94,7 +101,14 @@ class WandbLogger(NullLogger):
         self._run = None
         self._run_dir: Path | None = None
         self._wandb = None
+        self._starting: threading.Thread | None = None
         self.active = False
+
+    def _wait(self) -> None:
+        """Wait for a ``start(background=True)`` still in progress."""
+        starting, self._starting = self._starting, None
+        if starting is not None:
+            starting.join()
 
     def _fail(self, what: str, err: BaseException) -> None:
         hint = " (install it: pip install wandb, or use logger=none)" \
@@ -113,7 +127,16 @@ class WandbLogger(NullLogger):
             except Exception:  # already failing; the warning above says what happened
                 pass
 
-    def start(self, config, *, name=None, group=None, dir=None) -> None:
+    def start(self, config, *, name=None, group=None, dir=None, background=False) -> None:
+        self._wait()
+        if background:  # importing wandb and starting its service take seconds: overlap them
+            self._starting = threading.Thread(target=self._start, args=(config, name, group, dir),
+                                              name="wandb-start", daemon=True)
+            self._starting.start()
+        else:
+            self._start(config, name, group, dir)
+
+    def _start(self, config, name, group, dir) -> None:
         try:
             import wandb
 
@@ -135,6 +158,7 @@ class WandbLogger(NullLogger):
             self._fail("init", err)
 
     def log_metrics(self, metrics) -> None:
+        self._wait()
         if not self.active:
             return
         try:
@@ -144,6 +168,7 @@ class WandbLogger(NullLogger):
             self._fail("log_metrics", err)
 
     def log_table(self, key, columns, rows) -> None:
+        self._wait()
         if not self.active:
             return
         try:
@@ -153,6 +178,7 @@ class WandbLogger(NullLogger):
             self._fail("log_table", err)
 
     def log_image(self, key, path, caption=None) -> None:
+        self._wait()
         if not self.active:
             return
         try:
@@ -161,6 +187,7 @@ class WandbLogger(NullLogger):
             self._fail("log_image", err)
 
     def finish(self, exit_code: int = 0) -> None:
+        self._wait()
         run, self._run = self._run, None
         self.active = False
         if run is None:

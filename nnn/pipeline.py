@@ -21,8 +21,10 @@ the uncorrected baseline, then results files, plots and the experiment logger:
    NNN's R@1 over the alpha x k grid, the biggest hubs before/after.
 5. ``results.json`` / ``results.csv``, ``hubness.png`` and ``hubness_counts.npz`` (plus
    ``alpha_k.png/csv``, ``top_hubs.csv``, ``hub_occupancy.csv`` when computed) are written to the
-   output directory *before* the logger runs, so a logging failure never loses them. A failure
-   of the run itself is recorded in ``results.json`` (status "failed") before it propagates.
+   output directory *before* anything is sent to the logger, so a logging failure never loses
+   them. The logger's run is started in the background when the run begins (W&B's import and
+   start overlap the work) and finished at the end, as failed if the run fails. A failure of the
+   run itself is recorded in ``results.json`` (status "failed") before it propagates.
 """
 
 from __future__ import annotations
@@ -570,9 +572,10 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
             raise ValueError("run() outside a Hydra job needs output_dir=")
         output_dir = hc.runtime.output_dir
     out = Path(output_dir)
+    results = _new_results(cfg)
+    logger = start_logger(cfg, results, out)  # in the background: W&B's start overlaps the run
     import nnn.metrics  # noqa: F401  torch and scipy: imported here, outside the stage timings
     import nnn.tuning  # noqa: F401
-    results = _new_results(cfg)
     t0 = time.perf_counter()
     try:
         counts = _evaluate_all(cfg, results)
@@ -580,13 +583,14 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     except BaseException as err:
         results["status"] = "failed"
         results["error"] = f"{type(err).__name__}: {err}"
+        logger.finish(exit_code=1)  # the logger's run is marked failed; results.json says why
         raise
     finally:
         results["timings_s"]["total"] = time.perf_counter() - t0
         write_results(out, results)
     pngs, tables = _write_plots_and_tables(cfg, results, counts, out)
     log.info("results in %s\n%s", out, format_table(results))
-    log_to_logger(cfg, results, out, pngs, tables)
+    log_to_logger(logger, results, pngs, tables)
     return results
 
 
@@ -629,10 +633,9 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def log_to_logger(cfg: DictConfig, results: dict[str, Any], out: Path,
-                  pngs: dict[str, Path], tables: dict[str, tuple] | None = None) -> None:
-    """Send config, metrics, the results table, extra ``tables`` ({key: (columns, rows of
-    dicts)}) and the plots to ``cfg.logger``; never raises. Jobs of a sweep share a W&B group
+def start_logger(cfg: DictConfig, results: dict[str, Any], out: Path):
+    """``cfg.logger``, its run started in the background with the run's config (``NullLogger``
+    if it cannot be created; never raises). Jobs of a sweep share a W&B group
     (``sweep_group``)."""
     try:
         logger = instantiate(cfg.logger)
@@ -646,6 +649,14 @@ def log_to_logger(cfg: DictConfig, results: dict[str, Any], out: Path,
         name = hc.job.override_dirname or cfg.name
         if hc.mode == RunMode.MULTIRUN:
             group = sweep_group(cfg.name, hc.sweep.dir)
+    logger.start(_flatten(results["config"]), name=name, group=group, dir=out, background=True)
+    return logger
+
+
+def log_to_logger(logger, results: dict[str, Any], pngs: dict[str, Path],
+                  tables: dict[str, tuple] | None = None) -> None:
+    """Send metrics, the results table, extra ``tables`` ({key: (columns, rows of dicts)}) and
+    the plots to a started ``logger`` (``start_logger``), then finish it; never raises."""
     m = results["metrics"]
     metrics = dict(m["method"])
     metrics.update({f"baseline/{k}": v for k, v in m["baseline"].items()})
@@ -654,7 +665,6 @@ def log_to_logger(cfg: DictConfig, results: dict[str, Any], out: Path,
     metrics["objective"] = objective_value(results)
     rows = [[r[c] for c in CSV_COLUMNS] for r in metric_rows(results)]
     with logger:
-        logger.start(_flatten(results["config"]), name=name, group=group, dir=out)
         logger.log_metrics(metrics)
         logger.log_table("results", CSV_COLUMNS, rows)
         for key, (columns, dict_rows) in (tables or {}).items():

@@ -106,7 +106,7 @@ def real_flickr() -> Path:
 def run_py(monkeypatch, hydra_restore_singletons):
     """``run_py(*args)`` runs ``python run.py *args`` in this process and returns its exit code.
 
-    The script runs as ``__main__`` (``runpy``), as on the command line: Hydra's argument
+    The script's ``main`` runs as on the command line (``runpy``): Hydra's argument
     parsing, run or ``-m`` multirun with the basic launcher, callbacks, logging set-up, error
     report and exit code, without the seconds a fresh interpreter spends importing. Hydra's
     singletons and the root logger's handlers are restored afterwards. Output: ``capsys``.
@@ -119,7 +119,9 @@ def run_py(monkeypatch, hydra_restore_singletons):
     def call(*args: str) -> int:
         monkeypatch.setattr(sys, "argv", ["run.py", *args])
         try:
-            runpy.run_path(str(REPO / "run.py"), run_name="__main__")
+            # main() as run.py's ``__main__`` block calls it, without its exit_fast (which
+            # would end this process)
+            runpy.run_path(str(REPO / "run.py"), run_name="run_py")["main"]()
         except SystemExit as stop:
             return stop.code if isinstance(stop.code, int) else 1
         finally:

@@ -7,6 +7,7 @@ import logging
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 import wandb
@@ -97,3 +98,39 @@ def test_missing_wandb_package_is_a_warning(monkeypatch, caplog):
 def test_bad_mode_is_rejected():
     with pytest.raises(ValueError, match="offline"):
         WandbLogger(mode="sometimes")
+
+
+class _RecordingRun(_FailingRun):
+    """A W&B run that records what it is sent."""
+
+    def __init__(self):
+        super().__init__()
+        self.logged = []
+        self.summary = {}
+
+    def log(self, data):
+        self.logged.append(dict(data))
+
+
+def _slow_init(fake):
+    def init(**kwargs):
+        time.sleep(0.3)  # the start is still running when the run begins
+        return fake
+    return init
+
+
+def test_background_start_is_waited_for(monkeypatch, tmp_path):
+    fake = _RecordingRun()
+    monkeypatch.setattr(wandb, "init", _slow_init(fake))
+    results = run(compose(["debug=tiny", "logger=wandb"]), output_dir=tmp_path)
+    assert results["status"] == "completed" and fake.finished == [0]
+    assert any("t2i/R@1" in d for d in fake.logged)
+
+
+def test_failed_run_finishes_its_logger_run_as_failed(monkeypatch, tmp_path):
+    fake = _RecordingRun()
+    monkeypatch.setattr(wandb, "init", _slow_init(fake))
+    with pytest.raises(ValueError, match="method.k|k="):
+        run(compose(["debug=tiny", "logger=wandb", "method.k=100000"]), output_dir=tmp_path)
+    assert fake.finished == [1] and not fake.logged
+    assert read_results(tmp_path)["status"] == "failed"
