@@ -1,4 +1,4 @@
-"""PNG figures of a run and of a sweep (matplotlib, Agg backend: no display needed).
+"""PNG figures of a run and of a sweep (matplotlib, no display needed).
 
 - ``hubness_histogram``: distribution of N_1 (how often each gallery item is some query's top-1)
   before and after a correction, one panel per retrieval direction.
@@ -19,19 +19,27 @@ import io
 from pathlib import Path
 from typing import Mapping, Sequence
 
-import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Rectangle
 
-matplotlib.use("Agg")  # headless; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
+from nnn._atomic import atomic_write_bytes
 
-from nnn._atomic import atomic_write_bytes  # noqa: E402
+# Figures are built without pyplot (``Figure`` renders PNGs through Agg by itself), so plotting
+# changes no global state: a notebook's inline backend stays as it is and nothing is left open.
+
+
+def _subplots(nrows: int = 1, ncols: int = 1, *, squeeze: bool = True, gridspec_kw=None,
+              **figure_kw):
+    """``plt.subplots`` without pyplot: (figure, axes); ``figure_kw`` go to ``Figure``."""
+    fig = Figure(**figure_kw)
+    return fig, fig.subplots(nrows, ncols, squeeze=squeeze, gridspec_kw=gridspec_kw)
 
 
 def _save(fig, path: str | Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
 
 
@@ -44,7 +52,7 @@ def hubness_histogram(counts: Mapping[str, tuple[np.ndarray, np.ndarray]], path:
     """
     if not counts:
         raise ValueError("hubness_histogram needs counts for at least one direction")
-    fig, axes = plt.subplots(1, len(counts), figsize=(5.2 * len(counts), 3.8), squeeze=False)
+    fig, axes = _subplots(1, len(counts), figsize=(5.2 * len(counts), 3.8), squeeze=False)
     for ax, (direction, (before, after)) in zip(axes[0], counts.items()):
         before, after = np.asarray(before), np.asarray(after)
         top = int(max(before.max(), after.max()))
@@ -83,7 +91,7 @@ def metric_vs_param(series: Mapping[str, tuple[Sequence[float], Sequence[float]]
         raise ValueError("metric_vs_param needs at least one series")
     if xscale not in ("auto", "linear", "log"):
         raise ValueError(f"xscale must be 'auto', 'linear' or 'log', got {xscale!r}")
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig, ax = _subplots(figsize=(6.4, 4.0))
     all_x = np.concatenate([np.asarray(xs, dtype=float) for xs, _ in series.values()])
     for label, (xs, ys) in series.items():
         order = np.argsort(np.asarray(xs, dtype=float))
@@ -121,7 +129,7 @@ def alpha_k_heatmap(grids: Sequence[Mapping], path: str | Path) -> Path:
     directions = list(dict.fromkeys(g["direction"] for g in grids))
     roles = [r for r in ("selection", "analysis") if any(g["role"] == r for g in grids)]
     # constrained layout keeps each row's titles clear of the axis labels of the row above
-    fig, axes = plt.subplots(len(roles), len(directions), squeeze=False, layout="constrained",
+    fig, axes = _subplots(len(roles), len(directions), squeeze=False, layout="constrained",
                              figsize=(5.8 * len(directions), 4.8 * len(roles)))
     for ax in axes.ravel():
         ax.set_visible(False)
@@ -144,7 +152,7 @@ def alpha_k_heatmap(grids: Sequence[Mapping], path: str | Path) -> Path:
         if g.get("chosen") is not None:
             a, k = g["chosen"]
             if a in g["alphas"] and k in g["ks"]:
-                ax.add_patch(plt.Rectangle((g["ks"].index(k) - 0.5, g["alphas"].index(a) - 0.5),
+                ax.add_patch(Rectangle((g["ks"].index(k) - 0.5, g["alphas"].index(a) - 0.5),
                                            1, 1, fill=False, edgecolor="red", linewidth=2))
         what = ("chooses α, k (red)" if g["role"] == "selection"
                 else "ANALYSIS ONLY, chooses nothing; red: the run's α, k")
@@ -166,7 +174,7 @@ def comparison_points(rows: Sequence[Mapping], path: str | Path, *, title: str =
     metrics = list(dict.fromkeys(str(r["metric"]) for r in rows))
     per_metric = [[r for r in rows if str(r["metric"]) == m] for m in metrics]
     longest = max(len(str(r["label"])) for r in rows)
-    fig, axes = plt.subplots(len(metrics), 1, squeeze=False, layout="constrained",
+    fig, axes = _subplots(len(metrics), 1, squeeze=False, layout="constrained",
                              figsize=(4.5 + 0.065 * longest, 0.9 * len(metrics) + 0.3 * len(rows)
                                       + (0.4 if title else 0.0)),
                              gridspec_kw={"height_ratios": [len(p) + 1.5 for p in per_metric]})
@@ -186,10 +194,10 @@ def comparison_points(rows: Sequence[Mapping], path: str | Path, *, title: str =
         ax.set_ylim(-0.7, len(part) - 0.3)
         ax.set_xlabel(f"{metric} (%)" if metric.startswith("R@") else metric)
         ax.grid(axis="x", alpha=0.3)
-    handles = [plt.Line2D([], [], marker="o", color="tab:blue", linestyle="none",
+    handles = [Line2D([], [], marker="o", color="tab:blue", linestyle="none",
                           label="ours (95% CI)")]
     if has_paper:
-        handles.append(plt.Line2D([], [], marker="D", color="tab:orange", linestyle="none",
+        handles.append(Line2D([], [], marker="D", color="tab:orange", linestyle="none",
                                   markerfacecolor="none", markeredgewidth=1.5,
                                   label=paper_label))
     axes[0, 0].legend(handles=handles, fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.0),

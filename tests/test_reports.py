@@ -9,9 +9,9 @@ import json
 import sys
 from pathlib import Path
 
-import matplotlib
 import numpy as np
 import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 
 import nnn.plots as plots
 from nnn.results import (RESULTS_CSV, RESULTS_JSON, SWEEP_CSV, SWEEP_JSON, write_results,
@@ -144,14 +144,12 @@ def figures(monkeypatch):
     saved = []
 
     def keep(fig, path):
-        fig.canvas.draw()
+        FigureCanvasAgg(fig).draw()  # attaches an Agg canvas: text extents become known
         saved.append(fig)
         return Path(path)
 
     monkeypatch.setattr(plots, "_save", keep)
-    yield saved
-    for fig in saved:
-        matplotlib.pyplot.close(fig)
+    return saved
 
 
 def test_k_gets_a_log_axis_and_alpha_a_linear_one(figures, tmp_path):
