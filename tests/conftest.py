@@ -17,6 +17,7 @@ is tested even when another clone is installed (editable) in the same environmen
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import runpy
@@ -106,7 +107,7 @@ def real_flickr() -> Path:
 def run_py(monkeypatch, hydra_restore_singletons):
     """``run_py(*args)`` runs ``python run.py *args`` in this process and returns its exit code.
 
-    The script's ``main`` runs as on the command line (``runpy``): Hydra's argument
+    The script runs as ``__main__`` (``runpy``), as on the command line: Hydra's argument
     parsing, run or ``-m`` multirun with the basic launcher, callbacks, logging set-up, error
     report and exit code, without the seconds a fresh interpreter spends importing. Hydra's
     singletons and the root logger's handlers are restored afterwards. Output: ``capsys``.
@@ -116,12 +117,15 @@ def run_py(monkeypatch, hydra_restore_singletons):
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
 
+    def end_call(code: int) -> None:  # run.py's exit_fast ends the process: end the call instead
+        raise SystemExit(code)
+
     def call(*args: str) -> int:
         monkeypatch.setattr(sys, "argv", ["run.py", *args])
+        monkeypatch.setattr(os, "_exit", end_call)
+        monkeypatch.setattr(atexit, "_run_exitfuncs", lambda: None)  # pytest's own stay queued
         try:
-            # main() as run.py's ``__main__`` block calls it, without its exit_fast (which
-            # would end this process)
-            runpy.run_path(str(REPO / "run.py"), run_name="run_py")["main"]()
+            runpy.run_path(str(REPO / "run.py"), run_name="__main__")
         except SystemExit as stop:
             return stop.code if isinstance(stop.code, int) else 1
         finally:
