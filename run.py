@@ -92,6 +92,17 @@ def exit_fast(code) -> None:
 
 
 if __name__ == "__main__":
+    if nnn.config_dir.is_plain_help(sys.argv[1:]):  # Hydra's own help takes ~2 s (app_help)
+        from hydra.errors import HydraException
+        from omegaconf.errors import OmegaConfBaseException
+
+        try:
+            print(nnn.config_dir.app_help([a for a in sys.argv[1:] if a not in ("--help", "-h")]))
+            exit_fast(0)
+        except (HydraException, OmegaConfBaseException) as err:  # e.g. an unknown option
+            if os.environ.get(FULL_ERROR_ENV) != "1":  # else Hydra's help raises it in full
+                print(err, file=sys.stderr)  # as Hydra reports it for a run
+                exit_fast(1)
     try:
         main()
     except SystemExit as stop:  # Hydra exits this way after an error it reported

@@ -109,3 +109,28 @@ def test_help_lists_groups_and_examples():
     assert out.returncode == 0, out.stderr
     for word in ("method:", "dataset:", "Examples", "python run.py -m"):
         assert word in out.stdout
+
+
+@pytest.mark.parametrize("overrides", [[], ["method=dn", "experiment=flickr1k_clip_vitl14"]])
+def test_plain_help_is_hydras_help_text(run_py, capsys, overrides):
+    """run.py answers a plain --help itself (nnn.config_dir.app_help, without Hydra's slow group
+    listing); the text is Hydra's, which a hydra.* override still gets."""
+    assert run_py("--help", *overrides, "hydra.job.chdir=false") == 0
+    hydra_text = capsys.readouterr().out
+    assert run_py("--help", *overrides) == 0
+    assert capsys.readouterr().out == hydra_text and "method: " in hydra_text
+
+
+def test_help_with_an_unknown_option_is_hydras_error(run_py, capsys):
+    assert run_py("--help", "method=no_such_method") == 1
+    assert "no_such_method" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, plain", [(["--help"], True), (["-h", "method=dn"], True),
+                                         (["method=dn"], False), (["--help", "--resolve"], False),
+                                         (["--help", "hydra.verbose=true"], False),
+                                         (["--help", "+x=1"], False), (["--hydra-help"], False)])
+def test_which_help_run_py_answers_itself(args, plain):
+    from nnn.config_dir import is_plain_help
+
+    assert is_plain_help(args) is plain
