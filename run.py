@@ -97,7 +97,7 @@ if __name__ == "__main__":
         from omegaconf.errors import OmegaConfBaseException
 
         try:
-            print(nnn.config_dir.app_help([a for a in sys.argv[1:] if a not in ("--help", "-h")]))
+            print(nnn.config_dir.app_help(sys.argv[1:]))
             exit_fast(0)
         except (HydraException, OmegaConfBaseException) as err:  # e.g. an unknown option
             if os.environ.get(FULL_ERROR_ENV) != "1":  # else Hydra's help raises it in full

@@ -20,11 +20,15 @@ REPO_ROOT_RESOLVER = "nnn.repo_root"
 OmegaConf.register_new_resolver(REPO_ROOT_RESOLVER, lambda: str(CONFIG_DIR.parent), replace=True)
 
 
+#: the flags that ask run.py for help
+HELP_FLAGS = ("--help", "-h")
+
+
 def is_plain_help(args: list[str]) -> bool:
     """True for ``--help`` (or ``-h``) with nothing but plain ``key=value`` overrides of the app's
     own config, the case ``app_help`` reproduces; anything else (Hydra flags, ``hydra.*``
     overrides, ``--resolve``) is left to Hydra."""
-    flags = [a for a in args if a in ("--help", "-h")]
+    flags = [a for a in args if a in HELP_FLAGS]
     rest = [a for a in args if a not in flags]
     return bool(flags) and all("=" in a and not a.startswith(("-", "+", "~", "hydra"))
                                for a in rest)
@@ -41,8 +45,9 @@ def _app_groups() -> str:
     return "".join(lines)
 
 
-def app_help(overrides: list[str]) -> str:
-    """The text of ``python run.py --help [overrides]``, as Hydra's help template gives it.
+def app_help(args: list[str]) -> str:
+    """The text of ``python run.py --help [overrides]`` (``args``: the command line after the
+    script, help flags included), as Hydra's help template gives it.
 
     Written by hand because Hydra's own help lists the config groups by deep-copying its whole
     config repository once per group, its 90-odd groups included, even where the template shows
@@ -55,7 +60,8 @@ def app_help(overrides: list[str]) -> str:
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=overrides, return_hydra_config=True)
+        cfg = compose(config_name="config", overrides=[a for a in args if a not in HELP_FLAGS],
+                      return_hydra_config=True)
     template = cfg.hydra.help.template
     app_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     return string.Template(template).substitute(
