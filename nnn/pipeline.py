@@ -41,6 +41,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from nnn._timing import timed
 from nnn.config_dir import CONFIG_DIR  # also registers ${nnn.repo_root:}
 from nnn.data.assemble import TUNING_AUTO
 from nnn.data.base import EmbeddingSet
@@ -49,6 +50,7 @@ from nnn.reporting import create_logger, flatten, log_to_logger, write_run_files
 from nnn.results import format_table, is_ci_key, write_results
 
 if TYPE_CHECKING:
+    from nnn.evaluation import EvalSettings
     from nnn.tuning import RetrievalTask
 
 # torch, scipy and matplotlib (methods, metrics, tuning, ablations, plots) are imported where
@@ -64,15 +66,6 @@ TUNE_KEY = "tune"
 OBJECTIVE_ANALYSIS = "analysis"
 #: methods without hyper-parameters: method.tune=true is a no-op for them (with a note)
 UNTUNED_METHODS = ("Identity",)
-
-
-@contextmanager
-def _timed(timings: dict[str, float], key: str):
-    t0 = time.perf_counter()
-    try:
-        yield
-    finally:
-        timings[key] = timings.get(key, 0.0) + time.perf_counter() - t0
 
 
 def _hydra() -> DictConfig | None:
@@ -104,11 +97,11 @@ def _encode(cfg: DictConfig, parts: dict[str, tuple[Any, str, Any, Any]],
     description)}) with ``cfg.model`` through the embedding cache (``nnn.extract``)."""
     from nnn.extract import embed_dataset_split  # encoders and image IO: only for raw datasets
 
-    with _timed(timings, "load"):
+    with timed(timings, "load"):
         encoder = instantiate(cfg.model)  # not loaded: the extraction loads it on a cache miss
         cache = instantiate(cfg.cache)
     options = OmegaConf.to_container(cfg.extract, resolve=True)
-    with _timed(timings, "embed"):
+    with timed(timings, "embed"):
         return {key: embed_dataset_split(encoder, dataset, name, cache, rows=rows, subset=subset,
                                          **options)
                 for key, (dataset, name, rows, subset) in parts.items()}
@@ -153,7 +146,7 @@ def load_sets(cfg: DictConfig, timings: dict[str, float], info: dict[str, Any] |
 
     r = cfg.reference
     ref_cfg = reference_dataset_config(cfg)
-    with _timed(timings, "load"), _shared_data_hint(cfg):
+    with timed(timings, "load"), _shared_data_hint(cfg):
         splits = load_splits(instantiate(cfg.dataset), eval_split=cfg.eval.split, source=r.source,
                              ref_dataset=None if ref_cfg is None else instantiate(ref_cfg))
     n_tuning, how = tuning_size(r.tuning_size, n_images(splits.test), n_images(splits.source),
@@ -198,35 +191,6 @@ def _needs_tuning_part(cfg: DictConfig) -> bool:
 
 
 # -- evaluation ----------------------------------------------------------------------------------
-def _bootstrap_groups(task: RetrievalTask, cfg: DictConfig) -> np.ndarray | None:
-    """The bootstrap's resampling units (``eval.resample``): "image" resamples text->image
-    captions by their image (all 5 together); "query" (and image->text) resamples queries."""
-    how = cfg.eval.get("resample", "image")
-    if how not in ("image", "query"):
-        raise ValueError(f"eval.resample={how!r}: use image (resample images with all their "
-                         "captions) or query (resample queries independently)")
-    return task.caption_to_image if how == "image" and task.direction == "t2i" else None
-
-
-def _evaluate(task: RetrievalTask, method, cfg: DictConfig, timings: dict[str, float],
-              tag: str) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
-    """Fit ``method`` on one direction; returns (flat metrics ``dir/...``, N_k counts (n_g,),
-    ranks (n_q,))."""
-    from nnn.metrics import hubness_stats, k_occurrence, rank_summary
-
-    e = cfg.eval
-    with _timed(timings, f"{task.direction}/fit{tag}"):
-        task.fit(method)
-    with _timed(timings, f"{task.direction}/evaluate{tag}"):
-        ranks = task.ranks(method, batch_size=e.batch_size)
-        summary = rank_summary(ranks, ks=list(e.ks), groups=_bootstrap_groups(task, cfg),
-                               n_boot=e.n_boot, seed=cfg.seed, level=e.ci_level)
-        counts = k_occurrence(method, task.queries, k=e.hubness_k, batch_size=e.batch_size)
-        summary.update({f"hubness/{k}": v
-                        for k, v in hubness_stats(counts, k=e.hubness_k).items()})
-    return {f"{task.direction}/{k}": v for k, v in summary.items()}, counts, ranks
-
-
 def _method_name(cfg: DictConfig) -> str:
     return str(cfg.method.get("_target_", "?")).rsplit(".", 1)[-1]
 
@@ -295,7 +259,7 @@ def _tune(cfg: DictConfig, tuning: EmbeddingSet | None, reference: EmbeddingSet,
     grid = OmegaConf.to_container(cfg.tune.grid, resolve=True) or {}
     out = {}
     for direction in cfg.eval.directions:
-        with _timed(timings, f"{direction}/tune"):
+        with timed(timings, f"{direction}/tune"):
             out[direction] = tune(method, tuning, reference, direction,
                                   batch_size=cfg.eval.batch_size, **grid, **fixed)
         log.info("%s: tuned %s on %d tuning images: %s (R@1 %.2f)", direction, method,
@@ -334,11 +298,6 @@ def _objective(cfg: DictConfig, test_metrics: dict[str, float], tuning: Embeddin
     return {"metric": metric, "split": "tuning", "value": value}
 
 
-def _deltas(base: dict[str, float], meth: dict[str, float]) -> dict[str, float]:
-    return {k: meth[k] - base[k] for k in base
-            if not is_ci_key(k) and not k.endswith("n_queries") and k in meth}
-
-
 def _alpha_k_analysis(cfg: DictConfig, task: RetrievalTask,
                       timings: dict[str, float]) -> dict[str, Any]:
     """NNN's R@1 over the alpha x k grid on the evaluation split (``analysis.alpha_k``), from one
@@ -355,7 +314,7 @@ def _alpha_k_analysis(cfg: DictConfig, task: RetrievalTask,
     if _method_name(cfg) == "NNN":  # the run's backend, index, batch sizes, ...
         nnn_kwargs = {k: v for k, v in method_params(cfg).items()
                       if k not in ("_target_", "k", "alpha", "k_max")}
-    with _timed(timings, f"{task.direction}/analysis_alpha_k"):
+    with timed(timings, f"{task.direction}/analysis_alpha_k"):
         table = nnn_recall_grid(task, alphas=alphas, ks=ks, batch_size=cfg.eval.batch_size,
                                 **nnn_kwargs)
     return {"split": cfg.eval.split, "axes": {"alpha": alphas, "k": ks}, "table": table.tolist()}
@@ -369,9 +328,12 @@ def _check_directions(names) -> None:
         raise ValueError(f"eval.directions={list(names)}: each must be one of {list(DIRECTIONS)}")
 
 
-def _check_before_loading(cfg: DictConfig) -> None:
-    """Config mistakes that need no data: missing values, directions, a selecting sweeper
-    without a tuning part, the method's parameters."""
+def _check_before_loading(cfg: DictConfig) -> EvalSettings:
+    """Config mistakes that need no data (missing values, directions, a selecting sweeper
+    without a tuning part, the method's parameters, ``cfg.eval``); returns the evaluation's
+    settings."""
+    from nnn.evaluation import EvalSettings
+
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ValueError(f"{', '.join(missing)} must be set (??? in the config): add "
@@ -383,6 +345,10 @@ def _check_before_loading(cfg: DictConfig) -> None:
                          "not be measured on the test split, but reference.tuning_size=0: use "
                          f"reference.tuning_size={TUNING_AUTO} (default), 'test' or a number")
     build_method(cfg)
+    e = cfg.eval
+    return EvalSettings(ks=tuple(e.ks), n_boot=e.n_boot, ci_level=e.ci_level,
+                        resample=e.get("resample", "image"), batch_size=e.batch_size,
+                        hubness_k=e.hubness_k, seed=cfg.seed, device=cfg.device)
 
 
 def _data_summary(cfg: DictConfig, results: dict[str, Any], test: EmbeddingSet,
@@ -414,38 +380,32 @@ def _tune_if_asked(cfg: DictConfig, results: dict[str, Any], tuning: EmbeddingSe
     return tuned
 
 
-def _evaluate_directions(cfg: DictConfig, results: dict[str, Any], test: EmbeddingSet,
-                         reference: EmbeddingSet, make_method
+def _evaluate_directions(cfg: DictConfig, results: dict[str, Any], settings: EvalSettings,
+                         test: EmbeddingSet, reference: EmbeddingSet, make_method
                          ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Baseline and method in each direction: ``results["metrics"]`` (with paired deltas) and
-    the alpha x k analysis; returns N_k counts per direction (baseline, method)."""
-    from nnn.methods import Identity
-    from nnn.metrics import paired_delta
+    """Baseline and method in each direction (``nnn.evaluation.compare``):
+    ``results["metrics"]`` and the alpha x k analysis; returns N_k counts per direction
+    (baseline, method)."""
+    from nnn.evaluation import compare, deltas
     from nnn.tuning import RetrievalTask
 
-    timings = results["timings_s"]
     base_m, meth_m, counts, delta_ci = {}, {}, {}, {}
-    k0 = cfg.eval.ks[0]
+    k0 = settings.ks[0]
     for direction in cfg.eval.directions:
         task = RetrievalTask.from_sets(test, reference, direction)
-        b, b_counts, b_ranks = _evaluate(task, Identity(device=cfg.device), cfg, timings,
-                                         "/baseline")
-        m, m_counts, m_ranks = _evaluate(task, make_method(direction), cfg, timings, "")
-        base_m.update(b)
-        meth_m.update(m)
-        # the gain's CI from the same resamples as both CIs (paired): significant if it excludes 0
-        paired = paired_delta(b_ranks, m_ranks, ks=list(cfg.eval.ks),
-                              groups=_bootstrap_groups(task, cfg), n_boot=cfg.eval.n_boot,
-                              seed=cfg.seed, level=cfg.eval.ci_level)
-        delta_ci.update({f"{direction}/{k}": v for k, v in paired.items() if is_ci_key(k)})
-        counts[direction] = (b_counts, m_counts)
+        c = compare(task, make_method(direction), settings, results["timings_s"])
+        base_m.update(c.baseline)
+        meth_m.update(c.method)
+        delta_ci.update(c.delta_ci)
+        counts[direction] = c.counts
         if cfg.analysis.alpha_k:
             results["analysis"].setdefault("alpha_k", {})[direction] = \
-                _alpha_k_analysis(cfg, task, timings)
-        log.info("%s R@%d: baseline %.2f -> %s %.2f", direction, k0, b[f"{direction}/R@{k0}"],
-                 results["method"]["name"], m[f"{direction}/R@{k0}"])
+                _alpha_k_analysis(cfg, task, results["timings_s"])
+        log.info("%s R@%d: baseline %.2f -> %s %.2f", direction, k0,
+                 c.baseline[f"{direction}/R@{k0}"], results["method"]["name"],
+                 c.method[f"{direction}/R@{k0}"])
     results["metrics"] = {"baseline": base_m, "method": meth_m,
-                          "delta": {**_deltas(base_m, meth_m), **delta_ci}}
+                          "delta": {**deltas(base_m, meth_m), **delta_ci}}
     return counts
 
 
@@ -454,7 +414,7 @@ def _evaluate_all(cfg: DictConfig, results: dict[str, Any]) -> dict[str, tuple[n
     per direction (baseline, method)."""
     from nnn.ablations import hub_occupancy, top_hubs
 
-    _check_before_loading(cfg)  # before any data is loaded
+    settings = _check_before_loading(cfg)  # before any data is loaded
     info: dict[str, Any] = {}
     test, reference, tuning = load_sets(cfg, results["timings_s"], info)
     results["data"] = _data_summary(cfg, results, test, reference, tuning,
@@ -465,12 +425,12 @@ def _evaluate_all(cfg: DictConfig, results: dict[str, Any]) -> dict[str, tuple[n
     def make_method(direction: str):
         return tuned[direction].estimator() if direction in tuned else build_method(cfg)
 
-    counts = _evaluate_directions(cfg, results, test, reference, make_method)
+    counts = _evaluate_directions(cfg, results, settings, test, reference, make_method)
     if cfg.analysis.top_hubs:  # the biggest hubs and how many items have each N_k, before/after
         results["analysis"]["hubs"] = {
             d: {"top": top_hubs(b, a, top=min(int(cfg.analysis.top_hubs), len(b))),
                 "occupancy": hub_occupancy(b, a)} for d, (b, a) in counts.items()}
-    with _timed(results["timings_s"], "objective"):
+    with timed(results["timings_s"], "objective"):
         results["objective"] = _objective(cfg, results["metrics"]["method"], tuning, reference,
                                           make_method, tuned)
     return counts
