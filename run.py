@@ -45,7 +45,7 @@ def user_error(err: BaseException) -> BaseException | None:
 def main(cfg: DictConfig) -> float:
     """Returns the objective (``cfg.objective`` of the method) for sweepers such as Optuna; NaN
     for a sweep job that failed with a user error (Optuna records the trial as failed)."""
-    from nnn import pipeline  # numpy, torch, scipy, ...: not needed for --help or a config error
+    from nnn import pipeline, reporting  # numpy, torch, ...: not for --help or a config error
 
     try:
         results = pipeline.run(cfg)
@@ -63,7 +63,7 @@ def main(cfg: DictConfig) -> float:
             return float("nan")
         print(f"Error: {message}", file=sys.stderr)
         sys.exit(1)
-    return pipeline.objective_value(results)
+    return reporting.objective_value(results)
 
 
 def exit_fast(code) -> None:

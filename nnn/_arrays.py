@@ -43,39 +43,8 @@ def as_matrix(x, name: str, *, dim: int | None = None, normalize: bool = False) 
     or NaN/Inf values. Rows that are not unit-norm give a warning, or are normalised (in a copy)
     when ``normalize`` is true. The caller's array is never modified.
     """
-    if isinstance(x, torch.Tensor):
-        if not torch.is_floating_point(x):
-            raise ValueError(f"{name} must hold floating-point values, got torch dtype {x.dtype}; "
-                             "cast it with .float()")
-        x = x.detach().to("cpu", torch.float32).numpy()
-    elif not isinstance(x, np.ndarray):
-        raise ValueError(f"{name} must be a NumPy array or a torch tensor, got {type(x).__name__}")
-    if x.dtype.kind != "f":
-        raise ValueError(f"{name} must hold floating-point values, got dtype {x.dtype}; "
-                         "cast it with .astype(np.float32)")
-    if x.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (n, d), got shape {tuple(x.shape)}; "
-                         "use x[None, :] for a single vector")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); it needs at least one row "
-                         "and one column")
-    if dim is not None and x.shape[1] != dim:
-        raise ValueError(f"{name} has dimension {x.shape[1]} (shape {tuple(x.shape)}) but "
-                         f"{dim} was expected; all embeddings must come from the same model")
-    out = np.ascontiguousarray(x, dtype=np.float32)
-    # Norms in float64: squares of float32 values above ~1.8e19 (or below ~1e-23) overflow
-    # (underflow) in float32, which made a finite row's norm inf (0).
-    norms = np.empty(len(out), dtype=np.float64)
-    # Row blocks: checking a 591,753 x 512 bank at once would build a 1.2 GB temporary.
-    for start in range(0, len(out), _CHECK_ROWS):
-        block = out[start:start + _CHECK_ROWS]
-        finite = np.isfinite(block)
-        if not finite.all():
-            bad = np.argwhere(~finite)[:5] + [start, 0]
-            raise ValueError(f"{name} contains NaN or Inf (first at rows/cols {bad.tolist()}); "
-                             "clean or drop those rows before fitting")
-        norms[start:start + len(block)] = np.sqrt(np.einsum("ij,ij->i", block, block,
-                                                            dtype=np.float64))
+    out = _checked_float32(x, name, dim)
+    norms = _row_norms(out, name)
     off = np.abs(norms - 1.0) > NORM_TOLERANCE
     if not off.any():
         return out
@@ -98,6 +67,48 @@ def as_matrix(x, name: str, *, dim: int | None = None, normalize: bool = False) 
                          "normalize=True to normalise them (shown once; other inputs may be "
                          "affected too)")
     return out
+
+
+def _checked_float32(x, name: str, dim: int | None) -> np.ndarray:
+    """``as_matrix``'s type, dtype and shape checks; ``x`` as C-contiguous float32 (n, d)."""
+    if isinstance(x, torch.Tensor):
+        if not torch.is_floating_point(x):
+            raise ValueError(f"{name} must hold floating-point values, got torch dtype {x.dtype}; "
+                             "cast it with .float()")
+        x = x.detach().to("cpu", torch.float32).numpy()
+    elif not isinstance(x, np.ndarray):
+        raise ValueError(f"{name} must be a NumPy array or a torch tensor, got {type(x).__name__}")
+    if x.dtype.kind != "f":
+        raise ValueError(f"{name} must hold floating-point values, got dtype {x.dtype}; "
+                         "cast it with .astype(np.float32)")
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (n, d), got shape {tuple(x.shape)}; "
+                         "use x[None, :] for a single vector")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(x.shape)}); it needs at least one row "
+                         "and one column")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"{name} has dimension {x.shape[1]} (shape {tuple(x.shape)}) but "
+                         f"{dim} was expected; all embeddings must come from the same model")
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def _row_norms(out: np.ndarray, name: str) -> np.ndarray:
+    """(n,) float64 L2 norms of the rows of ``out`` (n, d); ``ValueError`` on NaN/Inf."""
+    # Norms in float64: squares of float32 values above ~1.8e19 (or below ~1e-23) overflow
+    # (underflow) in float32, which made a finite row's norm inf (0).
+    norms = np.empty(len(out), dtype=np.float64)
+    # Row blocks: checking a 591,753 x 512 bank at once would build a 1.2 GB temporary.
+    for start in range(0, len(out), _CHECK_ROWS):
+        block = out[start:start + _CHECK_ROWS]
+        finite = np.isfinite(block)
+        if not finite.all():
+            bad = np.argwhere(~finite)[:5] + [start, 0]
+            raise ValueError(f"{name} contains NaN or Inf (first at rows/cols {bad.tolist()}); "
+                             "clean or drop those rows before fitting")
+        norms[start:start + len(block)] = np.sqrt(np.einsum("ij,ij->i", block, block,
+                                                            dtype=np.float64))
+    return norms
 
 
 def _warn_not_normalised(message: str) -> None:

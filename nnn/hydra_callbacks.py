@@ -35,7 +35,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from hydra.utils import instantiate
 
-from nnn.loggers import NullLogger, sweep_group
+from nnn.loggers import sweep_group
+from nnn.reporting import create_logger
 from nnn.results import (RESULTS_JSON, SWEEP_CSV, format_sweep_table, read_results, sweep_rows,
                          write_sweep_summary)
 
@@ -173,12 +174,8 @@ class SweepSummary(Callback):
                             "measure it on a held-out tuning part: reference.tuning_size=test "
                             "(or N images; a selecting sweeper such as Optuna gets one by "
                             "default)", on_test)
-            try:
-                logger = instantiate(config.logger)
-            except Exception as err:
-                log.warning("could not create the logger for the sweep summary (%s: %s); the "
-                            "summary is in %s", type(err).__name__, err, sweep_dir)
-                logger = NullLogger()
+            logger = create_logger(lambda: instantiate(config.logger), sweep_dir,
+                                   "the sweep summary is")
             log_sweep_summary(logger, str(config.name), sweep_dir, columns, rows)
             if failed:  # the sweep ends with its summary and this one line, exit code 1
                 print(f"Error: jobs {failed} of the sweep failed (their errors are in "

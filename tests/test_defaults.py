@@ -8,7 +8,8 @@ import pytest
 from hydra.core.hydra_config import HydraConfig
 
 from nnn.errors import MissingResourceError
-from nnn.pipeline import CONFIG_DIR, _tuning_size, compose, load_sets, run
+from nnn.data.assemble import tuning_size
+from nnn.pipeline import CONFIG_DIR, compose, load_sets, run
 
 TINY = ["debug=tiny", "dataset=synthetic", "logger=none"]
 NNN_GRID = ["+tune.grid.alphas=[0.5,1.0]", "+tune.grid.ks=[1,4]"]
@@ -23,17 +24,17 @@ def _fresh_hydra_config():
 
 
 def test_auto_tuning_size_follows_the_paper_and_shrinks_to_fit():
-    assert _tuning_size("auto", 100, 400, 0.2, auto=False) == (0, "none")
-    n, how = _tuning_size("auto", 100, 400, 0.2, auto=True)
+    assert tuning_size("auto", 100, 400, 0.2, auto=False) == (0, "none")
+    n, how = tuning_size("auto", 100, 400, 0.2, auto=True)
     assert n == 100 and "as many as the test split" in how
-    n, how = _tuning_size("auto", 500, 500, 0.2, auto=True)  # 100 references leave 400
+    n, how = tuning_size("auto", 500, 500, 0.2, auto=True)  # 100 references leave 400
     assert n == 400 and "do not fit" in how
-    assert _tuning_size("test", 100, 400, 0.2, auto=False)[0] == 100
-    assert _tuning_size(7, 100, 400, 0.2, auto=True) == (7, "7 images (reference.tuning_size=7)")
+    assert tuning_size("test", 100, 400, 0.2, auto=False)[0] == 100
+    assert tuning_size(7, 100, 400, 0.2, auto=True) == (7, "7 images (reference.tuning_size=7)")
     with pytest.raises(ValueError, match="no images are left"):
-        _tuning_size("auto", 10, 10, 1.0, auto=True)
+        tuning_size("auto", 10, 10, 1.0, auto=True)
     with pytest.raises(ValueError, match="'auto'"):
-        _tuning_size("half", 10, 10, 0.2, auto=True)
+        tuning_size("half", 10, 10, 0.2, auto=True)
 
 
 def test_tune_alone_holds_out_a_test_sized_part_and_records_what_was_used(tmp_path):
