@@ -589,7 +589,7 @@ def section_extract(ctx: Context) -> None:
     from PIL import Image
 
     from nnn.cache import EmbeddingCache
-    from nnn.encoders._torch import autocast
+    from nnn.encoders.torch_model import autocast
     from nnn.encoders.open_clip import OpenClipEncoder
     from nnn.extract import embed_split, encode_captions
 

@@ -53,7 +53,7 @@ from nnn._arrays import check_positive_int, resolve_device
 from nnn._atomic import atomic_open, atomic_save_npy
 from nnn.data.base import EmbeddingSet, RetrievalSplit, subset_caption_index
 from nnn.data.images import BadImageError, ImageRows, check_bad_image_policy, collate_rows
-from nnn.encoders._torch import autocast
+from nnn.encoders.torch_model import autocast
 
 log = logging.getLogger(__name__)
 
