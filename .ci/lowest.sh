@@ -22,7 +22,7 @@ TESTS=(
     tests/test_configs.py tests/test_pipeline.py         # hydra-core, omegaconf, matplotlib, tqdm
     tests/test_wandb_logging.py                          # wandb
     tests/test_encoders_open_clip.py tests/test_encoders_hf.py  # open_clip, transformers, hub
-    tests/test_extract_lightning.py                      # lightning
+    tests/test_embed_lightning.py                        # lightning
     tests/test_optuna_sweeper.py                         # hydra-optuna-sweeper
     tests/test_notebooks.py                              # nbclient, nbformat, ipykernel
 )

@@ -6,9 +6,9 @@ generated JPEGs (default 2,048 at 640x480, smooth synthetic pictures of photo-li
 - ``forward only``: ``encoder.encode_image_batch`` on one pre-made batch already on the device,
   repeated (the upper bound);
 - ``decode+preprocess``: the DataLoader alone (workers decode and transform, no model);
-- ``pipeline``: DataLoader + forward, as ``nnn.extract`` runs it (steady state, first batch
+- ``pipeline``: DataLoader + forward, as ``nnn.embed.local`` runs it (steady state, first batch
   excluded), with full JPEG decoding and with ``jpeg_draft`` (reduced-scale JPEG decoding);
-- ``embed_split e2e``: ``nnn.extract.embed_split`` wall clock into a fresh cache (worker start,
+- ``embed_split e2e``: ``nnn.embed.embed_split`` wall clock into a fresh cache (worker start,
   captions, cache write included).
 
 Target (GPU): pipeline >= 80 % of forward-only images/s. Usage::
@@ -38,7 +38,8 @@ from PIL import Image
 from nnn.cache import EmbeddingCache
 from nnn.data.base import RetrievalSplit
 from nnn.encoders.open_clip import OpenClipEncoder
-from nnn.extract import embed_split, encode_pixels, image_loader
+from nnn.embed import embed_split
+from nnn.embed.batches import encode_pixels, image_loader
 
 #: a small architecture for CPU smoke runs (registered from a temporary folder)
 TINY = {"embed_dim": 32,
@@ -93,10 +94,9 @@ def forward_only(encoder, device, n: int, batch: int, input_size: int) -> float:
 def loader_rate(encoder, split, device, batch: int, workers: int, jpeg_draft,
                 with_model: bool) -> float:
     """Steady-state images/s of the extraction loader (and forward), first batch excluded."""
-    rows = np.arange(split.n_images)
-    batches = [list(range(s, min(s + batch, len(rows)))) for s in range(0, len(rows), batch)]
-    loader = image_loader(encoder, split, rows, batches, num_workers=workers, pin_memory=True,
-                          device=device, jpeg_draft=jpeg_draft)
+    loader = image_loader(encoder, split, np.arange(split.n_images), batch_size=batch,
+                          num_workers=workers, pin_memory=True, device=device,
+                          jpeg_draft=jpeg_draft)
     n, t0 = 0, None
     for b in loader:
         if with_model:

@@ -589,9 +589,10 @@ def section_extract(ctx: Context) -> None:
     from PIL import Image
 
     from nnn.cache import EmbeddingCache
-    from nnn.encoders._torch import autocast
+    from nnn.embed import embed_split
+    from nnn.embed.batches import encode_captions
     from nnn.encoders.open_clip import OpenClipEncoder
-    from nnn.extract import embed_split, encode_captions
+    from nnn.encoders.torch_model import autocast
 
     class SeededEncoder(OpenClipEncoder):
         """Draws the same random weights at every load(): Lightning's predict path loads the
@@ -693,7 +694,7 @@ def lightning_check(ctx: Context, enc, split, single, folder: Path, label: str) 
     import numpy as np
 
     from nnn.cache import EmbeddingCache
-    from nnn.extract_lightning import embed_split_lightning
+    from nnn.embed.lightning import embed_split_lightning
 
     s, sec = ctx.sizes, "extract"
     rows = np.arange(min(s.ddp_images, split.n_images))
@@ -708,7 +709,7 @@ def lightning_check(ctx: Context, enc, split, single, folder: Path, label: str) 
     bound = 1e-2 if ctx.cuda else 1e-5  # fp16 autocast on the GPU; float32 on the CPU
     ctx.emit(sec, "check", f"Lightning ddp (1 device) vs embed_split, {len(rows)} images",
              status_for(err, bound), error=err, bound=bound,
-             note="nnn.extract_lightning.embed_split_lightning, strategy='ddp', devices=1")
+             note="nnn.embed.lightning.embed_split_lightning, strategy='ddp', devices=1")
     ctx.emit(sec, "time", f"{label}: Lightning ddp, 1 device, {len(rows)} images",
              seconds=wall, rate=len(rows) / wall, unit="img/s",
              note="wall clock incl. Trainer and process-group setup")

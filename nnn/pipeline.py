@@ -95,7 +95,7 @@ def _encode(cfg: DictConfig, parts: dict[str, tuple[Any, str, Any, Any]],
             timings: dict[str, float]) -> dict[str, EmbeddingSet]:
     """Embed ``parts`` ({key: (raw dataset, split name, image rows or None, subset
     description)}) with ``cfg.model`` through the embedding cache (``nnn.extract``)."""
-    from nnn.extract import embed_dataset_split  # encoders and image IO: only for raw datasets
+    from nnn.embed import embed_dataset_split  # encoders and image IO: only for raw datasets
 
     with timed(timings, "load"):
         encoder = instantiate(cfg.model)  # not loaded: the extraction loads it on a cache miss
@@ -454,7 +454,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     """Run one experiment; returns the results dict (see ``nnn.results``) and writes it to
     ``output_dir`` (default: Hydra's output directory of the job)."""
     if OmegaConf.select(cfg, "extract.lightning"):
-        from nnn.extract_lightning import is_global_zero
+        from nnn.embed.lightning import is_global_zero
 
         if not is_global_zero():
             # a DDP rank > 0 (the launcher re-runs this command per device): it encodes its

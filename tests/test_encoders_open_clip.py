@@ -18,7 +18,7 @@ import torch
 
 pytest.importorskip("open_clip")
 
-from nnn.encoders import _sources  # noqa: E402
+from nnn.encoders import sources  # noqa: E402
 from nnn.encoders.open_clip import OpenClipEncoder  # noqa: E402
 from nnn.errors import MissingResourceError  # noqa: E402
 
@@ -229,7 +229,7 @@ def test_missing_weights_offline_fail_fast(tmp_path):
 def test_unreachable_hub_fails_fast_without_offline_mode(monkeypatch, tmp_path):
     monkeypatch.delenv("HF_HUB_OFFLINE")
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
-    monkeypatch.setattr(_sources, "hub_reachable", lambda timeout=0: False)
+    monkeypatch.setattr(sources, "hub_reachable", lambda timeout=0: False)
     enc = OpenClipEncoder(model_name="ViT-B-32", pretrained="openai", device="cpu",
                           cache_dir=str(tmp_path))
     t0 = time.perf_counter()

@@ -5,7 +5,7 @@ row ``rows[i]``, decoded with PIL (RGB) and passed through the encoder's image p
 (``encoder.image_preprocessor()``, a picklable callable).
 A file that cannot be read or decoded (missing, truncated, not an image) does not raise in the
 worker: the item carries the error instead, and ``collate_rows`` separates the good items from
-the failed ones. The caller (``nnn.extract``) applies the policy in the main process:
+the failed ones. The caller (``nnn.embed``) applies the policy in the main process:
 
 - ``on_bad_image="error"`` (the default): stop with ``BadImageError`` naming each image's id,
   path and the decoder's message;

@@ -39,8 +39,8 @@ from pathlib import Path
 
 import torch
 
-from nnn.encoders._sources import fingerprint, hub_access
-from nnn.encoders._torch import TorchModelEncoder, import_or_explain, installed_version
+from nnn.encoders.sources import fingerprint, hub_access
+from nnn.encoders.torch_model import TorchModelEncoder, import_or_explain, installed_version
 
 _INSTALL = "pip install transformers (or this project's [encoders] extra)"
 

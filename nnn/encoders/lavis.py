@@ -28,8 +28,8 @@ import importlib
 
 import torch
 
-from nnn.encoders._sources import hub_access
-from nnn.encoders._torch import TorchModelEncoder, installed_version
+from nnn.encoders.sources import hub_access
+from nnn.encoders.torch_model import TorchModelEncoder, installed_version
 
 LAVIS_ENV_HINT = ("LAVIS (salesforce-lavis 1.0.2) pins timm==0.4.12 and transformers<4.27, so it "
                   "cannot be installed beside open_clip 3.x. Create a separate environment for it "

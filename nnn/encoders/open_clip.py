@@ -9,7 +9,7 @@ Weights are downloaded on first use into the Hugging Face cache; offline, a miss
 raises ``MissingResourceError``.
 
 The model is built in float32 (``precision="fp32"`` to open_clip); fp16/bf16 run under
-autocast (see ``nnn.encoders._torch``). ``import nnn.encoders.open_clip`` does not import
+autocast (see ``nnn.encoders.torch_model``). ``import nnn.encoders.open_clip`` does not import
 open_clip: ``load()`` and ``cache_identity()`` do.
 
 Cache identity (no weights, no download): model name, pretrained tag (or the local
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from nnn.encoders._sources import fingerprint, hub_access
-from nnn.encoders._torch import TorchModelEncoder, import_or_explain
+from nnn.encoders.sources import fingerprint, hub_access
+from nnn.encoders.torch_model import TorchModelEncoder, import_or_explain
 from nnn.errors import MissingResourceError
 
 _INSTALL = "pip install open_clip_torch (or this project's [encoders] extra)"

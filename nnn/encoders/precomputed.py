@@ -32,7 +32,7 @@ import numpy as np
 from nnn._arrays import as_matrix
 from nnn.data.base import EmbeddingSet, RetrievalSplit
 from nnn.data.precomputed import ARRAY_SUFFIXES, load_array
-from nnn.encoders._sources import fingerprint
+from nnn.encoders.sources import fingerprint
 from nnn.encoders.base import Encoder
 from nnn.errors import MissingResourceError
 

@@ -17,9 +17,11 @@ from nnn.cache import EmbeddingCache
 from nnn.data.coco import COCO
 from nnn.data.flickr30k import Flickr30k
 from nnn.data.images import BadImageError
+from nnn.embed import embed_dataset_split, embed_split
+from nnn.embed.batches import image_loader
+from nnn.embed.local import _shard_batches
+from nnn.embed.shards import PART_GLOB, ShardDir
 from nnn.errors import MissingResourceError
-from nnn.extract import (PART_GLOB, ShardDir, _shard_batches, embed_dataset_split, embed_split,
-                         image_loader)
 
 PICTURE = re.compile(r"in picture (\d+),")
 OPTS = dict(batch_size=4, shard_size=6, num_workers=0, progress=False)
@@ -185,12 +187,16 @@ def test_cache_hit_needs_no_model_and_a_miss_loads_it(encoder, coco, tmp_path):
 def test_loader_workers_get_the_transform_not_the_encoder(encoder, coco):
     """Workers started with spawn/forkserver unpickle the dataset: it must not hold the model."""
     split = coco.split("val")
-    loader = image_loader(encoder, split, np.arange(split.n_images), [[0, 1], [2]],
+    loader = image_loader(encoder, split, np.arange(split.n_images), batch_sampler=[[0, 1], [2]],
                           num_workers=0, pin_memory=False, device=torch.device("cpu"),
                           jpeg_draft=None)
     assert loader.dataset.transform is encoder.image_preprocessor()
     model_bytes = sum(t.numel() * t.element_size() for t in encoder._model.state_dict().values())
     assert len(pickle.dumps(loader.dataset)) < model_bytes / 10
+    for batching in ({}, {"batch_size": 2, "batch_sampler": [[0, 1]]}):
+        with pytest.raises(ValueError, match="exactly one of batch_size and batch_sampler"):
+            image_loader(encoder, split, np.arange(2), num_workers=0, pin_memory=False,
+                         device=torch.device("cpu"), jpeg_draft=None, **batching)
 
 
 def test_pipeline_completes_offline_from_the_cache(tmp_path, monkeypatch):
@@ -239,6 +245,36 @@ def test_encoder_with_embed_split_is_used(coco, tmp_path):
     out = embed_split(enc, split, EmbeddingCache(tmp_path / "c"), identity={"x": 1})
     assert out == "precomputed"
     assert enc.calls == ["val"] and not (tmp_path / "c").exists()
+    # the same one branch serves extract=ddp: no Trainer, no cache
+    out = embed_split(enc, split, EmbeddingCache(tmp_path / "c"), identity={"x": 1},
+                      lightning={"accelerator": "cpu", "devices": 2})
+    assert out == "precomputed"
+    assert enc.calls == ["val", "val"] and not (tmp_path / "c").exists()
+
+
+def test_import_is_cheap_and_acyclic():
+    """``import nnn.embed`` loads neither torch, PIL nor Lightning; and no module of the package
+    imports the package itself (counting imports inside functions), so there is no cycle."""
+    import ast
+    import subprocess
+    import sys
+
+    code = ("import sys, nnn.embed; print(sorted(m for m in ('torch', 'PIL', 'lightning') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+    package = Path(__file__).resolve().parents[1] / "nnn" / "embed"
+    imported = {}
+    for file in package.glob("*.py"):
+        name = "nnn.embed" if file.stem == "__init__" else f"nnn.embed.{file.stem}"
+        imported[name] = {node.module for node in ast.walk(ast.parse(file.read_text()))
+                          if isinstance(node, ast.ImportFrom) and node.module
+                          and node.module.startswith("nnn.embed")}
+    assert imported["nnn.embed"] == {"nnn.embed.local", "nnn.embed.lightning"}
+    assert not any("nnn.embed" in deps for deps in imported.values())
+    assert "nnn.embed.local" not in imported["nnn.embed.lightning"]
+    assert imported["nnn.embed.batches"] == set()
 
 
 def test_shard_dir_dedups_and_validates(tmp_path):

@@ -14,12 +14,12 @@ import pytest
 from fixtures_karpathy import (TINY_NAME, CountingEncoder, corrupt, make_karpathy_fixture, register_tiny_config,
                                tiny_clip_encoder)
 
-from nnn import extract_lightning
 from nnn.cache import EmbeddingCache
 from nnn.data.flickr30k import Flickr30k
 from nnn.data.images import BadImageError
-from nnn.extract import embed_dataset_split
-from nnn.extract_lightning import RANK_VARIABLES, is_global_zero
+from nnn.embed import embed_dataset_split
+from nnn.embed import lightning as embed_lightning
+from nnn.embed.lightning import RANK_VARIABLES, is_global_zero
 
 TESTS = Path(__file__).resolve().parent
 REPO = TESTS.parent
@@ -35,7 +35,7 @@ import torch.distributed as dist
 from fixtures_karpathy import tiny_clip_encoder
 from nnn.cache import EmbeddingCache
 from nnn.data.flickr30k import Flickr30k
-from nnn.extract import embed_dataset_split
+from nnn.embed import embed_dataset_split
 
 data, cache_root, cfg, out = sys.argv[1:5]
 es = embed_dataset_split(tiny_clip_encoder(cfg).load(), Flickr30k(data, on_bad_image="skip"),
@@ -148,7 +148,7 @@ def test_rank_above_zero_extracts_then_stops(flickr, tmp_path, monkeypatch):
     for name in RANK_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("LOCAL_RANK", "1")
-    monkeypatch.setattr(extract_lightning.L, "Trainer",
+    monkeypatch.setattr(embed_lightning.L, "Trainer",
                         lambda *a, **k: pytest.fail("a cache hit built a Trainer"))
     cfg = compose([*overrides, "extract=ddp", "extract.lightning.accelerator=cpu",
                    "extract.lightning.devices=2", "extract.num_workers=0",

@@ -1,17 +1,20 @@
 """Extraction over several GPUs or nodes with Lightning's ``Trainer.predict``.
 
 ``embed_split_lightning(encoder, split, cache, *, identity, accelerator="auto", devices="auto",
-num_nodes=1, strategy="ddp", **options)`` -> ``EmbeddingSet``; ``options`` as in
-``nnn.extract.embed_split`` (on_bad_image, batch_size, num_workers, pin_memory, shard_size,
-jpeg_draft, progress) plus ``trainer_kwargs`` for anything else the Trainer takes. The result and
-the cache entry are the same as the single-process path's, so either may compute an entry that
-the other then loads.
+num_nodes=1, strategy="ddp", **options)`` -> ``EmbeddingSet`` (image (m, d), text (k, d) float32
+unit rows, caption_to_image (k,)); ``options`` as in ``nnn.embed.local.embed_split_local``
+(on_bad_image, batch_size, num_workers, pin_memory, shard_size, jpeg_draft, progress) plus
+``trainer_kwargs`` for anything else the Trainer takes. The result and the cache entry are the
+same as the single-process path's, so either may compute an entry that the other then loads.
+Encoders that bring their own embeddings (``encoder.embed_split``) are dispatched before this
+module, by ``nnn.embed.embed_split``.
 
 How it runs: every rank loads the encoder on its own device (``encoder.device`` is set to the
 rank's device and ``encoder.load()`` called in ``setup``), reads the images that are still
-missing from the shards in the cache's work dir, and encodes its share of them (Lightning gives
-each rank a distinct slice of the rows with its ``UnrepeatedDistributedSampler``; when there
-are fewer rows than ranks, rows are repeated and the copies dropped at the merge). Each rank
+missing from the shards in the cache's work dir (``nnn.embed.shards.ShardDir``), and encodes its
+share of them (Lightning gives each rank a distinct slice of the rows with its
+``UnrepeatedDistributedSampler``; when there are fewer rows than ranks, rows are repeated and the
+copies dropped at the merge). Each rank
 writes its results as shard files holding the *global* row numbers, so a killed job resumes
 with any number of ranks. After a barrier, rank 0 merges the shards in row order, encodes the
 captions, and stores the entry in the cache; the other ranks then load it. The work dir must be
@@ -29,9 +32,10 @@ which it is, from the environment the launcher set before the process started.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from pathlib import Path
+from typing import Callable
 
 import lightning as L
 import numpy as np
@@ -41,8 +45,9 @@ from tqdm.auto import tqdm
 
 from nnn._arrays import check_positive_int
 from nnn.data.base import EmbeddingSet, RetrievalSplit
-from nnn.data.images import ImageRows, check_bad_image_policy, collate_rows
-from nnn.extract import TEXT_FILE, ShardDir, encode_pixels, finish_arrays, to_embedding_set
+from nnn.data.images import check_bad_image_policy
+from nnn.embed.batches import encode_pixels, image_loader
+from nnn.embed.shards import ShardDir, finish_arrays, to_embedding_set
 
 log = logging.getLogger(__name__)
 
@@ -72,20 +77,19 @@ def is_global_zero() -> bool:
 
 
 class ImageEncoderModule(L.LightningModule):
-    """``predict_step``: a batch of ``collate_rows`` -> rows, embeddings and failures (NumPy)."""
+    """On each rank: loads the encoder on the rank's device and finds the rows still missing from
+    ``shards`` (``setup``); ``predict_step``: a batch of ``collate_rows`` -> rows, embeddings and
+    failures (NumPy)."""
 
-    def __init__(self, encoder, split: RetrievalSplit, shard_dir: Path, *, on_bad_image: str,
-                 batch_size: int, num_workers: int, pin_memory: bool, jpeg_draft: int | None,
+    def __init__(self, encoder, shards: ShardDir, make_loader: Callable, *, on_bad_image: str,
                  refresh: bool):
+        """``make_loader(rows, device=...)``: ``image_loader`` with the split and the loader
+        options bound; ``refresh``: rank 0 deletes the shards first."""
         super().__init__()
         self.encoder = encoder
-        self.split = split
-        self.shard_dir = Path(shard_dir)
+        self.shards = shards
+        self.make_loader = make_loader
         self.on_bad_image = on_bad_image
-        self.batch_size = batch_size
-        self.num_workers = num_workers
-        self.pin_memory = pin_memory
-        self.jpeg_draft = jpeg_draft
         self.refresh = refresh
         self.pending = np.zeros(0, dtype=np.int64)
 
@@ -93,28 +97,19 @@ class ImageEncoderModule(L.LightningModule):
         device = self.trainer.strategy.root_device
         self.encoder.device = str(device)
         self.encoder.load()
-        shards = ShardDir(self.shard_dir, self.split.n_images)
         if self.trainer.is_global_zero:  # only rank 0 deletes files
             if self.refresh:
-                for file in [*shards.path.glob("images-*.npz"), shards.path / TEXT_FILE]:
-                    file.unlink(missing_ok=True)
-            shards.parts(remove_invalid=True)
+                self.shards.clear()
+            self.shards.parts(remove_invalid=True)
         self.trainer.strategy.barrier("nnn-extract-scan")
-        pending = shards.pending(self.on_bad_image, remove_invalid=False)
+        pending = self.shards.pending(self.on_bad_image, remove_invalid=False)
         world = self.trainer.world_size
         if len(pending) < world:  # every rank needs at least one row; copies are merged away
             pending = np.resize(pending if len(pending) else np.zeros(1, np.int64), world)
         self.pending = pending.astype(np.int64)
-        if self.trainer.is_global_zero:
-            log.info("split %r: %d of %d images to encode on %d ranks", self.split.name,
-                     len(pending), self.split.n_images, world)
 
     def predict_dataloader(self) -> torch.utils.data.DataLoader:
-        dataset = ImageRows(self.split.image_paths, self.encoder.image_preprocessor(),
-                            rows=self.pending, jpeg_draft=self.jpeg_draft)
-        return torch.utils.data.DataLoader(
-            dataset, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers,
-            collate_fn=collate_rows, pin_memory=self.pin_memory and self.device.type == "cuda")
+        return self.make_loader(self.pending, device=self.device)
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         rows = batch["rows"].cpu().numpy()
@@ -125,21 +120,27 @@ class ImageEncoderModule(L.LightningModule):
 
 
 class ShardWriter(BasePredictionWriter):
-    """Writes each rank's predictions as shard files of about ``shard_size`` images."""
+    """Writes each rank's predictions as shard files of about ``shard_size`` images; rank 0
+    logs the work and shows the bar (``progress``) of the split called ``name``."""
 
-    def __init__(self, shard_dir: Path, n_images: int, shard_size: int, progress: bool):
+    def __init__(self, shards: ShardDir, shard_size: int, *, name: str, progress: bool):
         super().__init__(write_interval="batch")
-        self.shards = ShardDir(shard_dir, n_images)
+        self.shards = shards
         self.shard_size = shard_size
+        self.name = name
         self.progress = progress
         self._buf: list[dict] = []
         self._bar = None
 
     def on_predict_start(self, trainer, pl_module) -> None:
-        if trainer.is_global_zero and self.progress:
+        if not trainer.is_global_zero:
+            return
+        log.info("split %r: %d of %d images to encode on %d ranks", self.name,
+                 len(pl_module.pending), self.shards.n_images, trainer.world_size)
+        if self.progress:
             # rank 0 sees its own share; the bar counts it times the number of ranks
             self._bar = tqdm(total=len(pl_module.pending), unit="img",
-                             desc=f"embed {pl_module.split.name} ({trainer.world_size} ranks)")
+                             desc=f"embed {self.name} ({trainer.world_size} ranks)")
 
     def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch,
                            batch_idx, dataloader_idx=0) -> None:
@@ -177,8 +178,6 @@ def embed_split_lightning(encoder, split: RetrievalSplit, cache, *, identity: di
                           progress: bool = True,
                           trainer_kwargs: dict | None = None) -> EmbeddingSet:
     """Embeddings of ``split`` computed with ``Trainer.predict`` (see the module doc)."""
-    if hasattr(encoder, "embed_split"):
-        return encoder.embed_split(split)
     on_bad_image = check_bad_image_policy(on_bad_image)
     batch_size = check_positive_int(batch_size, "batch_size")
     shard_size = check_positive_int(shard_size, "shard_size")
@@ -189,12 +188,13 @@ def embed_split_lightning(encoder, split: RetrievalSplit, cache, *, identity: di
         if arrays is not None:
             log.info("split %r: embeddings found in the cache", split.name)
             return to_embedding_set(split, arrays)
-    shard_dir = cache.work_dir(identity)
-    module = ImageEncoderModule(encoder, split, shard_dir, on_bad_image=on_bad_image,
-                                batch_size=batch_size, num_workers=num_workers,
-                                pin_memory=pin_memory, jpeg_draft=jpeg_draft,
+    shards = ShardDir(cache.work_dir(identity), split.n_images)
+    make_loader = functools.partial(image_loader, encoder, split, batch_size=batch_size,
+                                    num_workers=num_workers, pin_memory=pin_memory,
+                                    jpeg_draft=jpeg_draft)
+    module = ImageEncoderModule(encoder, shards, make_loader, on_bad_image=on_bad_image,
                                 refresh=cache.refresh)
-    writer = ShardWriter(shard_dir, split.n_images, shard_size, progress)
+    writer = ShardWriter(shards, shard_size, name=split.name, progress=progress)
     # precision stays 32-true: encode_pixels applies the encoder's own autocast, as in one process
     trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
                         strategy=strategy, callbacks=[writer], logger=False,
@@ -205,8 +205,7 @@ def embed_split_lightning(encoder, split: RetrievalSplit, cache, *, identity: di
     error = None
     if trainer.is_global_zero:
         try:
-            arrays = finish_arrays(encoder, split, ShardDir(shard_dir, split.n_images),
-                                   on_bad_image=on_bad_image,
+            arrays = finish_arrays(encoder, split, shards, on_bad_image=on_bad_image,
                                    device=trainer.strategy.root_device)
             cache.store(identity, arrays)
         except Exception as e:  # every rank must hear about it, or the others would wait
@@ -216,7 +215,7 @@ def embed_split_lightning(encoder, split: RetrievalSplit, cache, *, identity: di
         raise error
     if not merged:
         raise RuntimeError(f"split {split.name!r}: rank 0 failed to merge the shards in "
-                           f"{shard_dir}; see its error")
+                           f"{shards.path}; see its error")
     arrays = cache.load(identity)
     if arrays is None:
         raise RuntimeError(f"split {split.name!r}: the merged embeddings are not readable from "

@@ -1,0 +1,64 @@
+"""Batches in, unit rows out: the DataLoader over a split's images and the encoder calls that
+both extraction paths (``nnn.embed.local``, ``nnn.embed.lightning``) share.
+
+- ``image_loader`` -> DataLoader whose workers decode and preprocess images
+  (``nnn.data.images.ImageRows`` with ``encoder.image_preprocessor()``) into ``collate_rows``
+  batches; memory is pinned only when ``device`` is CUDA.
+- ``encode_pixels``: (b, 3, H, W) -> (b, d); ``encode_captions``: n captions -> (n, d). Both run
+  under ``torch.inference_mode()`` and the autocast of ``encoder.precision``
+  (``nnn.encoders.torch_model.autocast``) and return float32 rows re-normalised to unit L2 norm.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from nnn.data.base import RetrievalSplit
+from nnn.data.images import ImageRows, collate_rows
+from nnn.encoders.torch_model import autocast
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    """(n, d) -> (n, d) float32 rows of unit L2 norm (an all-zero row stays zero)."""
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
+def encode_pixels(encoder, pixels: torch.Tensor, device: torch.device) -> np.ndarray:
+    """(b, 3, H, W) -> (b, d) float32 unit rows, on ``device`` in ``encoder.precision``."""
+    pixels = pixels.to(device, non_blocking=True)
+    with torch.inference_mode(), autocast(device, encoder.precision):
+        out = encoder.encode_image_batch(pixels)
+    return _unit_rows(out.float().cpu().numpy())
+
+
+def encode_captions(encoder, captions: Sequence[str], device: torch.device) -> np.ndarray:
+    """n captions -> (n, d) float32 unit rows, ``encoder.batch_size`` at a time."""
+    with torch.inference_mode(), autocast(device, encoder.precision):
+        return _unit_rows(encoder.encode_texts(list(captions)))
+
+
+def image_loader(encoder, split: RetrievalSplit, rows: np.ndarray, *, device: torch.device,
+                 num_workers: int, pin_memory: bool, jpeg_draft: int | None,
+                 batch_size: int | None = None,
+                 batch_sampler: Sequence[Sequence[int]] | None = None
+                 ) -> torch.utils.data.DataLoader:
+    """DataLoader of ``collate_rows`` batches of the images at ``rows`` (m,) of ``split``.
+
+    Batches are either consecutive runs of ``batch_size`` items (a sampler may then be swapped
+    in, as Lightning does for DDP) or the lists of positions in ``rows`` that ``batch_sampler``
+    gives; exactly one of the two is set.
+    """
+    if (batch_size is None) == (batch_sampler is None):
+        raise ValueError("image_loader needs exactly one of batch_size and batch_sampler, got "
+                         f"batch_size={batch_size!r} and batch_sampler={batch_sampler!r}")
+    dataset = ImageRows(split.image_paths, encoder.image_preprocessor(), rows=rows,
+                        jpeg_draft=jpeg_draft)
+    batching = ({"batch_size": batch_size} if batch_sampler is None
+                else {"batch_sampler": batch_sampler})
+    return torch.utils.data.DataLoader(dataset, num_workers=num_workers, collate_fn=collate_rows,
+                                       pin_memory=pin_memory and device.type == "cuda",
+                                       **batching)

@@ -1,0 +1,190 @@
+"""The resumable on-disk shard folder of one split, and the cache entry made from it.
+
+``ShardDir`` is the per-key work directory (``cache.work_dir(identity)``) that both extraction
+paths write image embeddings into, a shard at a time, and read back to resume: ``pending`` says
+which rows are still to encode, ``assemble`` merges every part. ``finish_arrays`` turns a
+complete folder into the arrays of the cache entry (encoding the captions, saved in the folder
+as ``text.npy``, unless they are there already); ``to_embedding_set`` turns a cache entry into
+the ``EmbeddingSet`` the pipeline gets.
+
+Cache entry: image (m, d) float32, text (k, d) float32, caption_to_image (k,) int64 (rows of
+``image``), image_rows (m,) and caption_rows (k,) int64 (positions in the split; m < n_images
+only when images were skipped with ``on_bad_image="skip"``).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from nnn._atomic import atomic_open, atomic_save_npy
+from nnn.data.base import EmbeddingSet, RetrievalSplit, subset_caption_index
+from nnn.data.images import BadImageError
+from nnn.embed.batches import encode_captions
+
+log = logging.getLogger(__name__)
+
+TEXT_FILE = "text.npy"
+PART_GLOB = "images-*.npz"
+
+
+class ShardDir:
+    """Image-embedding shards of the ``n_images`` images of one split in the work directory
+    ``path`` (created).
+
+    Each ``images-*.npz`` part holds rows (m,) int64 of decoded images, emb (m, d) float32,
+    failed_rows (f,) int64 and errors (f,) of unreadable ones. Parts are written atomically and
+    may overlap (the union of their rows counts; a repeated row keeps one embedding).
+    """
+
+    def __init__(self, path: str | Path, n_images: int):
+        if isinstance(n_images, bool) or not isinstance(n_images, (int, np.integer)) \
+                or n_images < 0:
+            raise ValueError(f"n_images must be an integer >= 0, got {n_images!r}")
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.n_images = n_images
+
+    def write(self, rows, emb, failed_rows=(), errors=(), *, tag: str) -> Path:
+        """Write one part atomically; ``tag`` makes its name (a uuid is appended)."""
+        target = self.path / f"images-{tag}-{uuid.uuid4().hex[:8]}.npz"
+        rows = np.asarray(rows, dtype=np.int64)
+        emb = np.asarray(emb, dtype=np.float32).reshape(len(rows), -1)
+        with atomic_open(target, "wb") as f:
+            np.savez(f, rows=rows, emb=emb, failed_rows=np.asarray(failed_rows, dtype=np.int64),
+                     errors=np.asarray(list(errors), dtype=str))
+        return target
+
+    def _read(self, file: Path, dim: int | None) -> dict:
+        """A part's arrays after checks; ValueError (or a read error) when it is unusable."""
+        with np.load(file, allow_pickle=False) as z:
+            part = {k: z[k] for k in ("rows", "emb", "failed_rows", "errors")}
+        rows, emb, failed = part["rows"], part["emb"], part["failed_rows"]
+        if rows.ndim != 1 or emb.ndim != 2 or emb.shape[0] != len(rows) or emb.dtype != np.float32:
+            raise ValueError(f"rows {rows.shape} / emb {emb.shape} {emb.dtype} do not match")
+        if dim is not None and len(rows) and emb.shape[1] != dim:
+            raise ValueError(f"dimension {emb.shape[1]}, other shards have {dim}")
+        for name, r in (("rows", rows), ("failed_rows", failed)):
+            if len(r) and (r.min() < 0 or r.max() >= self.n_images):
+                raise ValueError(f"{name} outside [0, {self.n_images})")
+        if len(part["errors"]) != len(failed):
+            raise ValueError("failed_rows and errors differ in length")
+        if not np.isfinite(emb).all():
+            raise ValueError("non-finite embeddings")
+        return part
+
+    def parts(self, *, remove_invalid: bool = True) -> list[dict]:
+        """Every usable part (sorted by file name); unusable ones are logged (and deleted)."""
+        out, dim = [], None
+        for file in sorted(self.path.glob(PART_GLOB)):
+            try:
+                part = self._read(file, dim)
+            except Exception as e:  # unreadable zip, bad CRC, wrong shapes: recompute its rows
+                log.warning("ignoring unusable shard %s (%s); its images are recomputed", file, e)
+                if remove_invalid:
+                    file.unlink(missing_ok=True)
+                continue
+            if len(part["rows"]):
+                dim = part["emb"].shape[1]
+            out.append(part)
+        return out
+
+    def _status(self, parts: list[dict]) -> tuple[np.ndarray, dict[int, str]]:
+        """(done (n_images,) bool: rows with an embedding, failed: row -> error message)."""
+        done = np.zeros(self.n_images, dtype=bool)
+        failed: dict[int, str] = {}
+        for part in parts:
+            done[part["rows"]] = True
+            failed.update(zip(part["failed_rows"].tolist(), part["errors"].tolist()))
+        # a row decoded on a later try (e.g. after its file was fixed) is no longer bad
+        return done, {r: msg for r, msg in failed.items() if not done[r]}
+
+    def pending(self, on_bad_image: str, *, remove_invalid: bool = True) -> np.ndarray:
+        """Rows still to encode: not done, and (with "skip") not already known to be bad."""
+        done, failed = self._status(self.parts(remove_invalid=remove_invalid))
+        if on_bad_image == "skip":
+            done[list(failed)] = True
+        return np.flatnonzero(~done)
+
+    def assemble(self) -> tuple[np.ndarray, np.ndarray, dict[int, str]]:
+        """(rows (m,) sorted, emb (m, d), failed row -> error) from every part."""
+        parts = self.parts()
+        done, failed = self._status(parts)
+        rows = np.flatnonzero(done)
+        dims = {p["emb"].shape[1] for p in parts if len(p["rows"])}
+        if not dims:
+            return rows, np.zeros((0, 0), np.float32), failed
+        emb = np.zeros((self.n_images, dims.pop()), dtype=np.float32)
+        for part in parts:
+            emb[part["rows"]] = part["emb"]
+        return rows, emb[rows], failed
+
+    def text(self, n_captions: int) -> np.ndarray | None:
+        """The saved caption embeddings if present and shaped (n_captions, d), else None."""
+        file = self.path / TEXT_FILE
+        if not file.is_file():
+            return None
+        try:
+            text = np.load(file, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            log.warning("ignoring unreadable %s (%s)", file, e)
+            return None
+        if text.ndim != 2 or len(text) != n_captions or not np.isfinite(text).all():
+            log.warning("ignoring %s of shape %s (expected %d rows)", file, text.shape, n_captions)
+            return None
+        return text
+
+    def save_text(self, text: np.ndarray) -> None:
+        """Save the (n_captions, d) caption embeddings (float32) atomically."""
+        atomic_save_npy(self.path / TEXT_FILE, np.asarray(text, dtype=np.float32))
+
+    def clear(self) -> None:
+        """Delete every part and the caption embeddings (a forced recomputation)."""
+        for file in [*self.path.glob(PART_GLOB), self.path / TEXT_FILE]:
+            file.unlink(missing_ok=True)
+
+
+def bad_image_failures(split: RetrievalSplit, failed: dict[int, str]) -> list[tuple[str, str, str]]:
+    """(image id, path, error) of each failed row, in row order."""
+    return [(split.image_ids[r], str(split.image_paths[r]), msg)
+            for r, msg in sorted(failed.items())]
+
+
+def finish_arrays(encoder, split: RetrievalSplit, shards: ShardDir, *, on_bad_image: str,
+                  device: torch.device) -> dict[str, np.ndarray]:
+    """Cache-entry arrays from the shards (all images done) plus the caption embeddings."""
+    rows, image, failed = shards.assemble()
+    if failed and on_bad_image == "error":
+        raise BadImageError(bad_image_failures(split, failed), split.name)
+    missing = split.n_images - len(rows) - len(failed)
+    if missing:
+        raise RuntimeError(f"split {split.name!r}: {missing} images have neither an embedding "
+                           f"nor an error in {shards.path}; rerun to compute them")
+    if not len(rows):
+        raise BadImageError(bad_image_failures(split, failed), split.name)
+    if failed:
+        ids = [split.image_ids[r] for r in sorted(failed)]
+        log.warning("split %r: skipped %d unreadable images (on_bad_image=skip) and their "
+                    "captions; ids %s%s", split.name, len(failed), ids[:10],
+                    " ..." if len(ids) > 10 else "")
+    text = shards.text(split.n_captions)
+    if text is None:
+        log.info("encoding %d captions of split %r", split.n_captions, split.name)
+        text = encode_captions(encoder, split.captions, device)
+        shards.save_text(text)
+    _, caption_rows, c2i = subset_caption_index(split.caption_to_image, split.n_images, rows)
+    return {"image": image, "text": np.ascontiguousarray(text[caption_rows]),
+            "caption_to_image": c2i, "image_rows": rows, "caption_rows": caption_rows}
+
+
+def to_embedding_set(split: RetrievalSplit, arrays: dict[str, np.ndarray]) -> EmbeddingSet:
+    """The cache entry of ``split`` as an ``EmbeddingSet`` (meta: bad image ids, if any)."""
+    kept = np.zeros(split.n_images, dtype=bool)
+    kept[np.asarray(arrays["image_rows"])] = True
+    bad = [split.image_ids[r] for r in np.flatnonzero(~kept)]
+    return EmbeddingSet(split.name, arrays["image"], arrays["text"], arrays["caption_to_image"],
+                        {"split": split.name, "n_bad_images": len(bad), "bad_image_ids": bad})
