@@ -94,7 +94,7 @@ def compose(overrides: list[str] = (), *, config_dir: str | Path = CONFIG_DIR) -
 def _encode(cfg: DictConfig, parts: dict[str, tuple[Any, str, Any, Any]],
             timings: dict[str, float]) -> dict[str, EmbeddingSet]:
     """Embed ``parts`` ({key: (raw dataset, split name, image rows or None, subset
-    description)}) with ``cfg.model`` through the embedding cache (``nnn.extract``)."""
+    description)}) with ``cfg.model`` through the embedding cache (``nnn.embed``)."""
     from nnn.embed import embed_dataset_split  # encoders and image IO: only for raw datasets
 
     with timed(timings, "load"):
