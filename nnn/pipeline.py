@@ -48,7 +48,7 @@ from nnn.results import (ALPHA_K_COLUMNS, CSV_COLUMNS, alpha_k_grids, alpha_k_ro
                          is_ci_key, metric_rows, write_results, write_table_csv)
 
 if TYPE_CHECKING:
-    from nnn.tuning import RetrievalTask
+    from nnn.task import RetrievalTask
 
 # torch, scipy and matplotlib (methods, metrics, tuning, ablations, plots) are imported where
 # they are used, so that composing and checking a config stays fast (``run.py --help`` needs none)
@@ -404,7 +404,7 @@ def _objective(cfg: DictConfig, test_metrics: dict[str, float], tuning: Embeddin
                reference: EmbeddingSet, make_method, tuned: dict) -> dict[str, Any]:
     """The metric returned to a sweeper: on the tuning part when there is one, else on test."""
     from nnn.metrics import recall_at_k
-    from nnn.tuning import DIRECTIONS, RetrievalTask
+    from nnn.task import DIRECTIONS, RetrievalTask
 
     metric = str(cfg.objective)
     direction, _, name = metric.partition("/")
@@ -459,7 +459,7 @@ def _alpha_k_analysis(cfg: DictConfig, task: RetrievalTask,
 
 
 def _check_directions(names) -> None:
-    from nnn.tuning import DIRECTIONS
+    from nnn.task import DIRECTIONS
 
     bad = [n for n in names if n not in DIRECTIONS]
     if bad or not names:
@@ -472,7 +472,7 @@ def _evaluate_all(cfg: DictConfig, results: dict[str, Any]) -> dict[str, tuple[n
     from nnn.ablations import hub_occupancy, top_hubs
     from nnn.methods import Identity
     from nnn.metrics import paired_delta
-    from nnn.tuning import RetrievalTask
+    from nnn.task import RetrievalTask
 
     timings = results["timings_s"]
     missing = sorted(OmegaConf.missing_keys(cfg))

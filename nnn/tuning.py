@@ -18,9 +18,7 @@ API::
     method = RetrievalTask.from_sets(test, refs, "t2i").fit(result.estimator())
     ranks = RetrievalTask.from_sets(test, refs, "t2i").ranks(method)
 
-Directions (``RetrievalTask``): ``"t2i"`` -- gallery = images, queries = captions, query bank =
-reference captions, gallery bank = reference images; ``"i2t"`` -- gallery = captions, queries =
-images, query bank = reference images, gallery bank = reference captions.
+Directions: ``nnn.task.RetrievalTask`` (t2i: captions retrieve images; i2t: the mirror image).
 
 Grids (defaults from the paper, see the constants):
 
@@ -62,11 +60,10 @@ from tqdm.auto import tqdm
 from nnn._arrays import check_grid, check_non_negative, check_positive_int
 from nnn.data.base import EmbeddingSet
 from nnn.methods import CSLS, DN, NNN, DBNorm, Identity, QBNorm
-from nnn.metrics import first_relevant_rank, i2t_ranks, recall_at_k, relevant_block, t2i_ranks
+from nnn.metrics import first_relevant_rank, relevant_block
+from nnn.task import RetrievalTask
 
 log = logging.getLogger(__name__)
-
-DIRECTIONS = ("t2i", "i2t")
 
 # -- the paper's grids (paper-facts.md, "Method" and "Baselines") ------------------------------
 #: NNN alpha in {0.25, 0.375, ..., 1.5} (paper-facts.md "Method")
@@ -105,57 +102,6 @@ _RUNTIME_KWARGS = ("batch_size", "device", "normalize")
 #: tuned beta -> the QBNorm / DBNorm keyword naming the betas that one fit prepares for it
 _BETA_GRID_KWARGS = {"beta": "beta_grid", "beta_query": "beta_query_grid",
                      "beta_gallery": "beta_gallery_grid"}
-
-
-# -- direction semantics -----------------------------------------------------------------------
-@dataclass
-class RetrievalTask:
-    """One retrieval direction on one split: what to fit on and what to query with.
-
-    gallery (n_g, d), queries (n_q, d), caption_to_image (n_cap,), query_bank (n_qb, d),
-    gallery_bank (n_gb, d); ``direction`` is "t2i" or "i2t".
-    """
-
-    direction: str
-    gallery: np.ndarray
-    queries: np.ndarray
-    caption_to_image: np.ndarray
-    query_bank: np.ndarray
-    gallery_bank: np.ndarray
-
-    @classmethod
-    def from_sets(cls, split: EmbeddingSet, refs: EmbeddingSet, direction: str) -> "RetrievalTask":
-        """``split``'s gallery/queries and ``refs``' banks for ``direction`` (module docstring)."""
-        direction = check_direction(direction)
-        if split.dim != refs.dim:
-            raise ValueError(f"split {split.name!r} has dimension {split.dim} but references "
-                             f"{refs.name!r} have {refs.dim}; embed both with the same model")
-        if direction == "t2i":
-            return cls(direction, split.image, split.text, split.caption_to_image,
-                       refs.text, refs.image)
-        return cls(direction, split.text, split.image, split.caption_to_image,
-                   refs.image, refs.text)
-
-    def fit(self, method):
-        """``method.fit`` on this task's gallery with both banks. Returns the fitted method."""
-        return method.fit(self.gallery, query_bank=self.query_bank, gallery_bank=self.gallery_bank)
-
-    def ranks(self, method, *, batch_size: int = 1024) -> np.ndarray:
-        """1-based ranks (n_q,) of a method fitted on this task's gallery (``nnn.metrics``)."""
-        rank_fn = t2i_ranks if self.direction == "t2i" else i2t_ranks
-        return rank_fn(method, self.queries, self.caption_to_image, batch_size=batch_size)
-
-    def recall_at_1(self, method, *, batch_size: int = 1024) -> float:
-        """R@1 in percent of a fitted method."""
-        return recall_at_k(self.ranks(method, batch_size=batch_size), (1,))["R@1"]
-
-
-def check_direction(direction: str) -> str:
-    """Return ``direction`` if it is "t2i" or "i2t", else raise ``ValueError``."""
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS} (text->image or image->text), "
-                         f"got {direction!r}")
-    return direction
 
 
 # -- results -----------------------------------------------------------------------------------

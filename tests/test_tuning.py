@@ -13,8 +13,8 @@ from nnn.methods import CSLS, DBNorm, DN, Identity, NNN, QBNorm
 from nnn.methods._topk import ReferenceTopK
 from nnn.methods.base import RetrievalMethod
 from nnn import tuning as T
-from nnn.tuning import (RetrievalTask, tune, tune_csls, tune_db_norm, tune_dn, tune_nnn,
-                        tune_qb_norm)
+from nnn.task import RetrievalTask
+from nnn.tuning import tune, tune_csls, tune_db_norm, tune_dn, tune_nnn, tune_qb_norm
 
 from conftest import unit_rows
 
