@@ -70,8 +70,6 @@ TUNE_KEY = "tune"
 TUNING_AUTO = "auto"
 #: results["objective"]["role"] of a sweep job whose objective is measured on the test split
 OBJECTIVE_ANALYSIS = "analysis"
-#: methods without hyper-parameters: method.tune=true is a no-op for them (with a note)
-UNTUNED_METHODS = ("Identity",)
 
 
 @contextmanager
@@ -327,7 +325,6 @@ def _evaluate(task: RetrievalTask, method, cfg: DictConfig, timings: dict[str, f
 def _method_name(cfg: DictConfig) -> str:
     return str(cfg.method.get("_target_", "?")).rsplit(".", 1)[-1]
 
-
 def method_params(cfg: DictConfig) -> dict[str, Any]:
     """cfg.method as constructor keywords (with ``_target_``), without the ``tune`` switch."""
     params = OmegaConf.to_container(cfg.method, resolve=True)
@@ -344,9 +341,12 @@ def _tune_switch(cfg: DictConfig) -> bool:
 
 
 def _tuning_requested(cfg: DictConfig) -> bool:
-    """``method.tune=true`` for a method with hyper-parameters (``UNTUNED_METHODS`` have none:
-    there the switch is a no-op, noted in the log and results.json)."""
-    return _tune_switch(cfg) and _method_name(cfg) not in UNTUNED_METHODS
+    """``method.tune=true`` for a method with hyper-parameters (its class declares
+    ``tuned_params``; for one without, Identity, the switch is a no-op, noted in the log and
+    results.json)."""
+    from nnn.methods import method_class
+
+    return _tune_switch(cfg) and bool(method_class(_method_name(cfg)).tuned_params)
 
 
 def _call_repr(name: str, params: dict[str, Any]) -> str:
@@ -384,18 +384,19 @@ def _tune(cfg: DictConfig, tuning: EmbeddingSet | None, reference: EmbeddingSet,
         raise ValueError(f"method.tune=true needs a tuning part, but reference.tuning_size="
                          f"{cfg.reference.tuning_size}: use reference.tuning_size={TUNING_AUTO} "
                          "(the paper's protocol), 'test' or a number of images")
-    from nnn.tuning import TUNED_PARAMS, canonical_method, tune
+    from nnn.methods import method_class
+    from nnn.tuning import tune
 
-    method = canonical_method(_method_name(cfg))
+    cls = method_class(_method_name(cfg))
     fixed = {k: v for k, v in method_params(cfg).items()
-             if k != "_target_" and k not in TUNED_PARAMS[method]}
+             if k != "_target_" and k not in cls.tuned_params}
     grid = OmegaConf.to_container(cfg.tune.grid, resolve=True) or {}
     out = {}
     for direction in cfg.eval.directions:
         with _timed(timings, f"{direction}/tune"):
-            out[direction] = tune(method, tuning, reference, direction,
+            out[direction] = tune(cls.option, tuning, reference, direction,
                                   batch_size=cfg.eval.batch_size, **grid, **fixed)
-        log.info("%s: tuned %s on %d tuning images: %s (R@1 %.2f)", direction, method,
+        log.info("%s: tuned %s on %d tuning images: %s (R@1 %.2f)", direction, cls.option,
                  len(tuning.image), out[direction].best, out[direction].best_score)
     return out
 
@@ -442,16 +443,15 @@ def _alpha_k_analysis(cfg: DictConfig, task: RetrievalTask,
     top-k table. An analysis of how R@1 depends on alpha and k: it chooses nothing (the run's
     parameters come from the tuning part or the config)."""
     from nnn.ablations import nnn_recall_grid
-    from nnn.tuning import ALPHA_GRID, K_GRID
+    from nnn.methods import NNN
 
-    a = cfg.analysis
-    n_refs = len(task.query_bank)
-    alphas = list(ALPHA_GRID) if a.alphas is None else list(a.alphas)
-    ks = [k for k in K_GRID if k <= n_refs] if a.ks is None else list(a.ks)
+    a, grid = cfg.analysis, NNN.tuning_grid
+    alphas = list(grid["alphas"]) if a.alphas is None else list(a.alphas)
+    ks = [k for k in grid["ks"] if k <= len(task.query_bank)] if a.ks is None else list(a.ks)
     nnn_kwargs = {"device": cfg.device}
-    if _method_name(cfg) == "NNN":  # the run's backend, index, batch sizes, ...
+    if _method_name(cfg) == NNN.__name__:  # the run's backend, index, batch sizes, ...
         nnn_kwargs = {k: v for k, v in method_params(cfg).items()
-                      if k not in ("_target_", "k", "alpha", "k_max")}
+                      if k not in ("_target_", "k_max", *NNN.tuned_params)}
     with _timed(timings, f"{task.direction}/analysis_alpha_k"):
         table = nnn_recall_grid(task, alphas=alphas, ks=ks, batch_size=cfg.eval.batch_size,
                                 **nnn_kwargs)
