@@ -41,7 +41,8 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from nnn.config_dir import CONFIG_DIR  # also registers ${nnn.repo_root:}
+# also registers ${nnn.repo_root:}
+from nnn.config_dir import CONFIG_DIR, TUNE_SWITCH, translate_overrides
 from nnn.data.base import EmbeddingSet
 from nnn.loggers import NullLogger, sweep_group
 from nnn.results import (ALPHA_K_COLUMNS, CSV_COLUMNS, alpha_k_grids, alpha_k_rows, format_table,
@@ -64,8 +65,6 @@ TOP_HUBS_COLUMNS = ("direction", "rank", "item", "before", "after", "before_shar
 HUB_OCCUPANCY_COLUMNS = ("direction", "bin", "low", "high", "before", "after")
 #: the Hydra choice key of the reference set's own dataset (``dataset@reference.dataset=coco``)
 REFERENCE_DATASET_CHOICE = "dataset@reference.dataset"
-#: the key of cfg.method that switches tuning on; a pipeline switch, not a constructor keyword
-TUNE_KEY = "tune"
 #: reference.tuning_size: the paper's protocol when a tuning part is needed, else none
 TUNING_AUTO = "auto"
 #: results["objective"]["role"] of a sweep job whose objective is measured on the test split
@@ -95,7 +94,7 @@ def compose(overrides: list[str] = (), *, config_dir: str | Path = CONFIG_DIR) -
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides),
+        cfg = hydra_compose(config_name="config", overrides=translate_overrides(list(overrides)),
                             return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
@@ -326,10 +325,8 @@ def _method_name(cfg: DictConfig) -> str:
     return str(cfg.method.get("_target_", "?")).rsplit(".", 1)[-1]
 
 def method_params(cfg: DictConfig) -> dict[str, Any]:
-    """cfg.method as constructor keywords (with ``_target_``), without the ``tune`` switch."""
-    params = OmegaConf.to_container(cfg.method, resolve=True)
-    params.pop(TUNE_KEY, None)
-    return params
+    """cfg.method as constructor keywords (with ``_target_``)."""
+    return OmegaConf.to_container(cfg.method, resolve=True)
 
 
 def build_method(cfg: DictConfig):
@@ -337,11 +334,11 @@ def build_method(cfg: DictConfig):
 
 
 def _tune_switch(cfg: DictConfig) -> bool:
-    return bool(cfg.method.get(TUNE_KEY, False))
+    return bool(OmegaConf.select(cfg, TUNE_SWITCH, default=False))
 
 
 def _tuning_requested(cfg: DictConfig) -> bool:
-    """``method.tune=true`` for a method with hyper-parameters (its class declares
+    """``tune.enabled=true`` for a method with hyper-parameters (its class declares
     ``tuned_params``; for one without, Identity, the switch is a no-op, noted in the log and
     results.json)."""
     from nnn.methods import method_class
@@ -381,7 +378,7 @@ def _tune(cfg: DictConfig, tuning: EmbeddingSet | None, reference: EmbeddingSet,
           timings: dict[str, float]) -> dict:
     """Per direction, the ``TuningResult`` of the method's grid on the tuning part."""
     if tuning is None:
-        raise ValueError(f"method.tune=true needs a tuning part, but reference.tuning_size="
+        raise ValueError(f"{TUNE_SWITCH}=true needs a tuning part, but reference.tuning_size="
                          f"{cfg.reference.tuning_size}: use reference.tuning_size={TUNING_AUTO} "
                          "(the paper's protocol), 'test' or a number of images")
     from nnn.methods import method_class
