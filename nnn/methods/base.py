@@ -94,7 +94,9 @@ class RetrievalMethod:
 
     def _set_params(self, params: dict) -> None:
         """Subclass hook of ``with_params``: check ``params`` and set them with what follows."""
-        raise TypeError(f"{type(self).__name__} has no parameters with_params can change")
+        name = type(self).__name__
+        raise TypeError(f"{name}.with_params is not supported (its fitted state depends on "
+                        f"every parameter); fit a new {name}(...) instead")
 
     def _check_bank(self, bank, name: str, dim: int):
         """A bank as a checked float32 (n_b, ``dim``) array; subclasses may accept other types."""
