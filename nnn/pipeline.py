@@ -324,6 +324,7 @@ def _evaluate(task: RetrievalTask, method, cfg: DictConfig, timings: dict[str, f
 def _method_name(cfg: DictConfig) -> str:
     return str(cfg.method.get("_target_", "?")).rsplit(".", 1)[-1]
 
+
 def method_params(cfg: DictConfig) -> dict[str, Any]:
     """cfg.method as constructor keywords (with ``_target_``)."""
     return OmegaConf.to_container(cfg.method, resolve=True)

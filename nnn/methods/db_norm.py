@@ -157,7 +157,8 @@ class DBNorm(RetrievalMethod):
         """``with_params(beta_query=, beta_gallery=)``: other betas (each 0, the fitted one or
         one of its grid), from the stored statistics."""
         self.beta_query, self.beta_gallery = self._check_betas(
-            params.get("beta_query", self.beta_query), params.get("beta_gallery", self.beta_gallery))
+            params.get("beta_query", self.beta_query),
+            params.get("beta_gallery", self.beta_gallery))
         self._set_factors()
 
     def _score_block(self, q: torch.Tensor) -> torch.Tensor:
