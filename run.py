@@ -92,6 +92,7 @@ def exit_fast(code) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = nnn.config_dir.translate_overrides(sys.argv[1:])  # method.tune=: tune.enabled=
     if nnn.config_dir.is_plain_help(sys.argv[1:]):  # Hydra's own help takes ~2 s (app_help)
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException

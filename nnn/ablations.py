@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from nnn._arrays import as_matrix, check_grid, check_non_negative, check_positive_int
 from nnn._atomic import atomic_write_bytes
 from nnn.methods import NNN
-from nnn.tuning import RetrievalTask
+from nnn.task import RetrievalTask
 
 log = logging.getLogger(__name__)
 

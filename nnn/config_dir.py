@@ -1,5 +1,6 @@
-"""Where the Hydra configs of a source checkout live, the resolver they use for paths, and the
-text of ``run.py --help`` built from them (``app_help``, without Hydra's slow group listing).
+"""Where the Hydra configs of a source checkout live, the resolver they use for paths, the
+spelling of command-line overrides (``translate_overrides``: the old ``method.tune`` switch) and
+the text of ``run.py --help`` built from them (``app_help``, without Hydra's slow group listing).
 
 Importing this module registers ``${nnn.repo_root:}`` (the checkout that holds ``conf/``), so
 that default paths beside the checkout (``paths.shared_data``) do not depend on the current
@@ -22,6 +23,20 @@ OmegaConf.register_new_resolver(REPO_ROOT_RESOLVER, lambda: str(CONFIG_DIR.paren
 
 #: the flags that ask run.py for help
 HELP_FLAGS = ("--help", "-h")
+#: the tuning switch (conf/config.yaml ``tune``) and its older spelling, still accepted
+TUNE_SWITCH = "tune.enabled"
+TUNE_ALIAS = "method.tune"
+
+
+def translate_overrides(args: list[str]) -> list[str]:
+    """Command-line ``args`` with ``[+]method.tune=VALUE`` spelled ``tune.enabled=VALUE`` (a
+    sweep's ``method.tune=true,false`` included); every other argument unchanged. Used by
+    ``run.py`` and ``nnn.pipeline.compose``, so both accept the alias."""
+    out = []
+    for arg in args:
+        key, eq, value = arg.lstrip("+").partition("=")
+        out.append(f"{TUNE_SWITCH}={value}" if eq and key == TUNE_ALIAS else arg)
+    return out
 
 
 def is_plain_help(args: list[str]) -> bool:

@@ -17,7 +17,7 @@ from nnn._timing import timed
 from nnn.methods import Identity
 from nnn.metrics import hubness_stats, k_occurrence, paired_delta, rank_summary
 from nnn.results import is_ci_key
-from nnn.tuning import RetrievalTask
+from nnn.task import RetrievalTask
 
 #: ``EvalSettings.resample``: t2i resamples images with all their captions, or queries alone
 RESAMPLE = ("image", "query")

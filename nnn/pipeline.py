@@ -9,11 +9,11 @@ the uncorrected baseline, then results files, plots and the experiment logger:
 2. The reference set (and an optional tuning part) is drawn from the training split
    (``cfg.reference``), disjoint from the evaluation split; the references may come from
    another dataset's training split (``reference.dataset``, out-of-distribution references).
-3. Optionally (``cfg.method.tune``) the method's hyper-parameters are chosen per direction on
+3. Optionally (``cfg.tune.enabled``) the method's hyper-parameters are chosen per direction on
    the tuning part (``nnn.tuning``); the test split is never used for it. The tuning part is
    ``reference.tuning_size`` images; ``auto`` (default) holds out as many as the test split
    (fewer if the references would not fit) when tuning or a selecting sweeper needs it.
-4. Per direction (``nnn.tuning.RetrievalTask``: t2i: captions retrieve test images, the banks are
+4. Per direction (``nnn.task.RetrievalTask``: t2i: captions retrieve test images, the banks are
    reference captions (query bank) and reference images (gallery bank); i2t: the mirror image),
    the baseline (plain dot product) and the method are fitted (*fit*) and evaluated (*evaluate*):
    R@k with bootstrap CIs, median/mean rank, hubness statistics of N_k over the gallery.
@@ -42,7 +42,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from nnn._timing import timed
-from nnn.config_dir import CONFIG_DIR  # also registers ${nnn.repo_root:}
+# also registers ${nnn.repo_root:}
+from nnn.config_dir import CONFIG_DIR, TUNE_SWITCH, translate_overrides
 from nnn.data.assemble import TUNING_AUTO
 from nnn.data.base import EmbeddingSet
 from nnn.loggers import sweep_group
@@ -51,7 +52,7 @@ from nnn.results import format_table, is_ci_key, write_results
 
 if TYPE_CHECKING:
     from nnn.evaluation import EvalSettings
-    from nnn.tuning import RetrievalTask
+    from nnn.task import RetrievalTask
 
 # torch, scipy and matplotlib (methods, metrics, tuning, ablations, plots) are imported where
 # they are used, so that composing and checking a config stays fast (``run.py --help`` needs none)
@@ -60,12 +61,8 @@ log = logging.getLogger(__name__)
 
 #: the Hydra choice key of the reference set's own dataset (``dataset@reference.dataset=coco``)
 REFERENCE_DATASET_CHOICE = "dataset@reference.dataset"
-#: the key of cfg.method that switches tuning on; a pipeline switch, not a constructor keyword
-TUNE_KEY = "tune"
 #: results["objective"]["role"] of a sweep job whose objective is measured on the test split
 OBJECTIVE_ANALYSIS = "analysis"
-#: methods without hyper-parameters: method.tune=true is a no-op for them (with a note)
-UNTUNED_METHODS = ("Identity",)
 
 
 def _hydra() -> DictConfig | None:
@@ -82,7 +79,7 @@ def compose(overrides: list[str] = (), *, config_dir: str | Path = CONFIG_DIR) -
     from hydra import initialize_config_dir
 
     with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=list(overrides),
+        cfg = hydra_compose(config_name="config", overrides=translate_overrides(list(overrides)),
                             return_hydra_config=True)
     HydraConfig.instance().set_config(cfg)
     with open_dict(cfg):
@@ -196,10 +193,8 @@ def _method_name(cfg: DictConfig) -> str:
 
 
 def method_params(cfg: DictConfig) -> dict[str, Any]:
-    """cfg.method as constructor keywords (with ``_target_``), without the ``tune`` switch."""
-    params = OmegaConf.to_container(cfg.method, resolve=True)
-    params.pop(TUNE_KEY, None)
-    return params
+    """cfg.method as constructor keywords (with ``_target_``)."""
+    return OmegaConf.to_container(cfg.method, resolve=True)
 
 
 def build_method(cfg: DictConfig):
@@ -207,13 +202,16 @@ def build_method(cfg: DictConfig):
 
 
 def _tune_switch(cfg: DictConfig) -> bool:
-    return bool(cfg.method.get(TUNE_KEY, False))
+    return bool(OmegaConf.select(cfg, TUNE_SWITCH, default=False))
 
 
 def _tuning_requested(cfg: DictConfig) -> bool:
-    """``method.tune=true`` for a method with hyper-parameters (``UNTUNED_METHODS`` have none:
-    there the switch is a no-op, noted in the log and results.json)."""
-    return _tune_switch(cfg) and _method_name(cfg) not in UNTUNED_METHODS
+    """``tune.enabled=true`` for a method with hyper-parameters (its class declares
+    ``tuned_params``; for one without, Identity, the switch is a no-op, noted in the log and
+    results.json)."""
+    from nnn.methods import method_class
+
+    return _tune_switch(cfg) and bool(method_class(_method_name(cfg)).tuned_params)
 
 
 def _call_repr(name: str, params: dict[str, Any]) -> str:
@@ -248,21 +246,22 @@ def _tune(cfg: DictConfig, tuning: EmbeddingSet | None, reference: EmbeddingSet,
           timings: dict[str, float]) -> dict:
     """Per direction, the ``TuningResult`` of the method's grid on the tuning part."""
     if tuning is None:
-        raise ValueError(f"method.tune=true needs a tuning part, but reference.tuning_size="
+        raise ValueError(f"{TUNE_SWITCH}=true needs a tuning part, but reference.tuning_size="
                          f"{cfg.reference.tuning_size}: use reference.tuning_size={TUNING_AUTO} "
                          "(the paper's protocol), 'test' or a number of images")
-    from nnn.tuning import TUNED_PARAMS, canonical_method, tune
+    from nnn.methods import method_class
+    from nnn.tuning import tune
 
-    method = canonical_method(_method_name(cfg))
+    cls = method_class(_method_name(cfg))
     fixed = {k: v for k, v in method_params(cfg).items()
-             if k != "_target_" and k not in TUNED_PARAMS[method]}
+             if k != "_target_" and k not in cls.tuned_params}
     grid = OmegaConf.to_container(cfg.tune.grid, resolve=True) or {}
     out = {}
     for direction in cfg.eval.directions:
         with timed(timings, f"{direction}/tune"):
-            out[direction] = tune(method, tuning, reference, direction,
+            out[direction] = tune(cls.option, tuning, reference, direction,
                                   batch_size=cfg.eval.batch_size, **grid, **fixed)
-        log.info("%s: tuned %s on %d tuning images: %s (R@1 %.2f)", direction, method,
+        log.info("%s: tuned %s on %d tuning images: %s (R@1 %.2f)", direction, cls.option,
                  len(tuning.image), out[direction].best, out[direction].best_score)
     return out
 
@@ -271,7 +270,7 @@ def _objective(cfg: DictConfig, test_metrics: dict[str, float], tuning: Embeddin
                reference: EmbeddingSet, make_method, tuned: dict) -> dict[str, Any]:
     """The metric returned to a sweeper: on the tuning part when there is one, else on test."""
     from nnn.metrics import recall_at_k
-    from nnn.tuning import DIRECTIONS, RetrievalTask
+    from nnn.task import DIRECTIONS, RetrievalTask
 
     metric = str(cfg.objective)
     direction, _, name = metric.partition("/")
@@ -304,16 +303,15 @@ def _alpha_k_analysis(cfg: DictConfig, task: RetrievalTask,
     top-k table. An analysis of how R@1 depends on alpha and k: it chooses nothing (the run's
     parameters come from the tuning part or the config)."""
     from nnn.ablations import nnn_recall_grid
-    from nnn.tuning import ALPHA_GRID, K_GRID
+    from nnn.methods import NNN
 
-    a = cfg.analysis
-    n_refs = len(task.query_bank)
-    alphas = list(ALPHA_GRID) if a.alphas is None else list(a.alphas)
-    ks = [k for k in K_GRID if k <= n_refs] if a.ks is None else list(a.ks)
+    a, grid = cfg.analysis, NNN.tuning_grid
+    alphas = list(grid["alphas"]) if a.alphas is None else list(a.alphas)
+    ks = [k for k in grid["ks"] if k <= len(task.query_bank)] if a.ks is None else list(a.ks)
     nnn_kwargs = {"device": cfg.device}
-    if _method_name(cfg) == "NNN":  # the run's backend, index, batch sizes, ...
+    if _method_name(cfg) == NNN.__name__:  # the run's backend, index, batch sizes, ...
         nnn_kwargs = {k: v for k, v in method_params(cfg).items()
-                      if k not in ("_target_", "k", "alpha", "k_max")}
+                      if k not in ("_target_", "k_max", *NNN.tuned_params)}
     with timed(timings, f"{task.direction}/analysis_alpha_k"):
         table = nnn_recall_grid(task, alphas=alphas, ks=ks, batch_size=cfg.eval.batch_size,
                                 **nnn_kwargs)
@@ -321,7 +319,7 @@ def _alpha_k_analysis(cfg: DictConfig, task: RetrievalTask,
 
 
 def _check_directions(names) -> None:
-    from nnn.tuning import DIRECTIONS
+    from nnn.task import DIRECTIONS
 
     bad = [n for n in names if n not in DIRECTIONS]
     if bad or not names:
@@ -373,7 +371,7 @@ def _tune_if_asked(cfg: DictConfig, results: dict[str, Any], tuning: EmbeddingSe
     if tuned:
         results["method"] = _used_parameters(results["method"], tuned)
     elif _tune_switch(cfg):
-        note = (f"{results['method']['name']} has no hyper-parameters: method.tune=true "
+        note = (f"{results['method']['name']} has no hyper-parameters: {TUNE_SWITCH}=true "
                 "changes nothing")
         log.warning("%s", note)
         results["method"]["note"] = note
@@ -387,7 +385,7 @@ def _evaluate_directions(cfg: DictConfig, results: dict[str, Any], settings: Eva
     ``results["metrics"]`` and the alpha x k analysis; returns N_k counts per direction
     (baseline, method)."""
     from nnn.evaluation import compare, deltas
-    from nnn.tuning import RetrievalTask
+    from nnn.task import RetrievalTask
 
     base_m, meth_m, counts, delta_ci = {}, {}, {}, {}
     k0 = settings.ks[0]

@@ -18,11 +18,9 @@ API::
     method = RetrievalTask.from_sets(test, refs, "t2i").fit(result.estimator())
     ranks = RetrievalTask.from_sets(test, refs, "t2i").ranks(method)
 
-Directions (``RetrievalTask``): ``"t2i"`` -- gallery = images, queries = captions, query bank =
-reference captions, gallery bank = reference images; ``"i2t"`` -- gallery = captions, queries =
-images, query bank = reference images, gallery bank = reference captions.
+Directions: ``nnn.task.RetrievalTask`` (t2i: captions retrieve images; i2t: the mirror image).
 
-Grids (defaults from the paper, see the constants):
+Grids (defaults: each class's ``tuning_grid``, the paper's values in ``nnn.methods.grids``):
 
 - NNN: alpha x k, from ONE fit. NNN is fitted once on the tuning gallery with k = the largest k
   of the grid; every (alpha, k) then reuses its top-k reference table (``NNN.with_params``), so
@@ -30,7 +28,8 @@ Grids (defaults from the paper, see the constants):
   the number of references (with a note); an explicit k above it is an error.
 - QB-Norm: one beta axis, the union of the coarse grid and both dense ranges, plus 0.
 - DBNorm: stages of product grids, coarse (beta_query, beta_gallery) in the coarse grid (plus 0)
-  squared, then the dense ranges (plus 0) in both assignments to the banks (``DB_NORM_STAGES``);
+  squared, then the dense ranges (plus 0) in both assignments to the banks
+  (``grids.DB_NORM_STAGES``);
   the best point of all evaluated ones wins, and ``stages`` / ``notes`` say which stage (so
   which dense assignment) held it. ``table`` spans the union of the values (NaN where not
   evaluated). About 1,200 points.
@@ -61,101 +60,14 @@ from tqdm.auto import tqdm
 
 from nnn._arrays import check_grid, check_non_negative, check_positive_int
 from nnn.data.base import EmbeddingSet
-from nnn.methods import CSLS, DN, NNN, DBNorm, Identity, QBNorm
-from nnn.metrics import first_relevant_rank, i2t_ranks, recall_at_k, relevant_block, t2i_ranks
+from nnn.methods import CSLS, DN, NNN, DBNorm, Identity, QBNorm, method_class
+from nnn.metrics import first_relevant_rank, relevant_block
+from nnn.task import RetrievalTask
 
 log = logging.getLogger(__name__)
 
-DIRECTIONS = ("t2i", "i2t")
-
-# -- the paper's grids (paper-facts.md, "Method" and "Baselines") ------------------------------
-#: NNN alpha in {0.25, 0.375, ..., 1.5} (paper-facts.md "Method")
-ALPHA_GRID = tuple(0.25 + 0.125 * i for i in range(11))
-#: NNN k in {1, 2, 4, ..., 512} (paper-facts.md "Method")
-K_GRID = tuple(2 ** i for i in range(10))
-#: QB-Norm / DBNorm: 20 log-spaced betas in [0.001, 400] (paper-facts.md "Baselines")
-BETA_COARSE_GRID = tuple(float(b) for b in np.geomspace(0.001, 400.0, 20))
-#: the second stage "again with a resolution of 20 values" (paper-facts.md "Baselines"): 20
-#: log-spaced betas in [0.001, 15] for one bank and in [25, 200] for the other
-BETA_LOW_DENSE_GRID = tuple(float(b) for b in np.geomspace(0.001, 15.0, 20))
-BETA_HIGH_DENSE_GRID = tuple(float(b) for b in np.geomspace(25.0, 200.0, 20))
-#: "plus beta = 0" (paper-facts.md "Baselines"): no normalisation by that bank
-BETA_OFF = 0.0
-#: QB-Norm's one axis: beta = 0, the coarse grid and both dense ranges, sorted (which range is
-#: the query bank's is ambiguous in the paper; with one axis, searching both costs 40 points)
-QB_NORM_BETA_GRID = tuple(sorted({BETA_OFF, *BETA_COARSE_GRID, *BETA_LOW_DENSE_GRID,
-                                  *BETA_HIGH_DENSE_GRID}))
-#: DBNorm's stages, name -> (beta_query values, beta_gallery values), each a product grid. Which
-#: bank gets which dense range is ambiguous between the paper's equations (beta1, the low range,
-#: on the gallery bank) and its appendix (beta_q low): both assignments are searched, and the
-#: ``TuningResult`` records which stage the chosen point came from (``stages``, ``notes``).
-DB_NORM_STAGES = {
-    "coarse": ((BETA_OFF, *BETA_COARSE_GRID), (BETA_OFF, *BETA_COARSE_GRID)),
-    "dense, query low": ((BETA_OFF, *BETA_LOW_DENSE_GRID), (BETA_OFF, *BETA_HIGH_DENSE_GRID)),
-    "dense, gallery low": ((BETA_OFF, *BETA_HIGH_DENSE_GRID), (BETA_OFF, *BETA_LOW_DENSE_GRID)),
-}
-#: DN lambda in {0, 0.1, ..., 1}; the paper fixes lambda = 0.5 (paper-facts.md "Baselines")
-DN_LAMBDA_GRID = tuple(round(0.1 * i, 1) for i in range(11))
-
-#: the constructor keywords each tuner sets (the other keywords are passed through unchanged)
-TUNED_PARAMS = {"nnn": ("k", "alpha"), "qb_norm": ("beta",),
-                "db_norm": ("beta_query", "beta_gallery"), "dn": ("lam",), "csls": ("k",)}
 #: constructor keywords every method (Identity included) accepts
 _RUNTIME_KWARGS = ("batch_size", "device", "normalize")
-#: tuned beta -> the QBNorm / DBNorm keyword naming the betas that one fit prepares for it
-_BETA_GRID_KWARGS = {"beta": "beta_grid", "beta_query": "beta_query_grid",
-                     "beta_gallery": "beta_gallery_grid"}
-
-
-# -- direction semantics -----------------------------------------------------------------------
-@dataclass
-class RetrievalTask:
-    """One retrieval direction on one split: what to fit on and what to query with.
-
-    gallery (n_g, d), queries (n_q, d), caption_to_image (n_cap,), query_bank (n_qb, d),
-    gallery_bank (n_gb, d); ``direction`` is "t2i" or "i2t".
-    """
-
-    direction: str
-    gallery: np.ndarray
-    queries: np.ndarray
-    caption_to_image: np.ndarray
-    query_bank: np.ndarray
-    gallery_bank: np.ndarray
-
-    @classmethod
-    def from_sets(cls, split: EmbeddingSet, refs: EmbeddingSet, direction: str) -> "RetrievalTask":
-        """``split``'s gallery/queries and ``refs``' banks for ``direction`` (module docstring)."""
-        direction = check_direction(direction)
-        if split.dim != refs.dim:
-            raise ValueError(f"split {split.name!r} has dimension {split.dim} but references "
-                             f"{refs.name!r} have {refs.dim}; embed both with the same model")
-        if direction == "t2i":
-            return cls(direction, split.image, split.text, split.caption_to_image,
-                       refs.text, refs.image)
-        return cls(direction, split.text, split.image, split.caption_to_image,
-                   refs.image, refs.text)
-
-    def fit(self, method):
-        """``method.fit`` on this task's gallery with both banks. Returns the fitted method."""
-        return method.fit(self.gallery, query_bank=self.query_bank, gallery_bank=self.gallery_bank)
-
-    def ranks(self, method, *, batch_size: int = 1024) -> np.ndarray:
-        """1-based ranks (n_q,) of a method fitted on this task's gallery (``nnn.metrics``)."""
-        rank_fn = t2i_ranks if self.direction == "t2i" else i2t_ranks
-        return rank_fn(method, self.queries, self.caption_to_image, batch_size=batch_size)
-
-    def recall_at_1(self, method, *, batch_size: int = 1024) -> float:
-        """R@1 in percent of a fitted method."""
-        return recall_at_k(self.ranks(method, batch_size=batch_size), (1,))["R@1"]
-
-
-def check_direction(direction: str) -> str:
-    """Return ``direction`` if it is "t2i" or "i2t", else raise ``ValueError``."""
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS} (text->image or image->text), "
-                         f"got {direction!r}")
-    return direction
 
 
 # -- results -----------------------------------------------------------------------------------
@@ -198,23 +110,17 @@ class TuningResult:
 
 
 def make_estimator(method: str, params: dict, **kwargs):
-    """Unfitted method ``method`` ("nnn", "qb_norm", "db_norm", "dn", "csls") with ``params``.
+    """Unfitted method ``method`` (any name ``nnn.methods.method_class`` knows) with its
+    ``tuned_params`` from ``params`` and the fixed ``kwargs``.
 
-    Betas that are all 0 give ``Identity`` (raw similarity) with the runtime keywords only.
+    All tuned values 0 for a ``zero_is_identity`` method (QB-Norm / DBNorm betas) give
+    ``Identity`` (raw similarity) with the runtime keywords only.
     """
-    method = canonical_method(method)
-    if method == "nnn":
-        return NNN(k=params["k"], alpha=params["alpha"], **kwargs)
-    if method == "dn":
-        return DN(lam=params["lam"], **kwargs)
-    if method == "csls":
-        return CSLS(k=params["k"], **kwargs)
-    betas = [params["beta"]] if method == "qb_norm" else [params["beta_query"], params["beta_gallery"]]
-    if all(b == 0 for b in betas):
+    cls = method_class(method)
+    tuned = {name: params[name] for name in cls.tuned_params}
+    if cls.zero_is_identity and not any(tuned.values()):
         return Identity(**{k: v for k, v in kwargs.items() if k in _RUNTIME_KWARGS})
-    if method == "qb_norm":
-        return QBNorm(beta=params["beta"], **kwargs)
-    return DBNorm(beta_query=params["beta_query"], beta_gallery=params["beta_gallery"], **kwargs)
+    return cls(**tuned, **kwargs)
 
 
 # -- grid checks -------------------------------------------------------------------------------
@@ -228,12 +134,14 @@ def _check_finite(value, name: str) -> float:
     return v
 
 
-def _k_grid(ks, n_refs: int, notes: list[str], method: str = "NNN") -> list[int]:
+def _k_grid(ks, default: Sequence[int], n_refs: int, notes: list[str],
+            method: str = "NNN") -> list[int]:
+    """``ks`` checked against ``n_refs``; None: ``default`` cut at ``n_refs`` (noted)."""
     if ks is None:
-        grid = [k for k in K_GRID if k <= n_refs]
-        if len(grid) < len(K_GRID):
+        grid = [k for k in default if k <= n_refs]
+        if len(grid) < len(default):
             note = (f"k grid cut at the reference size {n_refs}: k in {grid} "
-                    f"(dropped {[k for k in K_GRID if k > n_refs]})")
+                    f"(dropped {[k for k in default if k > n_refs]})")
             log.info("%s tuning: %s", method, note)
             notes.append(note)
         return grid
@@ -289,9 +197,9 @@ def _fresh_fits(method: str, task: RetrievalTask, method_kwargs: dict):
     return lambda p: task.fit(make_estimator(method, p, **method_kwargs))
 
 
-def _beta_tuner_keywords(method: str) -> tuple[str, ...]:
-    """The QBNorm / DBNorm keywords the tuner sets: the tuned betas and their fit grids."""
-    return (*TUNED_PARAMS[method], *(_BETA_GRID_KWARGS[n] for n in TUNED_PARAMS[method]))
+def _tuner_keywords(cls) -> tuple[str, ...]:
+    """The constructor keywords the tuner sets: the tuned ones and their fit grids."""
+    return (*cls.tuned_params, *cls.fit_grid_params.values())
 
 
 def _beta_search(method: str, task: RetrievalTask, points: list[dict], method_kwargs: dict,
@@ -306,12 +214,13 @@ def _beta_search(method: str, task: RetrievalTask, points: list[dict], method_kw
     ranks equal those of ``task.ranks`` on fresh fits with the same ``batch_size``.
     """
     first = next((p for p in points if any(p.values())), None)
-    identity = task.fit(make_estimator(method, {k: 0.0 for k in TUNED_PARAMS[method]},
+    cls = method_class(method)
+    identity = task.fit(make_estimator(method, {k: 0.0 for k in cls.tuned_params},
                                        **method_kwargs))
     models = [None] * len(points)
     if first is not None:
-        grids = {_BETA_GRID_KWARGS[name]: sorted({p[name] for p in points if p[name] > 0})
-                 for name in TUNED_PARAMS[method]}
+        grids = {grid: sorted({p[name] for p in points if p[name] > 0})
+                 for name, grid in cls.fit_grid_params.items()}
         fitted = task.fit(make_estimator(method, first, **grids, **method_kwargs))
         models = [fitted.with_params(**p) if any(p.values()) else None for p in points]
     n_q, n_g = len(task.queries), len(task.gallery)
@@ -335,16 +244,17 @@ def tune_nnn(tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i", *
              batch_size: int = 1024, **nnn_kwargs) -> TuningResult:
     """NNN's alpha x k grid from one fit (``table`` is R@1[alpha, k]).
 
-    ``alphas``/``ks`` default to ``ALPHA_GRID``/``K_GRID`` (k cut at the reference size);
+    ``alphas``/``ks`` default to ``NNN.tuning_grid`` (k cut at the reference size);
     ``nnn_kwargs`` go to the ``NNN`` constructor (e.g. ``backend``, ``device``).
     """
     if nnn_kwargs.get("k_max", 0) is None:   # "no extra table width": the tuner sets it
         nnn_kwargs.pop("k_max")
-    _check_fixed_kwargs(nnn_kwargs, (*TUNED_PARAMS["nnn"], "k_max"), "NNN")
+    _check_fixed_kwargs(nnn_kwargs, (*NNN.tuned_params, "k_max"), "NNN")
     task = RetrievalTask.from_sets(tuning, refs, direction)
     notes: list[str] = []
-    alphas = check_grid(ALPHA_GRID if alphas is None else alphas, "alphas", check_non_negative)
-    ks = _k_grid(ks, len(task.query_bank), notes)
+    alphas = check_grid(NNN.tuning_grid["alphas"] if alphas is None else alphas, "alphas",
+                        check_non_negative)
+    ks = _k_grid(ks, NNN.tuning_grid["ks"], len(task.query_bank), notes)
     # one top-k table of width max(ks); every grid point reads its first k columns
     fitted = task.fit(NNN(k=min(ks), k_max=max(ks), alpha=alphas[0], **nnn_kwargs))
     grid = []
@@ -358,14 +268,15 @@ def tune_nnn(tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i", *
 def tune_qb_norm(tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i", *,
                  betas: Sequence[float] | None = None, batch_size: int = 1024,
                  **qb_kwargs) -> TuningResult:
-    """QB-Norm's beta (default ``QB_NORM_BETA_GRID``; 0 = raw similarity), from one fit (one
+    """QB-Norm's beta (default ``QBNorm.tuning_grid``; 0 = raw similarity), from one fit (one
     pass over the query bank for all betas).
 
     ``qb_kwargs`` go to ``QBNorm`` (e.g. ``dynamic=True`` for DIS).
     """
-    _check_fixed_kwargs(qb_kwargs, _beta_tuner_keywords("qb_norm"), "QBNorm")
+    _check_fixed_kwargs(qb_kwargs, _tuner_keywords(QBNorm), "QBNorm")
     task = RetrievalTask.from_sets(tuning, refs, direction)
-    betas = check_grid(QB_NORM_BETA_GRID if betas is None else betas, "betas", check_non_negative)
+    betas = check_grid(QBNorm.tuning_grid["betas"] if betas is None else betas, "betas",
+                       check_non_negative)
     points = [{"beta": b} for b in betas]
     grid = _beta_search("qb_norm", task, points, qb_kwargs, batch_size)
     return _result("qb_norm", direction, grid, {"beta": betas}, qb_kwargs, [])
@@ -378,15 +289,15 @@ def tune_db_norm(tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i
     over each bank for all the betas of its axis.
 
     ``stages``: a mapping name -> (beta_query values, beta_gallery values), or a sequence of such
-    pairs (named "stage 0", ...); None: ``DB_NORM_STAGES`` (coarse, then the dense ranges in both
+    pairs (named "stage 0", ...); None: ``DBNorm.tuning_grid`` (coarse, then the dense ranges in both
     assignments to the banks). ``stages`` of the result gives each stage's best point and which
     stage holds the chosen one (also in ``notes``). ``table`` is R@1[beta_query, beta_gallery]
     over the union of each axis' values. ``db_kwargs`` go to ``DBNorm`` (e.g. ``dynamic=True``
     for DualDIS, ``gate``).
     """
-    _check_fixed_kwargs(db_kwargs, _beta_tuner_keywords("db_norm"), "DBNorm")
+    _check_fixed_kwargs(db_kwargs, _tuner_keywords(DBNorm), "DBNorm")
     task = RetrievalTask.from_sets(tuning, refs, direction)
-    stages = DB_NORM_STAGES if stages is None else stages
+    stages = DBNorm.tuning_grid["stages"] if stages is None else stages
     if not stages:
         raise ValueError("stages is empty; pass at least one (beta_query values, beta_gallery "
                          "values) pair, or None for the paper's stages")
@@ -425,10 +336,10 @@ def tune_db_norm(tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i
 def tune_dn(tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i", *,
             lams: Sequence[float] | None = None, batch_size: int = 1024,
             **dn_kwargs) -> TuningResult:
-    """DN's lambda (default ``DN_LAMBDA_GRID``; the paper fixes 0.5), one fit per value."""
-    _check_fixed_kwargs(dn_kwargs, TUNED_PARAMS["dn"], "DN")
+    """DN's lambda (default ``DN.tuning_grid``; the paper fixes 0.5), one fit per value."""
+    _check_fixed_kwargs(dn_kwargs, DN.tuned_params, "DN")
     task = RetrievalTask.from_sets(tuning, refs, direction)
-    lams = check_grid(DN_LAMBDA_GRID if lams is None else lams, "lams", _check_finite)
+    lams = check_grid(DN.tuning_grid["lams"] if lams is None else lams, "lams", _check_finite)
     grid = _search("dn", task, [{"lam": v} for v in lams], _fresh_fits("dn", task, dn_kwargs),
                    batch_size)
     return _result("dn", direction, grid, {"lam": lams}, dn_kwargs, [])
@@ -437,36 +348,32 @@ def tune_dn(tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i", *,
 def tune_csls(tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i", *,
               ks: Sequence[int] | None = None, batch_size: int = 1024,
               **csls_kwargs) -> TuningResult:
-    """CSLS's k (default ``K_GRID``, like NNN's, cut at the smaller of the query bank and the
+    """CSLS's k (default ``CSLS.tuning_grid``, NNN's k grid, cut at the smaller of the query bank and the
     tuning gallery: CSLS averages the k nearest neighbours on both sides), one fit per k.
 
     ``csls_kwargs`` go to ``CSLS`` (e.g. ``device``).
     """
-    _check_fixed_kwargs(csls_kwargs, TUNED_PARAMS["csls"], "CSLS")
+    _check_fixed_kwargs(csls_kwargs, CSLS.tuned_params, "CSLS")
     task = RetrievalTask.from_sets(tuning, refs, direction)
     notes: list[str] = []
-    ks = _k_grid(ks, min(len(task.query_bank), len(task.gallery)), notes, method="CSLS")
+    ks = _k_grid(ks, CSLS.tuning_grid["ks"], min(len(task.query_bank), len(task.gallery)), notes,
+                 method="CSLS")
     grid = _search("csls", task, [{"k": k} for k in ks], _fresh_fits("csls", task, csls_kwargs),
                    batch_size)
     return _result("csls", direction, grid, {"k": ks}, csls_kwargs, notes)
 
 
-#: method name -> tuner; Identity (no hyper-parameters) is absent
-TUNERS = {"nnn": tune_nnn, "qb_norm": tune_qb_norm, "db_norm": tune_db_norm, "dn": tune_dn,
-          "csls": tune_csls}
-_ALIASES = {"qbnorm": "qb_norm", "dbnorm": "db_norm"}
-
-
-def canonical_method(name: str) -> str:
-    """"NNN", "QB-Norm", "qbnorm", "db_norm", "DN", ... -> a key of ``TUNERS``; ValueError otherwise."""
-    key = str(name).lower().replace("-", "_")
-    key = _ALIASES.get(key, key)
-    if key not in TUNERS:
-        raise ValueError(f"no tuner for method {name!r}; tunable methods are {sorted(TUNERS)}")
-    return key
+#: ``option`` of the method class -> its tuner; Identity (no hyper-parameters) is absent
+TUNERS = {NNN.option: tune_nnn, QBNorm.option: tune_qb_norm, DBNorm.option: tune_db_norm,
+          DN.option: tune_dn, CSLS.option: tune_csls}
 
 
 def tune(method: str, tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i",
          **kwargs) -> TuningResult:
-    """Dispatch to ``tune_<method>`` (``TUNERS``); ``kwargs`` are that tuner's keywords."""
-    return TUNERS[canonical_method(method)](tuning, refs, direction, **kwargs)
+    """Dispatch to ``tune_<method>`` (``TUNERS``; ``method``: any name ``method_class`` knows);
+    ``kwargs`` are that tuner's keywords."""
+    cls = method_class(method)
+    if not cls.tuned_params:
+        raise ValueError(f"method {method!r} has no hyper-parameters to tune; tunable methods "
+                         f"are {sorted(TUNERS)}")
+    return TUNERS[cls.option](tuning, refs, direction, **kwargs)

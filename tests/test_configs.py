@@ -12,7 +12,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from nnn.loggers import NullLogger
 from nnn.methods import RetrievalMethod
-from nnn.pipeline import CONFIG_DIR, TUNE_KEY, build_method, compose
+from nnn.config_dir import translate_overrides
+from nnn.pipeline import CONFIG_DIR, build_method, compose
 
 REPO = CONFIG_DIR.parent
 GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "hydra")
@@ -38,9 +39,7 @@ def _check_keys_match(path: str, node: DictConfig) -> None:
     params = inspect.signature(target).parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    # the method's tune switch is read by the pipeline and removed before instantiation
-    switches = {TUNE_KEY} if path == "method" else set()
-    unknown = [k for k in node if not str(k).startswith("_") and k not in set(params) | switches]
+    unknown = [k for k in node if not str(k).startswith("_") and k not in set(params)]
     assert not unknown, f"{path}: keys {unknown} are not parameters of {node._target_}"
 
 
@@ -134,3 +133,13 @@ def test_which_help_run_py_answers_itself(args, plain):
     from nnn.config_dir import is_plain_help
 
     assert is_plain_help(args) is plain
+
+
+def test_old_tune_switch_is_an_alias_of_tune_enabled():
+    assert translate_overrides(["-m", "method.tune=true,false", "+method.tune=1", "method.k=4",
+                                "method.tuned=x", "tune.enabled=false"]) == [
+        "-m", "tune.enabled=true,false", "tune.enabled=1", "method.k=4", "method.tuned=x",
+        "tune.enabled=false"]
+    cfg = compose(["method=dn", "method.tune=true"])
+    assert cfg.tune.enabled is True and "tune" not in cfg.method
+    assert compose([]).tune.enabled is False

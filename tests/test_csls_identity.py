@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-import nnn.methods as methods
 from nnn.methods import CSLS, NNN, Identity
 from tolerances import EPS32, assert_topk_ids, dot_atol
 
@@ -98,9 +97,3 @@ def test_identity_is_the_plain_dot_product(data):
                                atol=dot_atol(D))
     with pytest.raises(ValueError, match="queries has dimension 3"):
         m.score(q[:, :3])
-
-
-def test_package_exports_every_method():
-    for name in ("NNN", "QBNorm", "DBNorm", "DN", "CSLS", "Identity"):
-        assert issubclass(getattr(methods, name), methods.RetrievalMethod), name
-    assert set(methods.__all__) >= {"NNN", "QBNorm", "DBNorm", "DN", "CSLS", "Identity"}

@@ -19,7 +19,7 @@ from nnn.loggers import NullLogger, sweep_group
 from nnn.methods import NNN
 from nnn.pipeline import CONFIG_DIR, compose, load_sets, run
 from nnn.results import alpha_k_grids, alpha_k_rows, read_results
-from nnn.tuning import RetrievalTask
+from nnn.task import RetrievalTask
 
 REPO = CONFIG_DIR.parent
 sys.path.insert(0, str(REPO / "experiments"))

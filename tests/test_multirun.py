@@ -78,3 +78,14 @@ def test_sweep_rows_keep_only_swept_parameters():
 
 def test_summarise_empty_directory(tmp_path):
     assert summarise_sweep(tmp_path) == ([], [])
+
+
+def test_old_tune_switch_sweeps_as_tune_enabled(tmp_path, run_py):
+    """``-m method.tune=true,false`` (the older spelling) sweeps ``tune.enabled``."""
+    sweep = tmp_path / "sweep"
+    assert run_py(*_args(sweep, "method.tune=true,false", "+tune.grid.alphas=[0.5]",
+                         "+tune.grid.ks=[1,4]")) == 0
+    tuned, plain = read_results(sweep / "0"), read_results(sweep / "1")
+    assert "tune.enabled=True" in tuned["overrides"] and tuned["tuning"]  # as Hydra sweeps it
+    assert tuned["config"]["tune"]["enabled"] is True and "tune" not in tuned["config"]["method"]
+    assert "tune.enabled=False" in plain["overrides"] and not plain["tuning"]

@@ -8,8 +8,6 @@ ranking against the float64 product itself, which may be <= 0. Banks are streame
 multiples of 7), so many chunk boundaries are crossed.
 """
 
-import warnings
-
 import numpy as np
 import pytest
 import torch
@@ -17,6 +15,7 @@ from scipy.special import logsumexp
 
 from nnn.methods import DBNorm, QBNorm
 from nnn.methods._bank_stats import bank_stats, chunk_rows
+from conftest import unit_rows
 from tolerances import assert_topk_ids, dot_atol
 
 N_G, N_QB, N_GB, N_Q, D = 53, 211, 103, 41, 24
@@ -26,19 +25,15 @@ BUDGET = (CHUNK + 0.5) * ((2 * N_G + D) * 4 + 12) / 2**20
 TOP = 5
 
 
-def unit(x):
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
-
-
 @pytest.fixture(scope="module")
 def data():
     """Gallery (N_G, D); banks clustered on the first 30 / last 20 gallery items, so that with
     activation_k=1 the activation sets are partial and DIS gates some queries but not others."""
     rng = np.random.default_rng(0)
-    g = unit(rng.standard_normal((N_G, D)))
-    qb = unit(g[rng.integers(0, 30, N_QB)] + 0.03 * rng.standard_normal((N_QB, D)))
-    gb = unit(g[rng.integers(N_G - 20, N_G, N_GB)] + 0.03 * rng.standard_normal((N_GB, D)))
-    q = unit(g[rng.integers(0, N_G, N_Q)] + 0.1 * rng.standard_normal((N_Q, D)))
+    g = unit_rows(rng.standard_normal((N_G, D)))
+    qb = unit_rows(g[rng.integers(0, 30, N_QB)] + 0.03 * rng.standard_normal((N_QB, D)))
+    gb = unit_rows(g[rng.integers(N_G - 20, N_G, N_GB)] + 0.03 * rng.standard_normal((N_GB, D)))
+    q = unit_rows(g[rng.integers(0, N_G, N_Q)] + 0.1 * rng.standard_normal((N_Q, D)))
     return g, qb, gb, q
 
 
@@ -247,7 +242,7 @@ def test_qbnorm_dynamic_matches_reference(data, k):
 
 def basis(*rows):
     """Unit vectors from coefficient rows over the standard basis of R^5."""
-    return unit(np.array(rows, dtype=np.float64))
+    return unit_rows(np.array(rows, dtype=np.float64))
 
 
 def test_dis_gating_constructed_case():
@@ -362,9 +357,9 @@ def big_bank():
     the float64 gallery x bank similarities (96 MB, gallery rows contiguous for fast sums)."""
     rng = np.random.default_rng(7)
     mu = rng.standard_normal(D_BIG)
-    bank = unit(mu + 1.5 * rng.standard_normal((N_BIG, D_BIG)))
-    g = unit(rng.standard_normal((N_G_BIG, D_BIG)))
-    return g, bank, unit(rng.standard_normal((N_Q_BIG, D_BIG))), sim(g, bank)
+    bank = unit_rows(mu + 1.5 * rng.standard_normal((N_BIG, D_BIG)))
+    g = unit_rows(rng.standard_normal((N_G_BIG, D_BIG)))
+    return g, bank, unit_rows(rng.standard_normal((N_Q_BIG, D_BIG))), sim(g, bank)
 
 
 @pytest.mark.parametrize("beta", [0.001, 0.03])
@@ -397,14 +392,6 @@ def test_small_beta_big_bank_ranks_like_float64(big_bank, beta):
 
 
 # -- inputs --------------------------------------------------------------------------------------
-def test_missing_bank_is_named(data):
-    g, qb, _, _ = data
-    with pytest.raises(ValueError, match="query_bank"):
-        QBNorm().fit(g)
-    with pytest.raises(ValueError, match="gallery_bank"):
-        DBNorm(beta_query=1.0, beta_gallery=1.0).fit(g, query_bank=qb)
-    with pytest.raises(ValueError, match="query_bank"):
-        DBNorm(beta_query=1.0, beta_gallery=1.0).fit(g, gallery_bank=qb)
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -437,67 +424,13 @@ def test_dbnorm_bad_parameters(kwargs, match):
         DBNorm(**kwargs)
 
 
-def test_constructors_are_keyword_only():
-    with pytest.raises(TypeError):
-        QBNorm(20.0)
-    with pytest.raises(TypeError):
-        DBNorm(1.0, 1.0)
-
-
-def test_bad_arrays(data):
-    g, qb, gb, q = data
+def test_bad_fit_values(data):
+    """QBNorm's own fit checks (the shared ones: tests/test_method_contract.py)."""
+    g, qb, _, _ = data
     with pytest.raises(ValueError, match="activation_k"):
         QBNorm(activation_k=N_G + 1).fit(g, query_bank=qb)
-    with pytest.raises(ValueError, match="query_bank.*dimension"):
-        QBNorm().fit(g, query_bank=unit(np.ones((4, D + 1))))
-    with pytest.raises(ValueError, match="gallery_bank.*dimension"):
-        DBNorm(beta_query=1.0, beta_gallery=1.0).fit(g, query_bank=qb, gallery_bank=gb[:, :-1])
-    bad = qb.copy()
-    bad[3, 2] = np.nan
-    with pytest.raises(ValueError, match="query_bank.*NaN"):
-        QBNorm().fit(g, query_bank=bad)
-    m = QBNorm().fit(g, query_bank=qb)
-    with pytest.raises(ValueError, match="queries.*dimension"):
-        m.score(q[:, :5])
-    bad_q = q.copy()
-    bad_q[0, 0] = np.inf
-    with pytest.raises(ValueError, match="queries.*NaN or Inf"):
-        m.search(bad_q)
-    with pytest.raises(RuntimeError, match="not fitted"):
-        QBNorm().score(q)
     with pytest.raises(ValueError, match="overflows"):
         QBNorm(beta=1e39).fit(g, query_bank=qb)
-
-
-@pytest.mark.parametrize("make", [
-    lambda: QBNorm(beta=20.0, dynamic=True, memory_budget_mb=BUDGET),
-    lambda: DBNorm(beta_query=20.0, beta_gallery=5.0, dynamic=True, memory_budget_mb=BUDGET),
-    lambda: DBNorm(beta_query=20.0, beta_gallery=5.0, normalize=True, memory_budget_mb=BUDGET),
-])
-def test_inputs_not_mutated(data, make):
-    g, qb, gb, q = (2.0 * x for x in data)  # non-unit rows exercise normalize=True's copy
-    before = [x.copy() for x in (g, qb, gb, q)]
-    m = make()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # non-unit rows without normalize=True
-        m.fit(g, query_bank=qb, gallery_bank=gb)
-        m.score(q)
-        m.search(q, 3)
-    for x, x0 in zip((g, qb, gb, q), before):
-        np.testing.assert_array_equal(x, x0)
-
-
-def test_torch_inputs_match_numpy(data):
-    g, qb, gb, q = data
-    t = [torch.from_numpy(x.copy()) for x in data]
-    a = DBNorm(beta_query=20.0, beta_gallery=5.0, dynamic=True, memory_budget_mb=BUDGET)
-    b = DBNorm(beta_query=20.0, beta_gallery=5.0, dynamic=True, memory_budget_mb=BUDGET)
-    a.fit(g, query_bank=qb, gallery_bank=gb)
-    b.fit(t[0], query_bank=t[1], gallery_bank=t[2])
-    np.testing.assert_array_equal(a.score(q), b.score(t[3]))
-    qa = QBNorm(memory_budget_mb=BUDGET).fit(g, query_bank=qb)
-    qt = QBNorm(memory_budget_mb=BUDGET).fit(t[0], query_bank=t[1])
-    np.testing.assert_array_equal(qa.search(q, 4)[1], qt.search(t[3], 4)[1])
 
 
 # -- real embeddings ---------------------------------------------------------------------------

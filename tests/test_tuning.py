@@ -13,8 +13,10 @@ from nnn.methods import CSLS, DBNorm, DN, Identity, NNN, QBNorm
 from nnn.methods._topk import ReferenceTopK
 from nnn.methods.base import RetrievalMethod
 from nnn import tuning as T
-from nnn.tuning import (RetrievalTask, tune, tune_csls, tune_db_norm, tune_dn, tune_nnn,
-                        tune_qb_norm)
+from nnn.methods import METHODS
+from nnn.methods import grids as G
+from nnn.task import RetrievalTask
+from nnn.tuning import tune, tune_csls, tune_db_norm, tune_dn, tune_nnn, tune_qb_norm
 
 from conftest import unit_rows
 
@@ -91,23 +93,28 @@ def dn_r1(split, refs, direction, lam):
 
 # -- the paper's grids --------------------------------------------------------------------------
 def test_grids_are_the_papers():
-    assert T.ALPHA_GRID == (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0, 1.125, 1.25, 1.375, 1.5)
-    assert T.K_GRID == (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-    coarse = np.array(T.BETA_COARSE_GRID)
+    assert G.ALPHA_GRID == (0.25, 0.375, 0.5, 0.625, 0.75, 0.875, 1.0, 1.125, 1.25, 1.375, 1.5)
+    assert G.K_GRID == (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+    coarse = np.array(G.BETA_COARSE_GRID)
     assert len(coarse) == 20 and coarse[0] == pytest.approx(0.001) and coarse[-1] == pytest.approx(400)
     assert np.allclose(np.diff(np.log(coarse)), np.log(400 / 0.001) / 19)   # log-spaced
-    low, high = T.BETA_LOW_DENSE_GRID, T.BETA_HIGH_DENSE_GRID
+    low, high = G.BETA_LOW_DENSE_GRID, G.BETA_HIGH_DENSE_GRID
     for grid, lo, hi in ((low, 0.001, 15), (high, 25, 200)):   # "a resolution of 20 values"
         g = np.array(grid)
         assert g[0] == pytest.approx(lo) and g[-1] == pytest.approx(hi) and len(g) == 20
         assert np.allclose(np.diff(np.log(g)), np.log(hi / lo) / 19)
-    assert set(T.QB_NORM_BETA_GRID) == {0.0, *T.BETA_COARSE_GRID, *low, *high}
-    assert list(T.QB_NORM_BETA_GRID) == sorted(T.QB_NORM_BETA_GRID)
+    assert set(G.QB_NORM_BETA_GRID) == {0.0, *G.BETA_COARSE_GRID, *low, *high}
+    assert list(G.QB_NORM_BETA_GRID) == sorted(G.QB_NORM_BETA_GRID)
     # coarse, then both assignments of the dense ranges to the banks (the paper is ambiguous)
-    assert list(T.DB_NORM_STAGES.values()) == [
-        ((0.0, *T.BETA_COARSE_GRID), (0.0, *T.BETA_COARSE_GRID)),
+    assert list(G.DB_NORM_STAGES.values()) == [
+        ((0.0, *G.BETA_COARSE_GRID), (0.0, *G.BETA_COARSE_GRID)),
         ((0.0, *low), (0.0, *high)), ((0.0, *high), (0.0, *low))]
-    assert T.DN_LAMBDA_GRID[0] == 0 and T.DN_LAMBDA_GRID[-1] == 1 and 0.5 in T.DN_LAMBDA_GRID
+    assert G.DN_LAMBDA_GRID[0] == 0 and G.DN_LAMBDA_GRID[-1] == 1 and 0.5 in G.DN_LAMBDA_GRID
+    # each class declares its grid under the tuner's keywords (the keys of tune.grid)
+    assert NNN.tuning_grid == {"alphas": G.ALPHA_GRID, "ks": G.K_GRID}
+    assert CSLS.tuning_grid == {"ks": G.K_GRID} and DN.tuning_grid == {"lams": G.DN_LAMBDA_GRID}
+    assert QBNorm.tuning_grid == {"betas": G.QB_NORM_BETA_GRID}
+    assert DBNorm.tuning_grid == {"stages": G.DB_NORM_STAGES}
 
 
 # -- NNN: one pass, equal to fresh fits and to the float64 formula -----------------------------
@@ -305,7 +312,7 @@ def test_csls_k_grid_matches_formula_and_is_cut_at_the_smaller_side(sets, direct
     res = tune_csls(tuning, refs, direction)
     task = RetrievalTask.from_sets(tuning, refs, direction)
     limit = min(len(task.query_bank), len(task.gallery))  # t2i: 37 tuning images; i2t: 53 refs
-    assert res.axes["k"] == [k for k in T.K_GRID if k <= limit] and res.notes
+    assert res.axes["k"] == [k for k in G.K_GRID if k <= limit] and res.notes
     # float32 scores against the float64 formula: a near-tie may flip one query, no more
     one_query = 100.0 / len(task.queries)
     for p in res.grid:
@@ -318,13 +325,15 @@ def test_dispatcher_and_bad_inputs(sets):
     tuning, refs = sets
     res = tune("QB-Norm", tuning, refs, "t2i", betas=(1.0, 10.0), dynamic=True)
     assert res.method == "qb_norm" and res.method_kwargs == {"dynamic": True}
-    assert set(T.TUNED_PARAMS) == set(T.TUNERS)
+    assert set(T.TUNERS) == {cls.option for cls in METHODS if cls.tuned_params}
     with pytest.raises(ValueError, match="set by the tuner"):
         tune("db_norm", tuning, refs, beta_gallery=3.0)
     assert res.estimator().dynamic is True
     assert tune("nnn", tuning, refs, alphas=(0.5,), ks=(4,)).best == {"alpha": 0.5, "k": 4}
-    with pytest.raises(ValueError, match="no tuner for method 'identity'"):
+    with pytest.raises(ValueError, match="method 'identity' has no hyper-parameters to tune"):
         tune("identity", tuning, refs)
+    with pytest.raises(ValueError, match="unknown method 'nnm'"):
+        tune("nnm", tuning, refs)
     with pytest.raises(ValueError, match="stages is empty"):
         tune_db_norm(tuning, refs, stages=[])
     with pytest.raises(ValueError, match="betas is empty"):

@@ -1,5 +1,6 @@
 """Hubness-correction methods, all with ``fit(gallery, query_bank=, gallery_bank=)``,
-``score(queries)`` and ``search(queries, top_k)`` (see ``nnn.methods.base``)."""
+``score(queries)`` and ``search(queries, top_k)`` (see ``nnn.methods.base``), found by name
+through ``method_class`` (``nnn.methods.registry``)."""
 
 from nnn.methods._topk import ReferenceIndex
 from nnn.methods.base import RetrievalMethod
@@ -9,6 +10,7 @@ from nnn.methods.dn import DN
 from nnn.methods.identity import Identity
 from nnn.methods.nnn import NNN
 from nnn.methods.qb_norm import QBNorm
+from nnn.methods.registry import METHODS, method_class, paper_name
 
 __all__ = ["NNN", "QBNorm", "DBNorm", "DN", "CSLS", "Identity", "RetrievalMethod",
-           "ReferenceIndex"]
+           "ReferenceIndex", "METHODS", "method_class", "paper_name"]

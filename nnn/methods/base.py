@@ -4,9 +4,19 @@
 banks (n_b, d) a method needs; ``score(queries)`` returns adjusted scores (n_q, n_g) that rank
 like the method; ``search(queries, top_k)`` returns the top-k scores and gallery ids per query,
 scoring ``batch_size`` queries at a time so that n_q x n_g is never held at once.
+
+Each class also declares what the rest of the project needs to know about it (the registry,
+``nnn.methods.registry``): ``option`` (its ``conf/method`` option, e.g. "qb_norm"),
+``paper_name`` ("QB-Norm"; ``dynamic_paper_name`` for the gated variant, "DIS"),
+``tuned_params`` (the constructor keywords the tuner sets; none: nothing to tune),
+``tuning_grid`` (the tuner's keywords -> the paper's values, ``nnn.methods.grids``),
+``fit_grid_params`` (tuned keyword -> the constructor keyword whose values one fit prepares for
+``with_params``) and ``zero_is_identity`` (all tuned values 0 is the raw similarity).
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
@@ -22,6 +32,14 @@ class RetrievalMethod:
 
     #: the banks ``fit`` must receive ("query_bank", "gallery_bank")
     requires: tuple[str, ...] = ()
+    #: registry attributes (module docstring)
+    option: str = ""
+    paper_name: str = ""
+    dynamic_paper_name: str | None = None
+    tuned_params: tuple[str, ...] = ()
+    tuning_grid: dict = {}
+    fit_grid_params: dict[str, str] = {}
+    zero_is_identity: bool = False
 
     def __init__(self, *, batch_size: int = 4096, device: str = "cpu", normalize: bool = False):
         self.batch_size = check_positive_int(batch_size, "batch_size")
@@ -46,11 +64,39 @@ class RetrievalMethod:
                 banks[name] = None
             else:
                 banks[name] = self._check_bank(bank, name, g.shape[1])
+        self._fitted = False
         self.device_ = resolve_device(self.device)
         self.gallery_ = g
         self._gallery_t = as_tensor(g).to(self.device_)
         self._fit(g, **banks)
+        self._fitted = True
         return self
+
+    def _require_fitted(self) -> None:
+        """``RuntimeError`` unless ``fit`` has completed."""
+        if not getattr(self, "_fitted", False):
+            banks = "".join(f", {name}=..." for name in self.requires)
+            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(gallery{banks}) "
+                               "first")
+
+    def with_params(self, **params):
+        """A fitted copy with other values of ``tuned_params`` (None keeps a value), from the
+        fitted state: no second pass over the banks. Subclasses that support it implement
+        ``_set_params``."""
+        self._require_fitted()
+        unknown = sorted(set(params) - set(self.tuned_params))
+        if unknown:
+            raise TypeError(f"{type(self).__name__}.with_params() got {unknown}; it takes "
+                            f"{list(self.tuned_params)}")
+        other = copy.copy(self)
+        other._set_params({k: v for k, v in params.items() if v is not None})
+        return other
+
+    def _set_params(self, params: dict) -> None:
+        """Subclass hook of ``with_params``: check ``params`` and set them with what follows."""
+        name = type(self).__name__
+        raise TypeError(f"{name}.with_params is not supported (its fitted state depends on "
+                        f"every parameter); fit a new {name}(...) instead")
 
     def _check_bank(self, bank, name: str, dim: int):
         """A bank as a checked float32 (n_b, ``dim``) array; subclasses may accept other types."""
@@ -66,8 +112,7 @@ class RetrievalMethod:
         raise NotImplementedError
 
     def _check_queries(self, queries) -> np.ndarray:
-        if not hasattr(self, "gallery_"):
-            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(gallery, ...) first")
+        self._require_fitted()
         return as_matrix(queries, "queries", dim=self.gallery_.shape[1], normalize=self.normalize)
 
     def _blocks(self, q: np.ndarray):

@@ -7,6 +7,7 @@ import torch
 from nnn._arrays import as_tensor, check_positive_int
 from nnn.methods._topk import ReferenceTopK, block_topk
 from nnn.methods.base import RetrievalMethod
+from nnn.methods.grids import K_GRID
 
 
 class CSLS(RetrievalMethod):
@@ -19,6 +20,9 @@ class CSLS(RetrievalMethod):
     """
 
     requires = ("query_bank",)
+    option, paper_name = "csls", "CSLS"
+    tuned_params = ("k",)
+    tuning_grid = {"ks": K_GRID}
 
     def __init__(self, *, k: int = 10, dtype: str = "float32", memory_budget_mb: float = 512.0,
                  ref_batch_size: int | None = None, progress: bool = True,

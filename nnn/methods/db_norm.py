@@ -6,14 +6,13 @@ bugs); the betas are named by the bank they scale.
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 
 from nnn._arrays import as_tensor, check_non_negative, check_positive_int
 from nnn.methods._bank_stats import bank_stats, check_beta_grid, check_memory_budget
 from nnn.methods.base import RetrievalMethod
+from nnn.methods.grids import DB_NORM_STAGES
 
 _SIDES = ("query", "gallery")
 #: what a gated-off DualDIS factor becomes: the raw similarity (paper) or exp(beta s)
@@ -66,6 +65,12 @@ class DBNorm(RetrievalMethod):
     ``activation_query_``, ``activation_gallery_`` (n_g,) bool (or ``None`` for a dropped factor
     / an unused bank).
     """
+
+    option, paper_name, dynamic_paper_name = "db_norm", "DualIS", "DualDIS"
+    tuned_params = ("beta_query", "beta_gallery")
+    tuning_grid = {"stages": DB_NORM_STAGES}
+    fit_grid_params = {"beta_query": "beta_query_grid", "beta_gallery": "beta_gallery_grid"}
+    zero_is_identity = True
 
     def __init__(self, *, beta_query: float, beta_gallery: float, beta_query_grid=None,
                  beta_gallery_grid=None, dynamic: bool = False, gate: str = "raw",
@@ -148,19 +153,13 @@ class DBNorm(RetrievalMethod):
         self._n_off = torch.tensor([len(log_means) - len(idx) for idx in on],
                                    dtype=torch.float32, device=self.device_)
 
-    def with_params(self, *, beta_query: float | None = None,
-                    beta_gallery: float | None = None) -> "DBNorm":
-        """A fitted copy with other betas (each 0, the fitted one or one of its grid), from the
-        stored statistics: no bank pass. ``None`` keeps the current value."""
-        if not hasattr(self, "query_stats_"):
-            raise RuntimeError("DBNorm is not fitted; call fit(gallery, query_bank=..., "
-                               "gallery_bank=...) first")
-        other = copy.copy(self)
-        other.beta_query, other.beta_gallery = self._check_betas(
-            self.beta_query if beta_query is None else beta_query,
-            self.beta_gallery if beta_gallery is None else beta_gallery)
-        other._set_factors()
-        return other
+    def _set_params(self, params: dict) -> None:
+        """``with_params(beta_query=, beta_gallery=)``: other betas (each 0, the fitted one or
+        one of its grid), from the stored statistics."""
+        self.beta_query, self.beta_gallery = self._check_betas(
+            params.get("beta_query", self.beta_query),
+            params.get("beta_gallery", self.beta_gallery))
+        self._set_factors()
 
     def _score_block(self, q: torch.Tensor) -> torch.Tensor:
         s = q @ self._gallery_t.T

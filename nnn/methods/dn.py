@@ -9,6 +9,7 @@ import torch
 
 from nnn._arrays import as_tensor
 from nnn.methods.base import RetrievalMethod
+from nnn.methods.grids import DN_LAMBDA_GRID
 
 
 class DN(RetrievalMethod):
@@ -30,6 +31,9 @@ class DN(RetrievalMethod):
     """
 
     requires = ("query_bank", "gallery_bank")
+    option, paper_name = "dn", "DN"
+    tuned_params = ("lam",)
+    tuning_grid = {"lams": DN_LAMBDA_GRID}
 
     def __init__(self, *, lam: float = 0.5, batch_size: int = 4096, device: str = "cpu",
                  normalize: bool = False):

@@ -8,7 +8,11 @@ from nnn.methods.base import RetrievalMethod
 
 
 class Identity(RetrievalMethod):
-    """``score(q, r) = s(q, r) = q . r``; needs no banks (any given to ``fit`` are only checked)."""
+    """``score(q, r) = s(q, r) = q . r``; needs no banks (any given to ``fit`` are only checked).
+
+    No hyper-parameters: ``tuned_params`` is empty, so there is nothing to tune."""
+
+    option, paper_name = "none", "Orig"
 
     def _score_block(self, q: torch.Tensor) -> torch.Tensor:
         return q @ self._gallery_t.T

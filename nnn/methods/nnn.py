@@ -6,14 +6,13 @@ set of queries q' (the query bank); the score is s(q, r) - b(r).
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 
 from nnn._arrays import check_non_negative, check_positive_int
 from nnn.methods._topk import ReferenceIndex, ReferenceTopK
 from nnn.methods.base import RetrievalMethod
+from nnn.methods.grids import ALPHA_GRID, K_GRID
 
 
 class NNN(RetrievalMethod):
@@ -40,6 +39,9 @@ class NNN(RetrievalMethod):
     """
 
     requires = ("query_bank",)
+    option, paper_name = "nnn", "NNN"
+    tuned_params = ("k", "alpha")
+    tuning_grid = {"alphas": ALPHA_GRID, "ks": K_GRID}
 
     def __init__(self, *, k: int = 16, alpha: float = 0.75, k_max: int | None = None,
                  backend: str = "exact", index: str = "flat", nlist: int | None = None,
@@ -89,7 +91,7 @@ class NNN(RetrievalMethod):
         self.k_max_ = k_table
         self.n_references_ = n_refs
         self._cumsum = None
-        self._set_bias(self.bias_for(self.k, self.alpha))
+        self._set_bias(self._bias(self.k, self.alpha))
 
     def _set_bias(self, bias: np.ndarray) -> None:
         self.bias_ = bias
@@ -110,15 +112,12 @@ class NNN(RetrievalMethod):
                              "references)")
         return k
 
-    def _require_fitted(self) -> None:
-        if not hasattr(self, "topk_sims_"):
-            raise RuntimeError("NNN is not fitted; call fit(gallery, query_bank=...) first")
-
     # -- biases from the table -----------------------------------------------------------------
     def bias_for(self, k: int, alpha: float) -> np.ndarray:
         """Biases (n_g,) float32 = alpha * mean of the k largest reference similarities."""
-        k = self._check_table_k(k)
-        alpha = check_non_negative(alpha, "alpha")
+        return self._bias(self._check_table_k(k), check_non_negative(alpha, "alpha"))
+
+    def _bias(self, k: int, alpha: float) -> np.ndarray:
         return (alpha / k * self._table_cumsum()[:, k - 1]).astype(np.float32)
 
     def bias_grid(self, ks, alphas) -> np.ndarray:
@@ -128,15 +127,12 @@ class NNN(RetrievalMethod):
         means = self._table_cumsum()[:, np.array(ks) - 1] / np.array(ks)     # (n_g, n_k)
         return (alphas[:, None, None] * means.T[None]).astype(np.float32)
 
-    def with_params(self, *, k: int | None = None, alpha: float | None = None) -> "NNN":
-        """A fitted copy with another k (<= ``k_max_``) and/or alpha; shares the top-k table."""
-        self._require_fitted()
-        k = self.k if k is None else self._check_table_k(k)
-        alpha = self.alpha if alpha is None else check_non_negative(alpha, "alpha")
-        other = copy.copy(self)
-        other.k, other.alpha = k, alpha
-        other._set_bias(self.bias_for(k, alpha))
-        return other
+    def _set_params(self, params: dict) -> None:
+        """``with_params(k=, alpha=)``: another k (<= ``k_max_``) and/or alpha; the copy shares
+        the top-k table."""
+        self.k = self._check_table_k(params.get("k", self.k))
+        self.alpha = check_non_negative(params.get("alpha", self.alpha), "alpha")
+        self._set_bias(self._bias(self.k, self.alpha))
 
     # -- scoring -------------------------------------------------------------------------------
     def _score_block(self, q: torch.Tensor) -> torch.Tensor:

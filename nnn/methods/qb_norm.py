@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import copy
-
 import torch
 
 from nnn._arrays import check_non_negative, check_positive_int
 from nnn.methods._bank_stats import bank_stats, check_beta_grid, check_memory_budget
 from nnn.methods.base import RetrievalMethod
+from nnn.methods.grids import QB_NORM_BETA_GRID
 
 
 class QBNorm(RetrievalMethod):
@@ -35,6 +34,11 @@ class QBNorm(RetrievalMethod):
     """
 
     requires = ("query_bank",)
+    option, paper_name, dynamic_paper_name = "qb_norm", "QB-Norm", "DIS"
+    tuned_params = ("beta",)
+    tuning_grid = {"betas": QB_NORM_BETA_GRID}
+    fit_grid_params = {"beta": "beta_grid"}
+    zero_is_identity = True
 
     def __init__(self, *, beta: float = 20.0, beta_grid=None, dynamic: bool = False,
                  activation_k: int = 1, memory_budget_mb: float = 256.0, progress: bool = True,
@@ -72,15 +76,11 @@ class QBNorm(RetrievalMethod):
         self._log_mean_t = torch.from_numpy(self.query_stats_.log_mean(self.beta)).float().to(
             self.device_)
 
-    def with_params(self, *, beta: float) -> "QBNorm":
-        """A fitted copy with another ``beta`` (the fitted one or one of ``beta_grid``), from the
-        stored statistics: no bank pass."""
-        if not hasattr(self, "query_stats_"):
-            raise RuntimeError("QBNorm is not fitted; call fit(gallery, query_bank=...) first")
-        other = copy.copy(self)
-        other.beta = self._check_beta(beta)
-        other._set_log_norm()
-        return other
+    def _set_params(self, params: dict) -> None:
+        """``with_params(beta=)``: another beta (the fitted one or one of ``beta_grid``), from
+        the stored statistics."""
+        self.beta = self._check_beta(params.get("beta", self.beta))
+        self._set_log_norm()
 
     def _score_block(self, q: torch.Tensor) -> torch.Tensor:
         s = q @ self._gallery_t.T
