@@ -130,7 +130,7 @@ def alpha_k_grids(results: Mapping[str, Any]) -> list[dict[str, Any]]:
     """
     grids = []
     tuning = results.get("tuning") or {}
-    params = (results.get("method") or {}).get("params") or {}
+    params = method_params(results)
     for direction, t in tuning.items():
         if t.get("method") == "nnn" and set(t.get("axes", {})) == {"alpha", "k"}:
             grids.append({"direction": direction, "split": "tuning", "role": "selection",
@@ -182,6 +182,37 @@ def read_results(path: str | Path) -> dict[str, Any]:
     return json.loads(p.read_text(encoding="utf-8"))
 
 
+# -- reading a run's results ------------------------------------------------------------------
+#: the retrieval directions, in the order tables show them (one definition to move to nnn/task.py)
+DIRECTIONS = ("t2i", "i2t")
+
+
+def metric_of(results: Mapping[str, Any], side: str, key: str) -> tuple[Any, Any, Any]:
+    """(value, CI low, CI high) of metric ``key`` (``t2i/R@1``) of ``side`` ("baseline",
+    "method" or "delta"); None where the run has none."""
+    if side not in ("baseline", "method", "delta"):
+        raise ValueError(f"side {side!r}: one of 'baseline', 'method', 'delta'")
+    m = (results.get("metrics") or {}).get(side) or {}
+    return m.get(key), m.get(f"{key}_ci_low"), m.get(f"{key}_ci_high")
+
+
+def directions_of(results: Mapping[str, Any]) -> list[str]:
+    """The directions a run evaluated (those with a baseline R@1), in ``DIRECTIONS`` order."""
+    base = (results.get("metrics") or {}).get("baseline") or {}
+    return [d for d in DIRECTIONS if f"{d}/R@1" in base]
+
+
+def method_params(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The method's configured parameters (``method.params``)."""
+    return dict((results.get("method") or {}).get("params") or {})
+
+
+def chosen_params(results: Mapping[str, Any], direction: str) -> dict[str, Any]:
+    """The parameters a run used in ``direction``: the tuned ones, else the configured ones."""
+    tuned = (results.get("tuning") or {}).get(direction)
+    return dict(tuned["best"]) if tuned else method_params(results)
+
+
 # -- the printed table ---------------------------------------------------------------------------
 def _fmt(value, ci_low=None, ci_high=None, signed=False) -> str:
     if value is None:
@@ -192,7 +223,16 @@ def _fmt(value, ci_low=None, ci_high=None, signed=False) -> str:
     return text
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+def render_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *,
+                 markdown: bool = False) -> str:
+    """Rows of cells (``str`` of each) under ``header``: fixed-width text, or a Markdown table
+    (``markdown``; a "|" inside a cell becomes "/")."""
+    if any(len(r) != len(header) for r in rows):
+        raise ValueError(f"every row needs {len(header)} cells (the header's), got row lengths "
+                         f"{sorted({len(r) for r in rows})}")
+    if markdown:
+        line = lambda r: "| " + " | ".join(str(c).replace("|", "/") for c in r) + " |"  # noqa: E731
+        return "\n".join([line(header), "|" + "---|" * len(header), *map(line, rows)])
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     line = lambda r: "  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: E731
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
@@ -230,7 +270,7 @@ def format_table(results: Mapping[str, Any]) -> str:
             # the delta's CI is paired (same resamples for baseline and method)
             body.append([key, *cells, _fmt(r["delta"], r["delta_ci_low"], r["delta_ci_high"],
                                            signed=True)])
-        lines.append(_table(["metric", "baseline [95% CI]", "method [95% CI]",
+        lines.append(render_table(["metric", "baseline [95% CI]", "method [95% CI]",
                              "delta [paired 95% CI]"], body))
     obj = results.get("objective") or {}
     if obj.get("value") is not None:
@@ -293,4 +333,4 @@ def format_sweep_table(columns: Sequence[str], rows: Sequence[Mapping]) -> str:
     """The sweep summary as a fixed-width text table (numbers to 2 decimals)."""
     show = [c for c in columns if c != "error"]
     cell = lambda v: "-" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))  # noqa: E731
-    return _table(show, [[cell(r.get(c)) for c in show] for r in rows])
+    return render_table(show, [[cell(r.get(c)) for c in show] for r in rows])

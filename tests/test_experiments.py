@@ -1,10 +1,12 @@
 """Paper-table and ablation experiments end to end on tiny synthetic data, the ablation library
-(``nnn.ablations``), the report script (``experiments/make_tables.py``) and the paper's numbers."""
+(``nnn.ablations``), the report (``nnn.report``, ``experiments/make_tables.py``) and the paper's
+numbers."""
 
 from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -18,13 +20,13 @@ from nnn.hydra_callbacks import log_sweep_summary
 from nnn.loggers import NullLogger, sweep_group
 from nnn.methods import NNN
 from nnn.pipeline import CONFIG_DIR, compose, load_sets, run
+from nnn.report import ALL_TABLES, make_report
+from nnn.report.cli import main as make_tables_main
+from nnn.report.paper import RECORDS, paper_value
 from nnn.results import alpha_k_grids, alpha_k_rows, read_results
 from nnn.task import RetrievalTask
 
 REPO = CONFIG_DIR.parent
-sys.path.insert(0, str(REPO / "experiments"))
-import make_tables  # noqa: E402
-import paper_numbers  # noqa: E402
 
 PAPER_FACTS = Path(os.environ.get("NNN_PAPER_FACTS", REPO.parent / "shared" / "docs" / "paper-facts.md"))
 TINY = ["debug=tiny", "dataset=synthetic", "logger=none"]
@@ -266,14 +268,21 @@ def test_hub_counts_file_round_trip(tmp_path):
 
 
 # -- the paper's numbers ---------------------------------------------------------------------
-_PARSERS = {
-    "## Table 1": lambda b: paper_numbers._table12(b, "table1", "t2i"),
-    "## Table 2": lambda b: paper_numbers._table12(b, "table2", "i2t"),
-    "## All baselines": paper_numbers._baselines, "## R@1 / R@5": paper_numbers._recall,
-    "## Chosen": paper_numbers._chosen, "## k sweep": paper_numbers._k_sweep,
-    "## Reference-set size": paper_numbers._reference_size, "## Runtime": paper_numbers._runtime,
-    "## Hubness": paper_numbers._hubness,
-}
+#: the paper-facts section of each table of the paper's numbers
+_SECTIONS = {"## Table 1": "table1", "## Table 2": "table2", "## All baselines": "baselines",
+             "## R@1 / R@5": "recall", "## Chosen": "chosen", "## k sweep": "k_sweep",
+             "## Reference-set size": "reference_size", "## Runtime": "runtime",
+             "## Hubness": "hubness"}
+
+
+def _numbers(rows: list[str]) -> list[float]:
+    """Every number in the body cells of a Markdown table (not the header, the row labels or a
+    speed-up such as "55x"), sorted."""
+    out = []
+    for line in rows[2:]:
+        for cell in line.strip().strip("|").split("|")[1:]:
+            out += [float(x) for x in re.findall(r"\d*\.?\d+(?!\d|\.|×)", cell)]
+    return sorted(out)
 
 
 def test_paper_numbers_match_the_paper_facts():
@@ -282,16 +291,19 @@ def test_paper_numbers_match_the_paper_facts():
     blocks, current = {}, None
     for line in PAPER_FACTS.read_text(encoding="utf-8").splitlines():
         if line.startswith("## "):
-            current = next((h for h in _PARSERS if line.startswith(h)), None)
+            current = next((t for h, t in _SECTIONS.items() if line.startswith(h)), None)
         elif current and line.startswith("|"):
             blocks.setdefault(current, []).append(line)
-    assert set(blocks) == set(_PARSERS)
-    from_doc = [r for h, parse in _PARSERS.items() for r in parse("\n".join(blocks[h]))]
-    assert from_doc == paper_numbers.RECORDS
+    assert set(blocks) == set(_SECTIONS.values()) == {r["table"] for r in RECORDS}
+    for table, rows in blocks.items():
+        ours = sorted(float(r["value"]) for r in RECORDS if r["table"] == table)
+        assert ours == _numbers(rows), table
+    keys = [tuple(v for k, v in r.items() if k != "value") for r in RECORDS]
+    assert len(set(keys)) == len(keys)  # one number per key
 
 
 def test_paper_value_lookups():
-    pv = paper_numbers.paper_value
+    pv = paper_value
     assert pv("table1", "CLIP", "flickr30k", "t2i", "NNN", "coco") == 63.70
     assert pv("table2", "SigLIP", "coco", "i2t", "DualIS", "coco") == 69.14
     assert pv("table1", "CLIP", "coco", "t2i", "Orig", "flickr30k") == 30.43  # refs ignored
@@ -312,7 +324,7 @@ def test_paper_value_lookups():
 @pytest.fixture(scope="module")
 def report(runs, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    return make_tables.make_report([runs], out, paper_model="CLIP", paper_dataset="flickr30k"), out
+    return make_report([runs], out, paper_model="CLIP", paper_dataset="flickr30k"), out
 
 
 def test_report_puts_ours_beside_the_papers(report, runs):
@@ -342,7 +354,7 @@ def test_report_writes_every_table_and_plot(report):
                  "runs", "markdown"):
         assert written[name].is_file(), name
     md = (out / "tables.md").read_text()
-    for name in make_tables.ALL_TABLES:
+    for name in ALL_TABLES:
         assert f"## {name}:" in md, name
     assert list(out.glob("reference_size_*.png")) and list(out.glob("k_sweep_*.png"))
     assert (out / "alpha_k_0.png").is_file()
@@ -364,7 +376,7 @@ def test_report_writes_every_table_and_plot(report):
 
 
 def test_report_without_a_paper_counterpart_leaves_the_paper_column_empty(runs, tmp_path):
-    make_tables.make_report([runs / "paper_table1"], tmp_path, tables=["table1"])
+    make_report([runs / "paper_table1"], tmp_path, tables=["table1"])
     rows = _csv(tmp_path / "table1.csv")
     assert rows and all(r["paper"] == "" and r["diff"] == "" for r in rows)
     assert rows[0].keys() >= {"ours", "ci_low", "ci_high", "paper", "diff"}
@@ -372,12 +384,12 @@ def test_report_without_a_paper_counterpart_leaves_the_paper_column_empty(runs, 
 
 def test_report_cli(runs, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        make_tables.main(["--help"])
+        make_tables_main(["--help"])
     assert exit_info.value.code == 0 and "--paper-model" in capsys.readouterr().out
-    assert make_tables.main([str(tmp_path / "missing")]) == 1
+    assert make_tables_main([str(tmp_path / "missing")]) == 1
     (tmp_path / "empty").mkdir()
-    assert make_tables.main([str(tmp_path / "empty")]) == 1
-    assert make_tables.main([str(runs / "paper_k_sweep"), "--tables", "k_sweep", "--out",
+    assert make_tables_main([str(tmp_path / "empty")]) == 1
+    assert make_tables_main([str(runs / "paper_k_sweep"), "--tables", "k_sweep", "--out",
                              str(tmp_path / "out"), "--paper-model", "SigLIP",
                              "--paper-dataset", "coco"]) == 0
     rows = {r["column"]: r["paper"] for r in _csv(tmp_path / "out" / "k_sweep.csv")}

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +15,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 import nnn.plots as plots
 from nnn.results import (RESULTS_CSV, RESULTS_JSON, SWEEP_CSV, SWEEP_JSON, write_results,
                          write_sweep_summary, write_table_csv)
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "experiments"))
-import make_tables  # noqa: E402
+from nnn.report import make_report
+from nnn.report.cli import main as make_tables_main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -87,7 +85,7 @@ def test_report_infers_the_papers_model_and_dataset_from_the_run(tmp_path):
               experiment="paper_table1",
               model_config={"model_name": "ViT-B-32", "pretrained": "openai"})
     # exactly README's command: no --paper-model / --paper-dataset
-    assert make_tables.main([str(tmp_path), "--out", str(tmp_path / "report")]) == 0
+    assert make_tables_main([str(tmp_path), "--out", str(tmp_path / "report")]) == 0
     rows = {(r["setting"], r["column"]): r for r in _csv(tmp_path / "report" / "table1.csv")}
     assert rows[("clip/flickr30k/t2i", "Orig")]["paper"] == "58.82"
     assert rows[("clip/flickr30k/t2i", "NNN (Flickr30k refs)")]["paper"] == "64.6"
@@ -102,14 +100,14 @@ def test_report_infers_the_papers_model_and_dataset_from_the_run(tmp_path):
 def test_report_says_in_one_line_when_the_paper_has_no_row_and_flags_override(tmp_path):
     _fake_run(tmp_path / "runs" / "0", experiment="paper_table1")  # model=none, synthetic
     out = tmp_path / "report"
-    make_tables.make_report([tmp_path / "runs"], out, tables=["table1"])
+    make_report([tmp_path / "runs"], out, tables=["table1"])
     assert all(r["paper"] == "" for r in _csv(out / "table1.csv"))
     md = (out / "tables.md").read_text()
     (line,) = [x for x in md.splitlines() if x.startswith("No paper numbers")]
     assert "1 of 1 runs" in line and "model=none on dataset=synthetic" in line
     assert "--paper-model" in line
     assert "(the paper has no numbers for these runs)" not in md  # that is the PNG's title
-    make_tables.make_report([tmp_path / "runs"], out, tables=["table1"],
+    make_report([tmp_path / "runs"], out, tables=["table1"],
                             paper_model="SigLIP", paper_dataset="coco")
     rows = {r["column"]: r["paper"] for r in _csv(out / "table1.csv")}
     assert rows == {"Orig": "47.15", "NNN (COCO refs)": "50.24"}
@@ -120,7 +118,7 @@ def test_report_lists_sweep_jobs_in_numeric_order(tmp_path):
     sweep = tmp_path / "sweep"
     for job in range(12):
         _fake_run(sweep / str(job), params={"alpha": 0.75, "k": job + 1})
-    make_tables.make_report([tmp_path], tmp_path / "report", tables=["runs"])
+    make_report([tmp_path], tmp_path / "report", tables=["runs"])
     jobs = [Path(r["run"]).name for r in _csv(tmp_path / "report" / "runs.csv")]
     assert jobs == [str(j) for j in range(12)]
 
@@ -130,7 +128,7 @@ def test_report_shows_tuned_alpha_in_full(tmp_path):
     results = json.loads((run / RESULTS_JSON).read_text())
     results["tuning"] = {"t2i": {"method": "nnn", "best": {"alpha": 1.375, "k": 256}}}
     (run / RESULTS_JSON).write_text(json.dumps(results))
-    make_tables.make_report([run], tmp_path / "report", tables=["chosen"])
+    make_report([run], tmp_path / "report", tables=["chosen"])
     rows = {r["metric"]: r for r in _csv(tmp_path / "report" / "chosen.csv")}
     assert (rows["alpha"]["ours"], rows["alpha"]["paper"], rows["k"]["paper"]) == \
         ("1.375", "0.75", "256")
