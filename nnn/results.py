@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from nnn._atomic import atomic_write_json, atomic_write_text
+from nnn.task import DIRECTIONS
 
 RESULTS_JSON = "results.json"
 RESULTS_CSV = "results.csv"
@@ -183,9 +184,6 @@ def read_results(path: str | Path) -> dict[str, Any]:
 
 
 # -- reading a run's results ------------------------------------------------------------------
-#: the retrieval directions, in the order tables show them (one definition to move to nnn/task.py)
-DIRECTIONS = ("t2i", "i2t")
-
 
 def metric_of(results: Mapping[str, Any], side: str, key: str) -> tuple[Any, Any, Any]:
     """(value, CI low, CI high) of metric ``key`` (``t2i/R@1``) of ``side`` ("baseline",

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from nnn.data.base import EmbeddingSet
-from nnn.metrics import i2t_ranks, recall_at_k, t2i_ranks
 
 #: the retrieval directions: text->image and image->text
 DIRECTIONS = ("t2i", "i2t")
@@ -53,11 +52,15 @@ class RetrievalTask:
 
     def ranks(self, method, *, batch_size: int = 1024) -> np.ndarray:
         """1-based ranks (n_q,) of a method fitted on this task's gallery (``nnn.metrics``)."""
+        from nnn.metrics import i2t_ranks, t2i_ranks  # torch: only where ranks are computed
+
         rank_fn = t2i_ranks if self.direction == "t2i" else i2t_ranks
         return rank_fn(method, self.queries, self.caption_to_image, batch_size=batch_size)
 
     def recall_at_1(self, method, *, batch_size: int = 1024) -> float:
         """R@1 in percent of a fitted method."""
+        from nnn.metrics import recall_at_k
+
         return recall_at_k(self.ranks(method, batch_size=batch_size), (1,))["R@1"]
 
 

@@ -1,5 +1,5 @@
 """Paper-table and ablation experiments end to end on tiny synthetic data, the ablation library
-(``nnn.ablations``), the report (``nnn.report``, ``experiments/make_tables.py``) and the paper's
+(``nnn.ablations``), the report (``nnn.paper``, ``experiments/make_tables.py``) and the paper's
 numbers."""
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from nnn.hydra_callbacks import log_sweep_summary
 from nnn.loggers import NullLogger, sweep_group
 from nnn.methods import NNN
 from nnn.pipeline import CONFIG_DIR, compose, load_sets, run
-from nnn.report import ALL_TABLES, make_report
-from nnn.report.cli import main as make_tables_main
-from nnn.report.paper import RECORDS, paper_value
+from nnn.paper import ALL_TABLES, make_report
+from nnn.paper.cli import main as make_tables_main
+from nnn.paper.numbers import RECORDS, paper_value
 from nnn.results import alpha_k_grids, alpha_k_rows, read_results
 from nnn.task import RetrievalTask
 

@@ -15,8 +15,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 import nnn.plots as plots
 from nnn.results import (RESULTS_CSV, RESULTS_JSON, SWEEP_CSV, SWEEP_JSON, write_results,
                          write_sweep_summary, write_table_csv)
-from nnn.report import make_report
-from nnn.report.cli import main as make_tables_main
+from nnn.paper import make_report
+from nnn.paper.cli import main as make_tables_main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from nnn.report.comparison import Comparison, add_method, add_orig, refs_column
-from nnn.report.paper import paper_value
-from nnn.report.runs import Run
+from nnn.paper.comparison import Comparison, add_method, add_orig, refs_column
+from nnn.paper.numbers import paper_value
+from nnn.paper.runs import Run
 
 
 def build_table12(runs: Sequence[Run], name: str) -> Comparison:

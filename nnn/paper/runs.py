@@ -3,7 +3,7 @@
 ``load_runs(paths)`` finds every ``results.json`` under ``paths`` (single runs, sweep directories
 or whole output trees; numbered job folders in numeric order) and keeps the completed ones as
 ``Run``: the run's folder and results, and the paper's model, evaluation set and reference set
-it compares with (from its config, see ``nnn.report.paper.paper_model_of``, or given for every
+it compares with (from its config, see ``nnn.paper.numbers.paper_model_of``, or given for every
 run). References from another dataset than the evaluation set count as the paper's *other*
 dataset.
 """
@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from nnn.report.paper import DATASET_ALIASES, DATASETS, paper_model_of
+from nnn.methods import method_class, paper_name
+from nnn.paper.numbers import DATASET_ALIASES, DATASETS, paper_model_of
 from nnn.results import (RESULTS_JSON, chosen_params, directions_of, method_params, metric_of,
                          read_results)
 
@@ -24,10 +25,13 @@ log = logging.getLogger(__name__)
 
 def paper_method(name: str, params: dict) -> str:
     """The paper's column of a method: its class name (results' ``method.name``) and parameters
-    -> NNN, DualIS, DualDIS, DN, QB-Norm, DIS, CSLS, ... (the one place this mapping lives)."""
-    dynamic = bool(params.get("dynamic"))
-    return {"DBNorm": "DualDIS" if dynamic else "DualIS",
-            "QBNorm": "DIS" if dynamic else "QB-Norm"}.get(name, name)
+    -> NNN, DualIS, DualDIS, DN, QB-Norm, DIS, CSLS, ... as the class declares it
+    (``nnn.methods.paper_name``); a name no class has stays as it is."""
+    try:
+        cls = method_class(name)
+    except ValueError:
+        return name
+    return paper_name(cls, dynamic=bool(params.get("dynamic")))
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """The report's command line (``python experiments/make_tables.py PATH ... --out DIR``).
 
 Which runs feed which table is decided by the experiment they ran (``experiment=paper_table1``
--> ``table1``, see ``nnn.report.registry``). A run's model and evaluation dataset are matched to
+-> ``table1``, see ``nnn.paper.registry``). A run's model and evaluation dataset are matched to
 the paper's from its config (``model=clip`` or ``model=open_clip`` with ViT-B-32/openai -> CLIP,
 ``dataset=coco`` -> COCO); runs the paper has no row for (``model=none`` on synthetic or
 precomputed data) are named in one line of the report; ``--paper-model`` / ``--paper-dataset``
@@ -20,9 +20,9 @@ import argparse
 import logging
 from typing import Sequence
 
-from nnn.report.paper import DATASETS
-from nnn.report.registry import ALL_TABLES
-from nnn.report.report import make_report
+from nnn.paper.numbers import DATASETS
+from nnn.paper.registry import ALL_TABLES
+from nnn.paper.report import make_report
 
 log = logging.getLogger("make_tables")
 

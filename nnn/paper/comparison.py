@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import Sequence
 
 from nnn.plots import comparison_points, metric_vs_param
-from nnn.report.paper import DATASET_LABELS, paper_value
-from nnn.report.runs import Run
+from nnn.paper.numbers import DATASET_LABELS, paper_value
+from nnn.paper.runs import Run
 from nnn.results import render_table
 
 COMPARE_COLUMNS = ("setting", "refs", "paper_setting", "column", "metric", "ours", "ci_low",

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from nnn.report import paper_tables as pt
-from nnn.report.comparison import Comparison
-from nnn.report.paper import TABLES as PAPER_TITLES
-from nnn.report.run_tables import alpha_k_table, hubs_tables, runs_table
-from nnn.report.runs import Run
+from nnn.paper import paper_tables as pt
+from nnn.paper.comparison import Comparison
+from nnn.paper.numbers import TABLES as PAPER_TITLES
+from nnn.paper.run_tables import alpha_k_table, hubs_tables, runs_table
+from nnn.paper.runs import Run
 
 _TABLE12_NOTE = ("Orig: the uncorrected model of every run. DBNorm = DualIS with in-distribution "
                  "references. Parameters chosen on the tuning part of the training split.")
@@ -41,7 +41,7 @@ class Table:
 
 
 def _paper(name: str, build, experiments, **kw) -> Table:
-    """A comparison table titled as in ``nnn.report.paper.TABLES``."""
+    """A comparison table titled as in ``nnn.paper.numbers.TABLES``."""
     return Table(name, PAPER_TITLES[name], lambda runs, out: build(runs), experiments, **kw)
 
 

@@ -1,4 +1,4 @@
-"""Write the report: every table of ``nnn.report.registry.TABLES`` that has runs, into one folder.
+"""Write the report: every table of ``nnn.paper.registry.TABLES`` that has runs, into one folder.
 
 ``make_report(paths, out)`` reads the completed runs under ``paths`` and writes into ``out``:
 
@@ -16,11 +16,11 @@ from pathlib import Path
 from typing import Sequence
 
 from nnn._atomic import atomic_write_text
-from nnn.report.comparison import (COMPARE_COLUMNS, Comparison, comparison_markdown,
+from nnn.paper.comparison import (COMPARE_COLUMNS, Comparison, comparison_markdown,
                                    comparison_png, rows_markdown, sweep_plots)
-from nnn.report.paper import DATASET_LABELS, DATASETS, TYPICAL_R1_CI_HALF_WIDTH
-from nnn.report.registry import ALL_TABLES, TABLES, Table
-from nnn.report.runs import Run, load_runs
+from nnn.paper.numbers import DATASET_LABELS, DATASETS, TYPICAL_R1_CI_HALF_WIDTH
+from nnn.paper.registry import ALL_TABLES, TABLES, Table
+from nnn.paper.runs import Run, load_runs
 from nnn.results import write_table_csv
 
 log = logging.getLogger(__name__)

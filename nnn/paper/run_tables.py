@@ -11,7 +11,7 @@ from typing import Sequence
 
 from nnn.ablations import HUB_COUNTS_NPZ, hub_occupancy, read_hub_counts, top_hubs
 from nnn.plots import alpha_k_heatmap
-from nnn.report.runs import Run
+from nnn.paper.runs import Run
 from nnn.results import alpha_k_grids
 
 #: experiments whose runs feed the hub tables (besides runs that computed ``analysis.hubs``)
