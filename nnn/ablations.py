@@ -104,6 +104,28 @@ def nnn_recall_grid(task: RetrievalTask, *, alphas: Sequence[float], ks: Sequenc
 
 
 # -- images per hub ---------------------------------------------------------------------------
+def alpha_k_analysis(task: RetrievalTask, *, alphas: Sequence[float] | None = None,
+                     ks: Sequence[int] | None = None, split: str = "test",
+                     batch_size: int = 1024, **nnn_kwargs) -> dict:
+    """``nnn_recall_grid`` as results.json's ``analysis.alpha_k[direction]`` records it:
+    {"split", "axes": {"alpha", "k"}, "table": R@1 (n_alpha, n_k) as lists}. None axes are
+    NNN's tuning grid, k cut at the number of references. An analysis of the evaluation
+    ``split``: it chooses nothing."""
+    grid = NNN.tuning_grid
+    alphas = list(grid["alphas"]) if alphas is None else list(alphas)
+    ks = [k for k in grid["ks"] if k <= len(task.query_bank)] if ks is None else list(ks)
+    table = nnn_recall_grid(task, alphas=alphas, ks=ks, batch_size=batch_size, **nnn_kwargs)
+    return {"split": split, "axes": {"alpha": alphas, "k": ks}, "table": table.tolist()}
+
+
+def hub_analysis(counts: Mapping[str, tuple[np.ndarray, np.ndarray]], top: int) -> dict:
+    """results.json's ``analysis.hubs``: per direction the ``top`` biggest hubs (``top_hubs``,
+    at most the gallery) and how many items have each N_k (``hub_occupancy``), before/after.
+    ``counts``: {direction: (N_k before (n_g,), N_k after (n_g,))}."""
+    return {d: {"top": top_hubs(b, a, top=min(int(top), len(b))),
+                "occupancy": hub_occupancy(b, a)} for d, (b, a) in counts.items()}
+
+
 def _counts_pair(before, after) -> tuple[np.ndarray, np.ndarray]:
     b, a = np.asarray(before), np.asarray(after)
     for name, c in (("before", b), ("after", a)):

@@ -5,20 +5,25 @@ product) and ``method`` on the task's gallery and banks and measures both on its
 bootstrap CIs, median/mean rank, hubness statistics of N_k over the gallery, and the gain's CI
 from the same resamples (paired). Keys name the direction (``t2i/R@1``, ``i2t/hubness/skewness``).
 The settings are plain values (``EvalSettings``); ``nnn.pipeline`` fills them from ``cfg.eval``.
+``objective`` is the number a sweeper gets, measured on the tuning part when there is one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from nnn._timing import timed
 from nnn.methods import Identity
-from nnn.metrics import hubness_stats, k_occurrence, paired_delta, rank_summary
+from nnn.data.base import EmbeddingSet
+from nnn.metrics import hubness_stats, k_occurrence, paired_delta, rank_summary, recall_at_k
 from nnn.results import is_ci_key
-from nnn.task import RetrievalTask
+from nnn.task import DIRECTIONS, RetrievalTask
 
+#: results["objective"]["role"] of a sweep job whose objective is measured on the test split
+OBJECTIVE_ANALYSIS = "analysis"
 #: ``EvalSettings.resample``: t2i resamples images with all their captions, or queries alone
 RESAMPLE = ("image", "query")
 
@@ -96,3 +101,34 @@ def deltas(base: dict[str, float], meth: dict[str, float]) -> dict[str, float]:
     """method - baseline for each metric both have (CIs and query counts excluded)."""
     return {k: meth[k] - base[k] for k in base
             if not is_ci_key(k) and not k.endswith("n_queries") and k in meth}
+
+
+def objective(metric: str, test_metrics: dict[str, float], *, eval_split: str,
+              tuning: EmbeddingSet | None, reference: EmbeddingSet, make_method, tuned: dict,
+              batch_size: int = 1024, multirun: bool = False) -> dict[str, Any]:
+    """The number a sweeper optimises, ``metric`` (``t2i/R@1``), as results.json records it.
+
+    On the tuning part when there is one (from the tuner's R@1 where it has it, else the method
+    ``make_method(direction)`` fitted on it); else on the test split from ``test_metrics``,
+    labelled ``role: "analysis"`` in a sweep (``multirun``): a grid over the test split
+    describes, it must not choose (said once per sweep by ``nnn.hydra_callbacks``).
+    """
+    direction, _, name = metric.partition("/")
+    if tuning is None:
+        if metric not in test_metrics:
+            raise ValueError(f"objective={metric!r} is not among the metrics "
+                             f"{sorted(k for k in test_metrics if not is_ci_key(k))}")
+        out = {"metric": metric, "split": eval_split, "value": test_metrics[metric]}
+        if multirun:
+            out["role"] = OBJECTIVE_ANALYSIS
+        return out
+    if direction not in DIRECTIONS or not name.startswith("R@") or not name[2:].isdigit():
+        raise ValueError(f"objective={metric!r}: on the tuning part the objective is a recall, "
+                         "e.g. t2i/R@1 or i2t/R@5")
+    if name == "R@1" and direction in tuned:
+        value = tuned[direction].best_score
+    else:
+        task = RetrievalTask.from_sets(tuning, reference, direction)
+        ranks = task.ranks(task.fit(make_method(direction)), batch_size=batch_size)
+        value = recall_at_k(ranks, [int(name[2:])])[name]
+    return {"metric": metric, "split": "tuning", "value": value}

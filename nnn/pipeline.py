@@ -61,8 +61,6 @@ log = logging.getLogger(__name__)
 
 #: the Hydra choice key of the reference set's own dataset (``dataset@reference.dataset=coco``)
 REFERENCE_DATASET_CHOICE = "dataset@reference.dataset"
-#: results["objective"]["role"] of a sweep job whose objective is measured on the test split
-OBJECTIVE_ANALYSIS = "analysis"
 
 
 def _hydra() -> DictConfig | None:
@@ -266,56 +264,20 @@ def _tune(cfg: DictConfig, tuning: EmbeddingSet | None, reference: EmbeddingSet,
     return out
 
 
-def _objective(cfg: DictConfig, test_metrics: dict[str, float], tuning: EmbeddingSet | None,
-               reference: EmbeddingSet, make_method, tuned: dict) -> dict[str, Any]:
-    """The metric returned to a sweeper: on the tuning part when there is one, else on test."""
-    from nnn.metrics import recall_at_k
-    from nnn.task import DIRECTIONS, RetrievalTask
-
-    metric = str(cfg.objective)
-    direction, _, name = metric.partition("/")
-    if tuning is None:
-        if metric not in test_metrics:
-            raise ValueError(f"objective={metric!r} is not among the metrics "
-                             f"{sorted(k for k in test_metrics if not is_ci_key(k))}")
-        out = {"metric": metric, "split": cfg.eval.split, "value": test_metrics[metric]}
-        hc = _hydra()
-        if hc is not None and hc.mode == RunMode.MULTIRUN:
-            # a grid over the test split describes, it must not choose: labelled, and said once
-            # per sweep with its summary (nnn.hydra_callbacks)
-            out["role"] = OBJECTIVE_ANALYSIS
-        return out
-    if direction not in DIRECTIONS or not name.startswith("R@") or not name[2:].isdigit():
-        raise ValueError(f"objective={metric!r}: on the tuning part the objective is a recall, "
-                         "e.g. t2i/R@1 or i2t/R@5")
-    if name == "R@1" and direction in tuned:
-        value = tuned[direction].best_score
-    else:
-        task = RetrievalTask.from_sets(tuning, reference, direction)
-        ranks = task.ranks(task.fit(make_method(direction)), batch_size=cfg.eval.batch_size)
-        value = recall_at_k(ranks, [int(name[2:])])[name]
-    return {"metric": metric, "split": "tuning", "value": value}
-
-
 def _alpha_k_analysis(cfg: DictConfig, task: RetrievalTask,
                       timings: dict[str, float]) -> dict[str, Any]:
-    """NNN's R@1 over the alpha x k grid on the evaluation split (``analysis.alpha_k``), from one
-    top-k table. An analysis of how R@1 depends on alpha and k: it chooses nothing (the run's
-    parameters come from the tuning part or the config)."""
-    from nnn.ablations import nnn_recall_grid
+    """``nnn.ablations.alpha_k_analysis`` with ``cfg.analysis``'s axes and, when the run's
+    method is NNN, its backend, index and batch sizes."""
+    from nnn.ablations import alpha_k_analysis
     from nnn.methods import NNN
 
-    a, grid = cfg.analysis, NNN.tuning_grid
-    alphas = list(grid["alphas"]) if a.alphas is None else list(a.alphas)
-    ks = [k for k in grid["ks"] if k <= len(task.query_bank)] if a.ks is None else list(a.ks)
     nnn_kwargs = {"device": cfg.device}
-    if _method_name(cfg) == NNN.__name__:  # the run's backend, index, batch sizes, ...
+    if _method_name(cfg) == NNN.__name__:
         nnn_kwargs = {k: v for k, v in method_params(cfg).items()
                       if k not in ("_target_", "k_max", *NNN.tuned_params)}
     with timed(timings, f"{task.direction}/analysis_alpha_k"):
-        table = nnn_recall_grid(task, alphas=alphas, ks=ks, batch_size=cfg.eval.batch_size,
-                                **nnn_kwargs)
-    return {"split": cfg.eval.split, "axes": {"alpha": alphas, "k": ks}, "table": table.tolist()}
+        return alpha_k_analysis(task, alphas=cfg.analysis.alphas, ks=cfg.analysis.ks,
+                                split=cfg.eval.split, batch_size=cfg.eval.batch_size, **nnn_kwargs)
 
 
 def _check_directions(names) -> None:
@@ -410,7 +372,8 @@ def _evaluate_directions(cfg: DictConfig, results: dict[str, Any], settings: Eva
 def _evaluate_all(cfg: DictConfig, results: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Fill ``results`` (data, tuning, metrics, analysis, objective, timings); returns N_k counts
     per direction (baseline, method)."""
-    from nnn.ablations import hub_occupancy, top_hubs
+    from nnn.ablations import hub_analysis
+    from nnn.evaluation import objective
 
     settings = _check_before_loading(cfg)  # before any data is loaded
     info: dict[str, Any] = {}
@@ -425,12 +388,13 @@ def _evaluate_all(cfg: DictConfig, results: dict[str, Any]) -> dict[str, tuple[n
 
     counts = _evaluate_directions(cfg, results, settings, test, reference, make_method)
     if cfg.analysis.top_hubs:  # the biggest hubs and how many items have each N_k, before/after
-        results["analysis"]["hubs"] = {
-            d: {"top": top_hubs(b, a, top=min(int(cfg.analysis.top_hubs), len(b))),
-                "occupancy": hub_occupancy(b, a)} for d, (b, a) in counts.items()}
+        results["analysis"]["hubs"] = hub_analysis(counts, cfg.analysis.top_hubs)
     with timed(results["timings_s"], "objective"):
-        results["objective"] = _objective(cfg, results["metrics"]["method"], tuning, reference,
-                                          make_method, tuned)
+        hc = _hydra()
+        results["objective"] = objective(
+            str(cfg.objective), results["metrics"]["method"], eval_split=cfg.eval.split,
+            tuning=tuning, reference=reference, make_method=make_method, tuned=tuned,
+            batch_size=cfg.eval.batch_size, multirun=hc is not None and hc.mode == RunMode.MULTIRUN)
     return counts
 
 
