@@ -115,14 +115,15 @@ class _ChildWorker:
             raise ChildProcessError(f"the W&B process ended (exit code {self._proc.wait()})")
         return answer
 
-    def close(self) -> None:
-        """Let the child end (it does after ``finish`` or at the end of its stdin)."""
+    def close(self, *, kill: bool = False) -> None:
+        """Let the child end (it does after ``finish`` or at the end of its stdin); ``kill``:
+        end it now (it gave no answer)."""
         try:
             self._proc.stdin.close()
         except OSError:  # it is gone already
             pass
         try:
-            self._proc.wait(timeout=WORKER_TIMEOUT_S)
+            self._proc.wait(timeout=0 if kill else WORKER_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             self._proc.kill()
             self._proc.wait()
@@ -151,8 +152,8 @@ class _ThreadWorker:
         except queue.Empty:
             raise TimeoutError(f"no answer from W&B in {timeout:g} s") from None
 
-    def close(self) -> None:
-        """Nothing to end: the calls' threads end with their calls."""
+    def close(self, *, kill: bool = False) -> None:
+        """Nothing to end: the calls' threads end with their calls (a hung one is left)."""
 
 
 class WandbLogger(NullLogger):
@@ -206,9 +207,9 @@ class WandbLogger(NullLogger):
         self.active = False
         if finish:
             self._end(exit_code=1)  # already failing; the warning above says what happened
-        elif self._worker is not None:
+        elif self._worker is not None:  # it died, hangs or takes no calls: no finish
             worker, self._worker = self._worker, None
-            worker.close()
+            worker.close(kill=True)
 
     def _call(self, what: str, call: dict | None, timeout: float = WORKER_TIMEOUT_S):
         """Send ``call`` (None: none, read the start's answer) and return the answer; on a

@@ -164,15 +164,38 @@ def test_the_child_ends_when_its_parent_dies(tmp_path):
     assert not _alive(pid), "the W&B process outlived its parent"
 
 
-def test_a_failure_in_the_child_is_one_warning(tmp_path):
-    fake = tmp_path / "fake" / "wandb"  # what the child imports as wandb
-    fake.mkdir(parents=True)
-    (fake / "__init__.py").write_text("raise ImportError('this wandb is broken')\n")
-    proc = run_script(tmp_path, UNREACHABLE_SCRIPT, tmp_path / "run",
-                      env={"PYTHONPATH": os.pathsep.join([str(fake.parent), *sys.path])})
+HUNG_SCRIPT = """
+    import logging, sys
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+    import nnn.loggers
+    from nnn.loggers import WandbLogger
+
+    nnn.loggers.WORKER_TIMEOUT_S = 1.0
+    with WandbLogger(init_timeout=1) as logger:
+        logger.start({}, name="hung", dir=sys.argv[1], background=True)
+        child = logger._worker._proc
+        logger.log_metrics({"t2i/R@1": 50.0})
+    print("the run went on; W&B active:", logger.active, "child exit code:", child.poll())
+"""
+
+
+@pytest.mark.parametrize("script, wandb_code, printed, warned", [
+    (UNREACHABLE_SCRIPT, "raise ImportError('this wandb is broken')\n", "W&B active: False",
+     ["W&B init failed (ImportError: this wandb is broken)", "pip install wandb"]),
+    (HUNG_SCRIPT, "import time\ntime.sleep(600)\n", "W&B active: False child exit code: -9",
+     ["W&B init failed (TimeoutError: no answer from the W&B process in 2 s)"]),
+], ids=["wandb-broken", "wandb-hangs"])
+def test_a_child_that_fails_or_hangs_is_one_warning(tmp_path, script, wandb_code, printed,
+                                                    warned):
+    """The run goes on; a child that gives no answer in time is killed."""
+    path = tmp_path / "fake" / "wandb"  # what the child imports as wandb
+    path.mkdir(parents=True)
+    (path / "__init__.py").write_text(wandb_code)
+    proc = run_script(tmp_path, script, tmp_path / "run",
+                      env={"PYTHONPATH": os.pathsep.join([str(path.parent), *sys.path])})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "the run went on; W&B active: False" in proc.stdout
+    assert f"the run went on; {printed}" in proc.stdout
     warnings = [line for line in proc.stderr.splitlines() if line.startswith("WARNING")]
     assert len(warnings) == 1, proc.stderr
-    assert "W&B init failed (ImportError: this wandb is broken)" in warnings[0]
-    assert "pip install wandb" in warnings[0]
+    for part in warned:
+        assert part in warnings[0]
