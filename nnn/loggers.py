@@ -5,26 +5,42 @@ cost an experiment its results: every W&B call is wrapped, and a failure (W&B no
 ``init`` refused, a log call raising) is logged as one warning, after which the logger turns
 itself off and the run goes on. The pipeline writes its local results *before* logging.
 
-``start(..., background=True)`` returns at once and starts the run in a thread; every later
-call waits for it, so importing W&B and starting its service (seconds) overlap the caller's work.
+W&B itself runs in a child process (``nnn.wandb_worker``, fed the calls as JSON lines), so that
+importing it and starting its service (seconds of CPU) happen on another core and never in this
+interpreter. When this interpreter has imported ``wandb`` already (a notebook that uses it, tests
+that patch it), there is nothing to save: the run is then made by that ``wandb``, here, in a
+thread. ``start(..., background=True)`` returns at once; every later call waits for the start,
+so W&B's start overlaps the caller's work. W&B's copy of the console (``output.log`` of a run)
+is the child's, which prints nothing: the run's own log stays in the output directory (Hydra's
+``run.log``, beside ``wandb/``).
 
 Use as a context manager so that the run is always finished::
 
-    with WandbLogger(project="nnn", mode="offline", dir=out) as logger:
-        logger.start(config={"method.k": 16}, name="nnn-k16")
+    with WandbLogger(project="nnn", mode="offline") as logger:
+        logger.start(config={"method.k": 16}, name="nnn-k16", dir=out)
         logger.log_metrics({"t2i/R@1": 64.6})
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import queue
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from nnn.wandb_worker import WandbRun, failure
+
 log = logging.getLogger(__name__)
 
 _MODES = ("offline", "online", "disabled")
+#: seconds to wait for one answer of W&B (for the start: ``init_timeout`` more) or for its
+#: process to end after the run is finished; then W&B is given up (its process is killed)
+WORKER_TIMEOUT_S = 120.0
 
 
 def sweep_group(name: str, sweep_dir: str | Path) -> str:
@@ -42,9 +58,8 @@ class NullLogger:
     def start(self, config: Mapping[str, Any], *, name: str | None = None,
               group: str | None = None, dir: str | Path | None = None,
               background: bool = False) -> None:
-        """Begin a run with a flat ``config`` dict. ``background=True`` returns at once and
-        starts the run in a thread (the next call waits for it), so that a slow start overlaps
-        the caller's work."""
+        """Begin a run with a flat ``config`` dict. ``background=True`` returns at once (the
+        next call waits for the start), so that a slow start overlaps the caller's work."""
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         """Record scalar metrics, e.g. ``{"t2i/R@1": 64.6}``."""
@@ -64,6 +79,81 @@ class NullLogger:
     def __exit__(self, exc_type, exc, tb):
         self.finish(exit_code=0 if exc_type is None else 1)
         return False
+
+
+class _ChildWorker:
+    """``python -m nnn.wandb_worker`` in a child process: ``send`` writes a call, ``answer``
+    reads the next answer (in order, as they come) within a timeout."""
+
+    def __init__(self):
+        env = dict(os.environ)  # the child imports this nnn, wherever it is
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH")) if p)
+        self._proc = subprocess.Popen([sys.executable, "-m", "nnn.wandb_worker"], env=env,
+                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                      encoding="utf-8")
+        self._answers: queue.Queue = queue.Queue()
+        threading.Thread(target=self._read, name="wandb-answers", daemon=True).start()
+
+    def _read(self) -> None:
+        try:
+            for line in self._proc.stdout:
+                self._answers.put(json.loads(line))
+        finally:  # the child's stdout closed: it has ended (or sent something unreadable)
+            self._answers.put(None)
+
+    def send(self, call: dict) -> None:
+        self._proc.stdin.write(json.dumps(call, default=_plain) + "\n")
+        self._proc.stdin.flush()
+
+    def answer(self, timeout: float) -> dict:
+        try:
+            answer = self._answers.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no answer from the W&B process in {timeout:g} s") from None
+        if answer is None:
+            raise ChildProcessError(f"the W&B process ended (exit code {self._proc.wait()})")
+        return answer
+
+    def close(self, *, kill: bool = False) -> None:
+        """Let the child end (it does after ``finish`` or at the end of its stdin); ``kill``:
+        end it now (it gave no answer)."""
+        try:
+            self._proc.stdin.close()
+        except OSError:  # it is gone already
+            pass
+        try:
+            self._proc.wait(timeout=0 if kill else WORKER_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+
+def _plain(value):
+    """JSON for what ``json`` does not know: NumPy scalars as numbers, anything else as text."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+class _ThreadWorker:
+    """``WandbRun`` in this interpreter, each call in a thread: the ``_ChildWorker`` interface
+    for a ``wandb`` that is imported here already."""
+
+    def __init__(self):
+        self._run = WandbRun()
+        self._answers: queue.Queue = queue.Queue()
+
+    def send(self, call: dict) -> None:
+        threading.Thread(target=lambda: self._answers.put(self._run(call)), name="wandb-call",
+                         daemon=True).start()
+
+    def answer(self, timeout: float) -> dict:
+        try:
+            return self._answers.get(timeout=timeout)
+        except queue.Empty:
+            raise TimeoutError(f"no answer from W&B in {timeout:g} s") from None
+
+    def close(self, *, kill: bool = False) -> None:
+        """Nothing to end: the calls' threads end with their calls (a hung one is left)."""
 
 
 class WandbLogger(NullLogger):
@@ -98,105 +188,108 @@ class WandbLogger(NullLogger):
         self.job_type = job_type
         self.notes = notes
         self.settings = dict(settings or {})
-        self._run = None
+        self._worker: _ChildWorker | _ThreadWorker | None = None
+        self._starting = False  # the start's answer is still to be read
         self._run_dir: Path | None = None
-        self._wandb = None
-        self._starting: threading.Thread | None = None
         self.active = False
 
-    def _wait(self) -> None:
-        """Wait for a ``start(background=True)`` still in progress."""
-        starting, self._starting = self._starting, None
-        if starting is not None:
-            starting.join()
-
-    def _fail(self, what: str, err: BaseException) -> None:
+    def _fail(self, what: str, answer: dict, *, finish: bool = True) -> None:
+        """Warn once, turn the logger off and end the worker (``finish``: finishing the run as
+        failed first; not when the worker itself gave no answer)."""
         hint = " (install it: pip install wandb, or use logger=none)" \
-            if isinstance(err, ImportError) else ""
+            if answer["import_error"] else ""
         if what == "init" and self.mode == "online":
             hint += (f" (gave up after logger.init_timeout={self.init_timeout:g} s; raise it "
                      "for a slow server)")
         log.warning("W&B %s failed (%s: %s)%s; the run goes on without W&B and its local "
-                    "results are unaffected", what, type(err).__name__,
-                    " ".join(str(err).split()), hint)  # W&B's messages span lines
+                    "results are unaffected", what, answer["error"],
+                    " ".join(answer["message"].split()), hint)  # W&B's messages span lines
         self.active = False
-        run, self._run = self._run, None
-        if run is not None:
-            try:
-                run.finish(exit_code=1)
-            except Exception:  # already failing; the warning above says what happened
-                pass
+        if finish:
+            self._end(exit_code=1)  # already failing; the warning above says what happened
+        elif self._worker is not None:  # it died, hangs or takes no calls: no finish
+            worker, self._worker = self._worker, None
+            worker.close(kill=True)
+
+    def _call(self, what: str, call: dict | None, timeout: float = WORKER_TIMEOUT_S):
+        """Send ``call`` (None: none, read the start's answer) and return the answer; on a
+        failure warn (``_fail``) and return None."""
+        try:
+            if call is not None:
+                self._worker.send(call)
+            answer = self._worker.answer(timeout)
+        except Exception as err:  # the worker died, hangs, or could not be written to
+            self._fail(what, failure(err), finish=False)
+            return None
+        if not answer["ok"]:
+            self._fail(what, answer)
+            return None
+        return answer
+
+    def _end(self, exit_code: int) -> dict:
+        """Finish the worker's run with ``exit_code`` and let the worker end; its answer."""
+        worker, self._worker = self._worker, None
+        self.active = False
+        try:
+            worker.send({"call": "finish", "exit_code": exit_code})
+            return worker.answer(WORKER_TIMEOUT_S)
+        except Exception as err:
+            return failure(err)
+        finally:
+            worker.close()
+
+    def _wait(self) -> None:
+        """Read the answer of a ``start(background=True)`` still in progress."""
+        if not self._starting:
+            return
+        self._starting = False
+        answer = self._call("init", None, timeout=self.init_timeout + WORKER_TIMEOUT_S)
+        if answer is None:
+            return
+        self.active = answer["id"] is not None
+        if self.active:
+            self._run_dir = Path(answer["run_dir"])
+            log.info("W&B run %s (%s mode) in %s", answer["id"], self.mode, self._run_dir)
 
     def start(self, config, *, name=None, group=None, dir=None, background=False) -> None:
-        self._wait()
-        if background:  # importing wandb and starting its service take seconds: overlap them
-            self._starting = threading.Thread(target=self._start, args=(config, name, group, dir),
-                                              name="wandb-start", daemon=True)
-            self._starting.start()
-        else:
-            self._start(config, name, group, dir)
-
-    def _start(self, config, name, group, dir) -> None:
+        self.finish()  # a run already started ends here (as wandb.init(reinit=...) would)
+        init = {"project": self.project, "entity": self.entity, "mode": self.mode, "name": name,
+                "group": group, "tags": self.tags or None, "job_type": self.job_type,
+                "notes": self.notes, "dir": str(dir) if dir is not None else None,
+                "config": dict(config)}
         try:
-            import wandb
+            self._worker = _ThreadWorker() if "wandb" in sys.modules else _ChildWorker()
+            self._worker.send({"call": "start", "init": init,
+                               "settings": {"init_timeout": self.init_timeout, **self.settings}})
+        except Exception as err:  # no process could be started, or it took no call
+            self._fail("init", failure(err), finish=False)
+            return
+        self._starting = True
+        if not background:
+            self._wait()
 
-            if dir is not None:
-                Path(dir).mkdir(parents=True, exist_ok=True)
-            self._wandb = wandb
-            self._run = wandb.init(
-                project=self.project, entity=self.entity, mode=self.mode, name=name,
-                group=group, tags=self.tags or None, job_type=self.job_type, notes=self.notes,
-                dir=str(dir) if dir is not None else None, config=dict(config),
-                settings=wandb.Settings(**{"init_timeout": self.init_timeout,
-                                           **self.settings}),
-                reinit="finish_previous")
-            self.active = self._run is not None
-            if self.active:
-                self._run_dir = Path(self._run.dir).parent  # <dir>/wandb/<mode>-run-<time>-<id>
-                log.info("W&B run %s (%s mode) in %s", self._run.id, self.mode, self._run_dir)
-        except Exception as err:
-            self._fail("init", err)
+    def _log(self, what: str, call: dict) -> None:
+        self._wait()
+        if self.active:
+            self._call(what, {"call": what, **call})
 
     def log_metrics(self, metrics) -> None:
-        self._wait()
-        if not self.active:
-            return
-        try:
-            self._run.log(dict(metrics))
-            self._run.summary.update(dict(metrics))
-        except Exception as err:
-            self._fail("log_metrics", err)
+        self._log("log_metrics", {"metrics": dict(metrics)})
 
     def log_table(self, key, columns, rows) -> None:
-        self._wait()
-        if not self.active:
-            return
-        try:
-            self._run.log({key: self._wandb.Table(columns=list(columns),
-                                                  data=[list(r) for r in rows])})
-        except Exception as err:
-            self._fail("log_table", err)
+        self._log("log_table", {"key": key, "columns": list(columns),
+                                "rows": [list(r) for r in rows]})
 
     def log_image(self, key, path, caption=None) -> None:
-        self._wait()
-        if not self.active:
-            return
-        try:
-            self._run.log({key: self._wandb.Image(str(path), caption=caption)})
-        except Exception as err:
-            self._fail("log_image", err)
+        self._log("log_image", {"key": key, "path": str(path), "caption": caption})
 
     def finish(self, exit_code: int = 0) -> None:
         self._wait()
-        run, self._run = self._run, None
-        self.active = False
-        if run is None:
+        if self._worker is None:  # never started, or already finished or failed
             return
-        try:
-            run.finish(exit_code=exit_code)
-        except Exception as err:
+        answer = self._end(exit_code)
+        if not answer["ok"]:
             log.warning("W&B finish failed (%s: %s); local results are unaffected",
-                        type(err).__name__, err)
-            return
-        if self.mode == "offline":
+                        answer["error"], answer["message"])
+        elif self.mode == "offline" and answer["finished"]:
             log.info("W&B offline run saved; upload it with: wandb sync %s", self._run_dir)

@@ -16,10 +16,11 @@ Definitions:
   are all captions j with ``caption_to_image[j] == i``; the best-ranked one counts, so R@k is a
   hit when ANY of the image's captions is in the top k (the paper's protocol).
 - R@k = percentage (0-100) of queries with rank <= k. Median and mean rank are of the 1-based
-  ranks. Confidence intervals are percentile bootstrap intervals (``scipy.stats.bootstrap``,
-  seeded) over queries resampled with replacement, or over groups of queries (an image with all
-  its captions: the pipeline's default for text->image); ``paired_delta`` gives the interval of
-  a method's gain over the baseline from the same resamples.
+  ranks. Confidence intervals are percentile bootstrap intervals (``percentile_bootstrap``: the
+  draws and interval of ``scipy.stats.bootstrap(method="percentile")``, seeded) over queries
+  resampled with replacement, or over groups of queries (an image with all its captions: the
+  pipeline's default for text->image); ``paired_delta`` gives the interval of a method's gain
+  over the baseline from the same resamples.
 - Hubness: N_k(r) = how often gallery item r is among a query's top k (``k_occurrence``);
   ``hubness_stats`` summarises its distribution (see there).
 """
@@ -27,7 +28,6 @@ Definitions:
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 from tqdm.auto import tqdm
 
 from nnn._arrays import check_non_negative, check_positive_int
@@ -186,32 +186,69 @@ def _group_hits(ranks: np.ndarray, ks: np.ndarray, groups) -> tuple[np.ndarray, 
     return sums, np.bincount(unit, minlength=n_units).astype(np.float64)
 
 
+def _check_level(level: float) -> None:
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), e.g. 0.95, got {level!r}")
+
+
+# SciPy's ``stats.bootstrap`` and ``stats.skew``/``kurtosis`` are written out in NumPy here:
+# importing ``scipy.stats`` costs ~1.6 s, a fifth of the default run's 8 s start-up target.
+# tests/test_metrics.py checks that they give SciPy's values.
+def percentile_bootstrap(n_units: int, statistic, *, n_boot: int, batch: int,
+                         rng: np.random.Generator, level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap interval of ``statistic`` over ``n_units`` units resampled with
+    replacement: ``scipy.stats.bootstrap((np.arange(n_units),), statistic, n_resamples=n_boot,
+    batch=batch, method="percentile", confidence_level=level, rng=rng)``, same draws, same
+    interval.
+
+    ``statistic(idx)``: idx (b, n_units) int64 resampled unit indices -> (..., b). The draws are
+    ``rng.integers(0, n_units, (b, n_units))`` for consecutive batches of b <= ``batch``
+    resamples; the interval is the (1 - level) / 2 and (1 + level) / 2 quantiles of the
+    ``n_boot`` statistics (linear interpolation, Hyndman & Fan's type 7, in SciPy's arithmetic).
+    Returns (low, high), each of the statistic's leading shape.
+    """
+    n_units = check_positive_int(n_units, "n_units")
+    n_boot = check_positive_int(n_boot, "n_boot")
+    batch = check_positive_int(batch, "batch")
+    _check_level(level)
+    theta = np.concatenate(
+        [np.asarray(statistic(rng.integers(0, n_units, (min(batch, n_boot - start), n_units))),
+                    dtype=np.float64) for start in range(0, n_boot, batch)], axis=-1)
+    theta.sort(axis=-1)
+    alpha = np.float64((1 - level) / 2)
+    bounds = []
+    for p in (alpha, 1 - alpha):
+        position = p * n_boot + (1 - p)  # its 1-based position in sorted order, 1 <= . <= n_boot
+        below = int(position // 1) - 1
+        above = min(below + 1, n_boot - 1)
+        g = position % 1
+        bounds.append((1 - g) * theta[..., below] + g * theta[..., above])
+    return bounds[0], bounds[1]
+
+
 def _bootstrap_recall(hits: np.ndarray, sizes: np.ndarray, *, n_boot: int, seed: int,
                       level: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Percentile bootstrap of R@k = 100 * sum(hits) / sum(sizes) over resampled units.
 
-    ``hits`` (n_units, n_k), ``sizes`` (n_units,). ``scipy.stats.bootstrap`` resamples the unit
+    ``hits`` (n_units, n_k), ``sizes`` (n_units,). ``percentile_bootstrap`` resamples the unit
     *indices* and the statistic sums the resampled units' hits and sizes, so a unit (an image
     with all its captions) is drawn as a whole. The draws depend only on (n_units, n_boot,
     seed): two calls with the same units and seed use the same resamples, which makes a CI of a
     difference (``paired_delta``) paired. Returns (point, low, high), each (n_k,).
     """
     n_boot = check_positive_int(n_boot, "n_boot")
-    if not 0 < level < 1:
-        raise ValueError(f"level must be in (0, 1), e.g. 0.95, got {level!r}")
+    _check_level(level)
     point = 100.0 * hits.sum(axis=0) / sizes.sum()
     if len(sizes) == 1:  # every resample of one unit is that unit
         return point, point, point
 
-    def statistic(idx, axis):  # idx (..., n_units) resampled unit indices -> (n_k, ...)
-        return np.moveaxis(100.0 * hits[idx].sum(axis=-2) / sizes[idx].sum(axis=-1)[..., None],
-                           -1, 0)
+    def statistic(idx):  # idx (b, n_units) resampled unit indices -> (n_k, b)
+        return (100.0 * hits[idx].sum(axis=-2) / sizes[idx].sum(axis=-1)[..., None]).T
 
-    ci = stats.bootstrap((np.arange(len(sizes)),), statistic, n_resamples=n_boot,
-                         confidence_level=level, method="percentile",
-                         batch=max(1, _BOOT_ELEMENTS_PER_BATCH // (len(sizes) * hits.shape[1])),
-                         rng=np.random.default_rng(seed)).confidence_interval
-    return point, np.asarray(ci.low), np.asarray(ci.high)
+    low, high = percentile_bootstrap(
+        len(sizes), statistic, n_boot=n_boot, level=level, rng=np.random.default_rng(seed),
+        batch=max(1, _BOOT_ELEMENTS_PER_BATCH // (len(sizes) * hits.shape[1])))
+    return point, low, high
 
 
 def rank_summary(ranks, ks=(1, 5, 10), *, groups=None, n_boot: int = 1000, seed: int = 0,
@@ -280,14 +317,23 @@ def k_occurrence(method, queries, *, k: int = 1, batch_size: int = 1024) -> np.n
     return counts
 
 
+def _central_moments(x: np.ndarray, mean: float) -> tuple[float, float, float]:
+    """Population central moments m2, m3, m4 of x (n,) float64 about its ``mean``."""
+    d = x - mean
+    d2 = d * d
+    return float(d2.mean()), float((d2 * d).mean()), float((d2 * d2).mean())
+
+
 def hubness_stats(counts, *, k: int = 1, hub_size: float = 2.0) -> dict[str, float]:
     """Summary of a k-occurrence distribution counts (n_g,) (non-negative integers).
 
-    - ``skewness``: ``scipy.stats.skew`` (population moments, bias=True).
-    - ``kurtosis``: ``scipy.stats.kurtosis`` in Fisher's definition (*excess* kurtosis, 0 for a
-      normal distribution). The paper's Table 3 (e.g. CLIP Flickr 9.0 -> 1.1) must be excess
-      kurtosis: Pearson kurtosis is >= 1 + skewness^2 and ~3 for count data, so 1.1 would be
-      impossible for it. Both are reported as 0 when all counts are equal (no spread, no hubs).
+    - ``skewness``: m3 / m2^1.5 from the population central moments m_p (``scipy.stats.skew``
+      with bias=True).
+    - ``kurtosis``: m4 / m2^2 - 3, Fisher's definition (*excess* kurtosis, 0 for a normal
+      distribution; ``scipy.stats.kurtosis``). The paper's Table 3 (e.g. CLIP Flickr 9.0 -> 1.1)
+      must be excess kurtosis: Pearson kurtosis is >= 1 + skewness^2 and ~3 for count data,
+      so 1.1 would be impossible for it. Both are reported as 0 when all counts are equal (no
+      spread, no hubs).
     - ``max``: the largest N_k; ``mean``: the mean N_k (= n_q * k / n_g).
     - ``never_retrieved``: percent of gallery items with N_k = 0 (anti-hubs).
     - ``robin_hood``: Robin Hood (Hoover) index in percent, 100 * 0.5 * sum|N_i - mean| / sum N_i:
@@ -309,9 +355,10 @@ def hubness_stats(counts, *, k: int = 1, hub_size: float = 2.0) -> dict[str, flo
     x = c.astype(np.float64)
     mean = x.mean()
     spread = bool((x != x[0]).any())
+    m2, m3, m4 = _central_moments(x, mean)
     return {
-        "skewness": float(stats.skew(x)) if spread else 0.0,
-        "kurtosis": float(stats.kurtosis(x, fisher=True)) if spread else 0.0,
+        "skewness": float(m3 / m2 ** 1.5) if spread else 0.0,
+        "kurtosis": float(m4 / m2 ** 2 - 3.0) if spread else 0.0,
         "max": float(x.max()),
         "mean": float(mean),
         "never_retrieved": float((x == 0).mean() * 100.0),

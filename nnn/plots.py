@@ -37,10 +37,27 @@ def _subplots(nrows: int = 1, ncols: int = 1, *, squeeze: bool = True, gridspec_
     return fig, fig.subplots(nrows, ncols, squeeze=squeeze, gridspec_kw=gridspec_kw)
 
 
-def _save(fig, path: str | Path) -> Path:
+def _write_png(fig, path: str | Path, bbox_inches: str | None) -> Path:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=110, bbox_inches=bbox_inches)
     return atomic_write_bytes(path, buf.getvalue())
+
+
+def _save(fig, path: str | Path) -> Path:
+    """The PNG cropped to what the figure draws (``bbox_inches="tight"``: drawn twice)."""
+    return _write_png(fig, path, "tight")
+
+
+def _fixed_margins(fig, ncols: int, *, left: float = 0.65, right: float = 0.12,
+                   bottom: float = 0.5, top: float = 0.3, gap: float = 0.75) -> None:
+    """Margins and the gap between ``ncols`` panels in inches, for panels whose texts have a
+    known size (a one-line title and x label, a y label, count tick labels), so the figure can
+    be saved as it is (``_write_png(..., None)``): it is drawn once, not twice as ``_save``
+    draws it to crop (~0.4 s of the default run's ``hubness.png``)."""
+    width, height = fig.get_size_inches()
+    axis_width = (width - left - right - gap * (ncols - 1)) / ncols
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height,
+                        top=1 - top / height, wspace=gap / axis_width)
 
 
 def hubness_histogram(counts: Mapping[str, tuple[np.ndarray, np.ndarray]], path: str | Path, *,
@@ -53,6 +70,7 @@ def hubness_histogram(counts: Mapping[str, tuple[np.ndarray, np.ndarray]], path:
     if not counts:
         raise ValueError("hubness_histogram needs counts for at least one direction")
     fig, axes = _subplots(1, len(counts), figsize=(5.2 * len(counts), 3.8), squeeze=False)
+    _fixed_margins(fig, len(counts))
     for ax, (direction, (before, after)) in zip(axes[0], counts.items()):
         before, after = np.asarray(before), np.asarray(after)
         top = int(max(before.max(), after.max()))
@@ -67,7 +85,7 @@ def hubness_histogram(counts: Mapping[str, tuple[np.ndarray, np.ndarray]], path:
         ax.set_ylabel("gallery items")
         ax.set_title(f"{direction}: hubness of the gallery")
         ax.legend(fontsize=8)
-    return _save(fig, path)
+    return _write_png(fig, path, None)
 
 
 #: a positive axis whose values span at least this factor is drawn logarithmically

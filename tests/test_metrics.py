@@ -380,3 +380,76 @@ def test_paired_delta_identical_and_shifted_ranks():
         metrics.paired_delta(ranks, ranks[:-1])
     with pytest.raises(ValueError, match="groups"):
         metrics.rank_summary(ranks, groups=np.zeros(3, dtype=int))
+
+
+# -- the NumPy bootstrap and moments are SciPy's ---------------------------------------------------
+def recall_statistic(hits, sizes):
+    """R@k of resampled units as ``_bootstrap_recall`` computes it; idx (..., n_units)."""
+    def statistic(idx, axis=-1):
+        return np.moveaxis(100.0 * hits[idx].sum(axis=-2) / sizes[idx].sum(axis=-1)[..., None],
+                           -1, 0)
+    return statistic
+
+
+@pytest.mark.parametrize("n_units, n_boot, batch, level", [
+    (3, 37, 1, 0.95), (57, 999, 7, 0.95), (101, 250, 250, 0.5), (101, 250, 1000, 0.9),
+    (43, 1001, 333, 0.95)])
+def test_percentile_bootstrap_equals_scipy(n_units, n_boot, batch, level):
+    """Same draws (seed, batches) and the same percentile interval as scipy.stats.bootstrap, for
+    resampled groups of different sizes (hits summed over a group's queries)."""
+    from scipy import stats
+    rng = np.random.default_rng(n_units)
+    sizes = rng.integers(1, 6, size=n_units).astype(np.float64)
+    hits = np.stack([rng.binomial(sizes.astype(int), p) for p in (0.3, 0.6, 0.9)],
+                    axis=1).astype(np.float64)
+    statistic = recall_statistic(hits, sizes)
+    low, high = metrics.percentile_bootstrap(n_units, statistic, n_boot=n_boot, batch=batch,
+                                             rng=np.random.default_rng(9), level=level)
+    ref = stats.bootstrap((np.arange(n_units),), statistic, n_resamples=n_boot, batch=batch,
+                          confidence_level=level, method="percentile",
+                          rng=np.random.default_rng(9)).confidence_interval
+    assert low.shape == high.shape == (3,)
+    np.testing.assert_allclose(low, ref.low, rtol=1e-13, atol=1e-12)   # float rounding at most
+    np.testing.assert_allclose(high, ref.high, rtol=1e-13, atol=1e-12)
+
+
+@pytest.mark.parametrize("elements_per_batch", [1, 500, 10**9])
+def test_rank_summary_batches_are_scipys(monkeypatch, elements_per_batch):
+    """rank_summary by image, its resamples drawn in batches of several sizes, gives
+    scipy.stats.bootstrap's interval with the same batch size and seed."""
+    from scipy import stats
+    monkeypatch.setattr(metrics, "_BOOT_ELEMENTS_PER_BATCH", elements_per_batch)
+    rng = np.random.default_rng(6)
+    c2i = np.repeat(np.arange(31), 5)
+    ranks = rng.integers(1, 12, size=len(c2i))
+    ks = np.array([1, 5])
+    s = metrics.rank_summary(ranks, tuple(ks), groups=c2i, n_boot=201, seed=4)
+    hits = (ranks[:, None] <= ks).reshape(31, 5, 2).sum(axis=1).astype(np.float64)
+    ref = stats.bootstrap((np.arange(31),), recall_statistic(hits, np.full(31, 5.0)),
+                          n_resamples=201, batch=max(1, elements_per_batch // (31 * 2)),
+                          method="percentile", rng=np.random.default_rng(4)).confidence_interval
+    np.testing.assert_allclose([s["R@1_ci_low"], s["R@5_ci_low"]], ref.low, rtol=1e-13)
+    np.testing.assert_allclose([s["R@1_ci_high"], s["R@5_ci_high"]], ref.high, rtol=1e-13)
+
+
+def test_percentile_bootstrap_input_errors():
+    def statistic(idx):
+        return idx.mean(axis=-1)
+
+    for kwargs, match in (({"n_boot": 0}, "n_boot"), ({"batch": 0}, "batch"),
+                          ({"level": 0.0}, "level")):
+        args = {"n_boot": 10, "batch": 5, "level": 0.95, **kwargs}
+        with pytest.raises(ValueError, match=match):
+            metrics.percentile_bootstrap(4, statistic, rng=np.random.default_rng(0), **args)
+
+
+@pytest.mark.parametrize("counts", [
+    np.random.default_rng(2).poisson(3.0, size=101),
+    np.random.default_rng(3).geometric(0.05, size=5000) - 1,
+    np.array([60] + [0] * 19), np.array([1, 2])])
+def test_hubness_moments_equal_scipy(counts):
+    from scipy import stats
+    s = metrics.hubness_stats(counts)
+    x = counts.astype(np.float64)
+    assert s["skewness"] == pytest.approx(stats.skew(x), rel=1e-13, abs=1e-13)
+    assert s["kurtosis"] == pytest.approx(stats.kurtosis(x, fisher=True), rel=1e-13, abs=1e-13)

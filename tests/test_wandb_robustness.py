@@ -1,5 +1,6 @@
 """W&B as configured by conf/logger/wandb.yaml: silent offline runs, and an unreachable server
-that costs a short, configurable timeout instead of W&B's 90 s. No test touches the network:
+that costs a short, configurable timeout instead of W&B's 90 s; the child process W&B runs in
+ends with its run or its parent, and its failures are one warning. No test touches the network:
 the "server" is a local port that refuses connections."""
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import wandb
@@ -92,3 +94,108 @@ def test_unreachable_server_costs_the_timeout_and_one_warning(tmp_path):
     assert "W&B init failed" in warnings[0] and "init_timeout=3 s;" in warnings[0]
     assert "goes on without W&B" in warnings[0]
     assert FAKE_KEY not in proc.stdout + proc.stderr
+
+
+def run_script(tmp_path, script: str, *args, env=None, timeout=120):
+    """``script`` in a fresh interpreter (no wandb imported yet: W&B runs in a child process)."""
+    path = tmp_path / "script.py"
+    path.write_text(textwrap.dedent(script))
+    env = {**{k: v for k, v in os.environ.items() if k not in WANDB_ENV},
+           "WANDB_CONFIG_DIR": str(tmp_path / "config"), "PYTHONPATH": os.pathsep.join(sys.path),
+           **(env or {})}
+    return subprocess.run([sys.executable, str(path), *map(str, args)], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+CHILD_SCRIPT = """
+    import logging, sys
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+    from nnn.loggers import WandbLogger
+
+    logger = WandbLogger(settings={"silent": True})
+    with logger:
+        logger.start({"method.k": 3}, name="child", dir=sys.argv[1], background=True)
+        logger.log_metrics({"t2i/R@1": 50.0})
+        child = logger._worker._proc
+        print("child pid", child.pid, "active", logger.active)
+    print("child exit code", child.poll(), "wandb imported here:", "wandb" in sys.modules)
+"""
+
+
+def test_wandb_runs_in_a_child_process_that_ends_with_the_run(tmp_path):
+    proc = run_script(tmp_path, CHILD_SCRIPT, tmp_path / "run")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "active True" in proc.stdout
+    assert "child exit code 0 wandb imported here: False" in proc.stdout
+    assert "W&B offline run saved; upload it with: wandb sync" in proc.stderr
+    (run_dir,) = (tmp_path / "run" / "wandb").glob("offline-run-*")
+    assert list(run_dir.glob("run-*.wandb"))
+    assert not [line for line in proc.stderr.splitlines() if line.startswith("WARNING")]
+
+
+KILLED_SCRIPT = """
+    import os, signal, sys
+    from nnn.loggers import WandbLogger
+
+    logger = WandbLogger(settings={"silent": True})
+    logger.start({}, name="orphan", dir=sys.argv[1])
+    print(logger._worker._proc.pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)  # no finish, no exit handlers
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:  # a zombie has ended, it only awaits reaping
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_the_child_ends_when_its_parent_dies(tmp_path):
+    proc = run_script(tmp_path, KILLED_SCRIPT, tmp_path / "run")
+    assert proc.returncode == -9, proc.stderr[-3000:]
+    pid = int(proc.stdout.split()[0])
+    for _ in range(600):  # the child finishes the run (as failed), then exits
+        if not _alive(pid):
+            break
+        time.sleep(0.1)
+    assert not _alive(pid), "the W&B process outlived its parent"
+
+
+HUNG_SCRIPT = """
+    import logging, sys
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+    import nnn.loggers
+    from nnn.loggers import WandbLogger
+
+    nnn.loggers.WORKER_TIMEOUT_S = 1.0
+    with WandbLogger(init_timeout=1) as logger:
+        logger.start({}, name="hung", dir=sys.argv[1], background=True)
+        child = logger._worker._proc
+        logger.log_metrics({"t2i/R@1": 50.0})
+    print("the run went on; W&B active:", logger.active, "child exit code:", child.poll())
+"""
+
+
+@pytest.mark.parametrize("script, wandb_code, printed, warned", [
+    (UNREACHABLE_SCRIPT, "raise ImportError('this wandb is broken')\n", "W&B active: False",
+     ["W&B init failed (ImportError: this wandb is broken)", "pip install wandb"]),
+    (HUNG_SCRIPT, "import time\ntime.sleep(600)\n", "W&B active: False child exit code: -9",
+     ["W&B init failed (TimeoutError: no answer from the W&B process in 2 s)"]),
+], ids=["wandb-broken", "wandb-hangs"])
+def test_a_child_that_fails_or_hangs_is_one_warning(tmp_path, script, wandb_code, printed,
+                                                    warned):
+    """The run goes on; a child that gives no answer in time is killed."""
+    path = tmp_path / "fake" / "wandb"  # what the child imports as wandb
+    path.mkdir(parents=True)
+    (path / "__init__.py").write_text(wandb_code)
+    proc = run_script(tmp_path, script, tmp_path / "run",
+                      env={"PYTHONPATH": os.pathsep.join([str(path.parent), *sys.path])})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"the run went on; {printed}" in proc.stdout
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 1, proc.stderr
+    for part in warned:
+        assert part in warnings[0]
