@@ -44,7 +44,6 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from nnn._timing import timed
 # also registers ${nnn.repo_root:}
 from nnn.config_dir import CONFIG_DIR, TUNE_SWITCH, translate_overrides
-from nnn.data.assemble import TUNING_AUTO
 from nnn.data.base import EmbeddingSet
 from nnn.loggers import sweep_group
 from nnn.reporting import create_logger, flatten, log_to_logger, write_run_files
@@ -243,6 +242,8 @@ def _used_parameters(description: dict[str, Any], tuned: dict) -> dict[str, Any]
 def _tune(cfg: DictConfig, tuning: EmbeddingSet | None, reference: EmbeddingSet,
           timings: dict[str, float]) -> dict:
     """Per direction, the ``TuningResult`` of the method's grid on the tuning part."""
+    from nnn.data.assemble import TUNING_AUTO
+
     if tuning is None:
         raise ValueError(f"{TUNE_SWITCH}=true needs a tuning part, but reference.tuning_size="
                          f"{cfg.reference.tuning_size}: use reference.tuning_size={TUNING_AUTO} "
@@ -292,6 +293,7 @@ def _check_before_loading(cfg: DictConfig) -> EvalSettings:
     """Config mistakes that need no data (missing values, directions, a selecting sweeper
     without a tuning part, the method's parameters, ``cfg.eval``); returns the evaluation's
     settings."""
+    from nnn.data.assemble import TUNING_AUTO
     from nnn.evaluation import EvalSettings
 
     missing = sorted(OmegaConf.missing_keys(cfg))
@@ -432,7 +434,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
     out = Path(output_dir)
     results = _new_results(cfg)
     logger = _start_logger(cfg, results, out)  # in the background: W&B's start overlaps the run
-    import nnn.metrics  # noqa: F401  torch and scipy: imported here, outside the stage timings
+    import nnn.metrics  # noqa: F401  torch: imported here, outside the stage timings
     import nnn.tuning  # noqa: F401
     t0 = time.perf_counter()
     try:
