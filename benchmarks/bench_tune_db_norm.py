@@ -15,7 +15,8 @@ from __future__ import annotations
 import argparse
 import time
 
-from nnn.pipeline import compose, load_sets
+from nnn.pipeline import load_sets
+from nnn.settings import compose
 from nnn.tuning import tune_db_norm
 
 

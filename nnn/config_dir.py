@@ -31,7 +31,7 @@ TUNE_ALIAS = "method.tune"
 def translate_overrides(args: list[str]) -> list[str]:
     """Command-line ``args`` with ``[+]method.tune=VALUE`` spelled ``tune.enabled=VALUE`` (a
     sweep's ``method.tune=true,false`` included); every other argument unchanged. Used by
-    ``run.py`` and ``nnn.pipeline.compose``, so both accept the alias."""
+    ``run.py`` and ``nnn.settings.compose``, so both accept the alias."""
     out = []
     for arg in args:
         key, eq, value = arg.lstrip("+").partition("=")

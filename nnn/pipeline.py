@@ -1,30 +1,19 @@
-"""The experiment pipeline; the only module that reads the Hydra config.
+"""The experiment pipeline: ``run(cfg)`` orders the steps of one experiment.
 
-``run(cfg)``: embeddings -> reference set -> method -> metrics, in both directions, always beside
-the uncorrected baseline, then results files, plots and the experiment logger:
+With ``nnn.settings`` (the config read into plain values) the only module that reads the config.
+Each step lives in its own module and takes plain values:
 
-1. *load*: the dataset (``cfg.dataset``) gives embeddings itself (``model=none``: synthetic,
-   precomputed), or raw images and captions that ``cfg.model`` encodes through the embedding
-   cache (*embed*; only the evaluation split and the drawn reference/tuning images are encoded).
-2. The reference set (and an optional tuning part) is drawn from the training split
-   (``cfg.reference``), disjoint from the evaluation split; the references may come from
-   another dataset's training split (``reference.dataset``, out-of-distribution references).
-3. Optionally (``cfg.tune.enabled``) the method's hyper-parameters are chosen per direction on
-   the tuning part (``nnn.tuning``); the test split is never used for it. The tuning part is
-   ``reference.tuning_size`` images; ``auto`` (default) holds out as many as the test split
-   (fewer if the references would not fit) when tuning or a selecting sweeper needs it.
-4. Per direction (``nnn.task.RetrievalTask``: t2i: captions retrieve test images, the banks are
-   reference captions (query bank) and reference images (gallery bank); i2t: the mirror image),
-   the baseline (plain dot product) and the method are fitted (*fit*) and evaluated (*evaluate*):
-   R@k with bootstrap CIs, median/mean rank, hubness statistics of N_k over the gallery.
-   Optional analyses of the evaluation split (``cfg.analysis``, never used to choose anything):
-   NNN's R@1 over the alpha x k grid, the biggest hubs before/after.
-5. ``results.json`` / ``results.csv``, ``hubness.png`` and ``hubness_counts.npz`` (plus
-   ``alpha_k.png/csv``, ``top_hubs.csv``, ``hub_occupancy.csv`` when computed) are written to the
-   output directory *before* anything is sent to the logger, so a logging failure never loses
-   them. The logger's run is started in the background when the run begins (W&B's import and
-   start overlap the work) and finished at the end, as failed if the run fails. A failure of the
-   run itself is recorded in ``results.json`` (status "failed") before it propagates.
+1. *load* / *embed*: the evaluation split, the reference set and the tuning part
+   (``nnn.data.assemble``); raw images and captions are embedded by ``cfg.model`` through the
+   cache (``nnn.embed``), only the evaluation split and the drawn images.
+2. *tune* (``tune.enabled``): hyper-parameters chosen per direction on the tuning part, never on
+   test (``nnn.tuning``).
+3. *fit* / *evaluate*: per direction (``nnn.task``) the method beside the uncorrected baseline
+   (``nnn.evaluation``); optional analyses of the evaluation split that choose nothing
+   (``nnn.ablations``); the objective a sweeper gets.
+4. ``results.json`` is written before anything else (``nnn.results``), also for a failed run;
+   then the plots and tables (``nnn.reporting``), then the logger, whose run was started in the
+   background when the run began and is finished as failed if the run fails.
 """
 
 from __future__ import annotations
@@ -36,53 +25,29 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from nnn._timing import timed
-# also registers ${nnn.repo_root:}
-from nnn.config_dir import CONFIG_DIR, TUNE_SWITCH, translate_overrides
+from nnn.config_dir import TUNE_SWITCH
 from nnn.data.base import EmbeddingSet
 from nnn.loggers import sweep_group
 from nnn.reporting import create_logger, flatten, log_to_logger, write_run_files
-from nnn.results import format_table, is_ci_key, write_results
+from nnn.results import format_table, write_results
+from nnn.settings import (analysis_nnn_keywords, build_method, check_config, hydra_job,
+                          method_description, needs_tuning_part, reference_dataset_config,
+                          reference_dataset_name, tune_switch, tuner_arguments, tuning_requested,
+                          used_parameters)
 
 if TYPE_CHECKING:
     from nnn.evaluation import EvalSettings
     from nnn.task import RetrievalTask
 
-# torch, scipy and matplotlib (methods, metrics, tuning, ablations, plots) are imported where
-# they are used, so that composing and checking a config stays fast (``run.py --help`` needs none)
+# torch and matplotlib (methods, metrics, tuning, ablations, plots) are imported where they are
+# used, so that composing and checking a config stays fast (``run.py --help`` needs none)
 
 log = logging.getLogger(__name__)
-
-#: the Hydra choice key of the reference set's own dataset (``dataset@reference.dataset=coco``)
-REFERENCE_DATASET_CHOICE = "dataset@reference.dataset"
-
-
-def _hydra() -> DictConfig | None:
-    return HydraConfig.get() if HydraConfig.initialized() else None
-
-
-def compose(overrides: list[str] = (), *, config_dir: str | Path = CONFIG_DIR) -> DictConfig:
-    """The project's config with ``overrides`` (as on the command line), outside ``run.py``.
-
-    For notebooks and tests: ``run(compose(["method=dn"]), output_dir=...)``. It also sets
-    Hydra's global config, so ``${hydra:runtime.cwd}`` interpolations resolve as in a run.
-    """
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-
-    with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
-        cfg = hydra_compose(config_name="config", overrides=translate_overrides(list(overrides)),
-                            return_hydra_config=True)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg["hydra"]
-    return cfg
-
 
 # -- data ----------------------------------------------------------------------------------------
 def _encode(cfg: DictConfig, parts: dict[str, tuple[Any, str, Any, Any]],
@@ -99,32 +64,6 @@ def _encode(cfg: DictConfig, parts: dict[str, tuple[Any, str, Any, Any]],
         return {key: embed_dataset_split(encoder, dataset, name, cache, rows=rows, subset=subset,
                                          **options)
                 for key, (dataset, name, rows, subset) in parts.items()}
-
-
-def reference_dataset_config(cfg: DictConfig) -> DictConfig | None:
-    """The config of the dataset the references come from (``reference.dataset``, chosen with
-    ``dataset@reference.dataset=NAME``), or None when they come from the evaluation dataset:
-    ``reference.dataset`` is null, the same option as ``dataset``, or an identical config."""
-    ref = cfg.reference.get("dataset")
-    if ref is None:
-        return None
-    hc = _hydra()
-    if hc is not None:
-        choices = hc.runtime.choices
-        if choices.get(REFERENCE_DATASET_CHOICE) == choices.get("dataset"):
-            return None
-    return None if ref == cfg.dataset else ref
-
-
-def _reference_dataset_name(cfg: DictConfig, dataset_name: str) -> str:
-    """``data.reference_dataset`` of the results: the option name (or class) of the reference
-    dataset; ``dataset_name`` (the evaluation dataset's) when the references come from it."""
-    ref = reference_dataset_config(cfg)
-    if ref is None:
-        return dataset_name
-    hc = _hydra()
-    choice = hc.runtime.choices.get(REFERENCE_DATASET_CHOICE) if hc is not None else None
-    return choice or str(ref.get("_target_", "?")).rsplit(".", 1)[-1]
 
 
 def load_sets(cfg: DictConfig, timings: dict[str, float], info: dict[str, Any] | None = None
@@ -144,7 +83,7 @@ def load_sets(cfg: DictConfig, timings: dict[str, float], info: dict[str, Any] |
         splits = load_splits(instantiate(cfg.dataset), eval_split=cfg.eval.split, source=r.source,
                              ref_dataset=None if ref_cfg is None else instantiate(ref_cfg))
     n_tuning, how = tuning_size(r.tuning_size, n_images(splits.test), n_images(splits.source),
-                                r.fraction, auto=_needs_tuning_part(cfg))
+                                r.fraction, auto=needs_tuning_part(cfg))
     if info is not None:
         info["tuning_part"] = how
     has_model = "_target_" in (cfg.get("model") or {})
@@ -168,77 +107,7 @@ def _shared_data_hint(cfg: DictConfig):
                                    "the folder holding the ready-made embeddings)") from err
 
 
-def _selecting_sweeper() -> str | None:
-    """The sweeper's class when this job belongs to a sweep whose sweeper *selects* parameters
-    by the objective (Optuna, Nevergrad, ...: any but Hydra's grid, ``BasicSweeper``)."""
-    hc = _hydra()
-    if hc is None or hc.mode != RunMode.MULTIRUN:
-        return None
-    target = str(OmegaConf.select(hc, "sweeper._target_", default="") or "")
-    return None if not target or target.endswith(".BasicSweeper") else target
-
-
-def _needs_tuning_part(cfg: DictConfig) -> bool:
-    """Whether ``reference.tuning_size=auto`` holds out a tuning part: the method is tuned, or
-    a selecting sweeper needs an objective that is not measured on test."""
-    return _tuning_requested(cfg) or _selecting_sweeper() is not None
-
-
 # -- evaluation ----------------------------------------------------------------------------------
-def _method_name(cfg: DictConfig) -> str:
-    return str(cfg.method.get("_target_", "?")).rsplit(".", 1)[-1]
-
-
-def method_params(cfg: DictConfig) -> dict[str, Any]:
-    """cfg.method as constructor keywords (with ``_target_``)."""
-    return OmegaConf.to_container(cfg.method, resolve=True)
-
-
-def build_method(cfg: DictConfig):
-    return instantiate(method_params(cfg))
-
-
-def _tune_switch(cfg: DictConfig) -> bool:
-    return bool(OmegaConf.select(cfg, TUNE_SWITCH, default=False))
-
-
-def _tuning_requested(cfg: DictConfig) -> bool:
-    """``tune.enabled=true`` for a method with hyper-parameters (its class declares
-    ``tuned_params``; for one without, Identity, the switch is a no-op, noted in the log and
-    results.json)."""
-    from nnn.methods import method_class
-
-    return _tune_switch(cfg) and bool(method_class(_method_name(cfg)).tuned_params)
-
-
-def _call_repr(name: str, params: dict[str, Any]) -> str:
-    return f"{name}({', '.join(f'{k}={v!r}' for k, v in params.items())})"
-
-
-def _method_description(cfg: DictConfig) -> dict[str, Any]:
-    """{"name": "NNN", "params": {...}, "repr": "NNN(k=16, alpha=0.75, ...)"} from cfg.method
-    (``_used_parameters`` replaces the repr by what tuning chose)."""
-    params = {k: v for k, v in method_params(cfg).items() if k not in ("_target_", "device")}
-    name = _method_name(cfg)
-    return {"name": name, "params": params, "repr": _call_repr(name, params)}
-
-
-def _used_parameters(description: dict[str, Any], tuned: dict) -> dict[str, Any]:
-    """``description`` (``_method_description``) with what tuning chose: ``per_direction``
-    {direction: {"params", "repr"}} holds the parameters each direction's method was built
-    with, and ``repr`` lists them ("t2i: NNN(k=64, ...); i2t: NNN(k=128, ...)"); ``params``
-    stay as configured."""
-    per_direction = {}
-    for direction, result in tuned.items():
-        estimator = result.estimator()
-        name = type(estimator).__name__  # Identity when every beta was tuned to 0
-        params = {**description["params"], **result.best} if name == description["name"] \
-            else dict(result.best)
-        per_direction[direction] = {"params": params, "repr": _call_repr(name, params)}
-    return {**description, "per_direction": per_direction,
-            "repr": "; ".join(f"{d}: {p['repr']}" for d, p in per_direction.items())}
-
-
 def _tune(cfg: DictConfig, tuning: EmbeddingSet | None, reference: EmbeddingSet,
           timings: dict[str, float]) -> dict:
     """Per direction, the ``TuningResult`` of the method's grid on the tuning part."""
@@ -248,19 +117,15 @@ def _tune(cfg: DictConfig, tuning: EmbeddingSet | None, reference: EmbeddingSet,
         raise ValueError(f"{TUNE_SWITCH}=true needs a tuning part, but reference.tuning_size="
                          f"{cfg.reference.tuning_size}: use reference.tuning_size={TUNING_AUTO} "
                          "(the paper's protocol), 'test' or a number of images")
-    from nnn.methods import method_class
     from nnn.tuning import tune
 
-    cls = method_class(_method_name(cfg))
-    fixed = {k: v for k, v in method_params(cfg).items()
-             if k != "_target_" and k not in cls.tuned_params}
-    grid = OmegaConf.to_container(cfg.tune.grid, resolve=True) or {}
+    option, keywords = tuner_arguments(cfg)
     out = {}
     for direction in cfg.eval.directions:
         with timed(timings, f"{direction}/tune"):
-            out[direction] = tune(cls.option, tuning, reference, direction,
-                                  batch_size=cfg.eval.batch_size, **grid, **fixed)
-        log.info("%s: tuned %s on %d tuning images: %s (R@1 %.2f)", direction, cls.option,
+            out[direction] = tune(option, tuning, reference, direction,
+                                  batch_size=cfg.eval.batch_size, **keywords)
+        log.info("%s: tuned %s on %d tuning images: %s (R@1 %.2f)", direction, option,
                  len(tuning.image), out[direction].best, out[direction].best_score)
     return out
 
@@ -270,47 +135,11 @@ def _alpha_k_analysis(cfg: DictConfig, task: RetrievalTask,
     """``nnn.ablations.alpha_k_analysis`` with ``cfg.analysis``'s axes and, when the run's
     method is NNN, its backend, index and batch sizes."""
     from nnn.ablations import alpha_k_analysis
-    from nnn.methods import NNN
 
-    nnn_kwargs = {"device": cfg.device}
-    if _method_name(cfg) == NNN.__name__:
-        nnn_kwargs = {k: v for k, v in method_params(cfg).items()
-                      if k not in ("_target_", "k_max", *NNN.tuned_params)}
     with timed(timings, f"{task.direction}/analysis_alpha_k"):
         return alpha_k_analysis(task, alphas=cfg.analysis.alphas, ks=cfg.analysis.ks,
-                                split=cfg.eval.split, batch_size=cfg.eval.batch_size, **nnn_kwargs)
-
-
-def _check_directions(names) -> None:
-    from nnn.task import DIRECTIONS
-
-    bad = [n for n in names if n not in DIRECTIONS]
-    if bad or not names:
-        raise ValueError(f"eval.directions={list(names)}: each must be one of {list(DIRECTIONS)}")
-
-
-def _check_before_loading(cfg: DictConfig) -> EvalSettings:
-    """Config mistakes that need no data (missing values, directions, a selecting sweeper
-    without a tuning part, the method's parameters, ``cfg.eval``); returns the evaluation's
-    settings."""
-    from nnn.data.assemble import TUNING_AUTO
-    from nnn.evaluation import EvalSettings
-
-    missing = sorted(OmegaConf.missing_keys(cfg))
-    if missing:
-        raise ValueError(f"{', '.join(missing)} must be set (??? in the config): add "
-                         f"{missing[0]}=VALUE to the command line")
-    _check_directions(cfg.eval.directions)
-    sweeper = _selecting_sweeper()
-    if sweeper is not None and cfg.reference.tuning_size in (0, "0"):
-        raise ValueError(f"the sweeper {sweeper} chooses parameters by the objective, which must "
-                         "not be measured on the test split, but reference.tuning_size=0: use "
-                         f"reference.tuning_size={TUNING_AUTO} (default), 'test' or a number")
-    build_method(cfg)
-    e = cfg.eval
-    return EvalSettings(ks=tuple(e.ks), n_boot=e.n_boot, ci_level=e.ci_level,
-                        resample=e.get("resample", "image"), batch_size=e.batch_size,
-                        hubness_k=e.hubness_k, seed=cfg.seed, device=cfg.device)
+                                split=cfg.eval.split, batch_size=cfg.eval.batch_size,
+                                **analysis_nnn_keywords(cfg))
 
 
 def _data_summary(cfg: DictConfig, results: dict[str, Any], test: EmbeddingSet,
@@ -323,18 +152,18 @@ def _data_summary(cfg: DictConfig, results: dict[str, Any], test: EmbeddingSet,
             "reference_captions": len(reference.text),
             "tuning_images": 0 if tuning is None else len(tuning.image),
             "tuning_part": tuning_part,
-            "reference_dataset": _reference_dataset_name(cfg, dataset)}
+            "reference_dataset": reference_dataset_name(cfg, dataset)}
 
 
 def _tune_if_asked(cfg: DictConfig, results: dict[str, Any], tuning: EmbeddingSet | None,
                    reference: EmbeddingSet) -> dict:
     """Per direction, the ``TuningResult`` when tuning is requested ({} otherwise); records
     what was tuned and which parameters each direction uses in ``results``."""
-    tuned = _tune(cfg, tuning, reference, results["timings_s"]) if _tuning_requested(cfg) else {}
+    tuned = _tune(cfg, tuning, reference, results["timings_s"]) if tuning_requested(cfg) else {}
     results["tuning"] = {d: r.to_dict() for d, r in tuned.items()}
     if tuned:
-        results["method"] = _used_parameters(results["method"], tuned)
-    elif _tune_switch(cfg):
+        results["method"] = used_parameters(results["method"], tuned)
+    elif tune_switch(cfg):
         note = (f"{results['method']['name']} has no hyper-parameters: {TUNE_SWITCH}=true "
                 "changes nothing")
         log.warning("%s", note)
@@ -377,7 +206,7 @@ def _evaluate_all(cfg: DictConfig, results: dict[str, Any]) -> dict[str, tuple[n
     from nnn.ablations import hub_analysis
     from nnn.evaluation import objective
 
-    settings = _check_before_loading(cfg)  # before any data is loaded
+    settings = check_config(cfg)  # before any data is loaded
     info: dict[str, Any] = {}
     test, reference, tuning = load_sets(cfg, results["timings_s"], info)
     results["data"] = _data_summary(cfg, results, test, reference, tuning,
@@ -392,7 +221,7 @@ def _evaluate_all(cfg: DictConfig, results: dict[str, Any]) -> dict[str, tuple[n
     if cfg.analysis.top_hubs:  # the biggest hubs and how many items have each N_k, before/after
         results["analysis"]["hubs"] = hub_analysis(counts, cfg.analysis.top_hubs)
     with timed(results["timings_s"], "objective"):
-        hc = _hydra()
+        hc = hydra_job()
         results["objective"] = objective(
             str(cfg.objective), results["metrics"]["method"], eval_split=cfg.eval.split,
             tuning=tuning, reference=reference, make_method=make_method, tuned=tuned,
@@ -402,12 +231,12 @@ def _evaluate_all(cfg: DictConfig, results: dict[str, Any]) -> dict[str, tuple[n
 
 # -- the run -------------------------------------------------------------------------------------
 def _new_results(cfg: DictConfig) -> dict[str, Any]:
-    hc = _hydra()
+    hc = hydra_job()
     return {
         "status": "running", "error": None, "name": cfg.name,
         "overrides": list(hc.overrides.task) if hc is not None else [],
         "choices": dict(hc.runtime.choices) if hc is not None else {},
-        "method": _method_description(cfg),
+        "method": method_description(cfg),
         "data": {}, "tuning": {}, "metrics": {}, "analysis": {}, "timings_s": {},
         "objective": None,
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -427,7 +256,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
             log.info("DDP extraction rank done; rank 0 evaluates, writes results and logs")
             return {"status": "extraction rank", "objective": None}
     if output_dir is None:
-        hc = _hydra()
+        hc = hydra_job()
         if hc is None or OmegaConf.is_missing(hc.runtime, "output_dir"):
             raise ValueError("run() outside a Hydra job needs output_dir=")
         output_dir = hc.runtime.output_dir
@@ -458,7 +287,7 @@ def _start_logger(cfg: DictConfig, results: dict[str, Any], out: Path):
     """``cfg.logger`` (``NullLogger`` if it cannot be created), its run started in the
     background with the run's config. Jobs of a sweep share a W&B group (``sweep_group``)."""
     logger = create_logger(lambda: instantiate(cfg.logger), out)
-    hc = _hydra()
+    hc = hydra_job()
     group, name = cfg.name, cfg.name
     if hc is not None:
         name = hc.job.override_dirname or cfg.name

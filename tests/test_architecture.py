@@ -32,7 +32,7 @@ LAYERS = (
     (6, ("nnn.tuning", "nnn.ablations", "nnn.gender_bias")),
     (7, ("nnn.evaluation", "nnn.results", "nnn.plots", "nnn.loggers", "nnn.wandb_worker")),
     (8, ("nnn.reporting", "nnn.hydra_callbacks", "nnn.paper")),
-    (9, ("nnn.pipeline",)),
+    (9, ("nnn.pipeline", "nnn.settings")),
 )
 
 

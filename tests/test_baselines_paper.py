@@ -7,7 +7,8 @@ import csv
 
 import pytest
 
-from nnn.pipeline import compose, run
+from nnn.pipeline import run
+from nnn.settings import compose
 from nnn.results import format_table, read_results
 
 

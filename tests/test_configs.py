@@ -13,7 +13,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from nnn.loggers import NullLogger
 from nnn.methods import RetrievalMethod
 from nnn.config_dir import translate_overrides
-from nnn.pipeline import CONFIG_DIR, build_method, compose
+from nnn.config_dir import CONFIG_DIR
+from nnn.settings import build_method, compose
 
 REPO = CONFIG_DIR.parent
 GROUPS = sorted(p.name for p in CONFIG_DIR.iterdir() if p.is_dir() and p.name != "hydra")

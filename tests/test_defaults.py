@@ -9,7 +9,9 @@ from hydra.core.hydra_config import HydraConfig
 
 from nnn.errors import MissingResourceError
 from nnn.data.assemble import tuning_size
-from nnn.pipeline import CONFIG_DIR, compose, load_sets, run
+from nnn.config_dir import CONFIG_DIR
+from nnn.pipeline import load_sets, run
+from nnn.settings import compose
 
 TINY = ["debug=tiny", "dataset=synthetic", "logger=none"]
 NNN_GRID = ["+tune.grid.alphas=[0.5,1.0]", "+tune.grid.ks=[1,4]"]

@@ -203,7 +203,8 @@ def test_pipeline_completes_offline_from_the_cache(tmp_path, monkeypatch):
     """model=clip (ViT-B-32, openai weights, not on this machine) with HF_HUB_OFFLINE=1: once
     its embeddings are cached, a run needs neither the weights nor the network."""
     from nnn.encoders.open_clip import OpenClipEncoder
-    from nnn.pipeline import compose, run
+    from nnn.pipeline import run
+    from nnn.settings import compose
 
     make_karpathy_fixture(tmp_path / "data", "coco", n_train=10, n_test=6)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

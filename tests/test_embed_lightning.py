@@ -140,7 +140,8 @@ def test_is_global_zero_reads_the_launchers_variables(monkeypatch):
 def test_rank_above_zero_extracts_then_stops(flickr, tmp_path, monkeypatch):
     """A re-run command on rank 1 (here: every split already cached, so no Trainer is needed)
     returns after the extraction: no results, plots or logger."""
-    from nnn.pipeline import compose, run
+    from nnn.pipeline import run
+    from nnn.settings import compose
 
     overrides = _tiny_run_overrides(flickr, tmp_path)
     first = run(compose(overrides), output_dir=tmp_path / "rank0")  # fills the cache

@@ -19,7 +19,9 @@ from nnn.ablations import (hub_occupancy, nnn_recall_grid, read_hub_counts, top_
 from nnn.hydra_callbacks import log_sweep_summary
 from nnn.loggers import NullLogger, sweep_group
 from nnn.methods import NNN
-from nnn.pipeline import CONFIG_DIR, compose, load_sets, run
+from nnn.config_dir import CONFIG_DIR
+from nnn.pipeline import load_sets, run
+from nnn.settings import compose
 from nnn.paper import ALL_TABLES, make_report
 from nnn.paper.cli import main as make_tables_main
 from nnn.paper.numbers import RECORDS, paper_value

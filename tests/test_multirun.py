@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from nnn.hydra_callbacks import summarise_sweep
-from nnn.pipeline import CONFIG_DIR
+from nnn.config_dir import CONFIG_DIR
 from nnn.results import SWEEP_CSV, read_results, sweep_rows
 
 REPO = CONFIG_DIR.parent

@@ -8,7 +8,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from nnn.pipeline import CONFIG_DIR
+from nnn.config_dir import CONFIG_DIR
 
 NOTEBOOKS = CONFIG_DIR.parent / "notebooks"
 

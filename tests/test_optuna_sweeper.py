@@ -13,7 +13,7 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from nnn.pipeline import CONFIG_DIR
+from nnn.config_dir import CONFIG_DIR
 from nnn.results import SWEEP_CSV
 
 pytest.importorskip("hydra_plugins.hydra_optuna_sweeper",

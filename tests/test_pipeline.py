@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 
 from nnn.errors import MissingResourceError
-from nnn.pipeline import CONFIG_DIR, compose, run
+from nnn.config_dir import CONFIG_DIR
+from nnn.pipeline import run
+from nnn.settings import compose
 from nnn.results import format_table, jsonable, read_results, write_results
 
 REPO = CONFIG_DIR.parent

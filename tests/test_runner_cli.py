@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from nnn.pipeline import CONFIG_DIR
+from nnn.config_dir import CONFIG_DIR
 
 REPO = CONFIG_DIR.parent
 HEAVY = ("torch", "scipy", "matplotlib", "wandb")

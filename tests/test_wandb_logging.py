@@ -13,7 +13,9 @@ import pytest
 import wandb
 
 from nnn.loggers import WandbLogger
-from nnn.pipeline import CONFIG_DIR, compose, run
+from nnn.config_dir import CONFIG_DIR
+from nnn.pipeline import run
+from nnn.settings import compose
 from nnn.results import read_results
 
 REPO = CONFIG_DIR.parent

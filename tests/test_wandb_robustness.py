@@ -18,7 +18,7 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from nnn.loggers import WandbLogger
-from nnn.pipeline import CONFIG_DIR
+from nnn.config_dir import CONFIG_DIR
 
 FAKE_KEY = "fake0secret0key0" + "7" * 24  # 40 characters, like a real W&B key
 WANDB_ENV = ("WANDB_MODE", "WANDB_SILENT", "WANDB_QUIET", "WANDB_BASE_URL", "WANDB_API_KEY",

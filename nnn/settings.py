@@ -1,0 +1,206 @@
+"""The config read into plain values: everything the pipeline's steps take from ``cfg`` and from
+Hydra's job (its choices, the sweep it belongs to).
+
+With ``nnn.pipeline`` the only module that reads the config: the pipeline orders the steps,
+this module answers its questions about the config (which method with which keywords, is tuning
+on, does a sweeper select, where do the references come from, how is a split evaluated) and
+checks the config before any data is loaded (``check_config``). ``compose`` gives the config
+outside ``run.py`` (notebooks, tests).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+# also registers ${nnn.repo_root:}
+from nnn.config_dir import CONFIG_DIR, TUNE_SWITCH, translate_overrides
+
+if TYPE_CHECKING:
+    from nnn.evaluation import EvalSettings
+
+#: the Hydra choice key of the reference set's own dataset (``dataset@reference.dataset=coco``)
+REFERENCE_DATASET_CHOICE = "dataset@reference.dataset"
+
+
+def hydra_job() -> DictConfig | None:
+    return HydraConfig.get() if HydraConfig.initialized() else None
+
+
+def compose(overrides: list[str] = (), *, config_dir: str | Path = CONFIG_DIR) -> DictConfig:
+    """The project's config with ``overrides`` (as on the command line), outside ``run.py``.
+
+    For notebooks and tests: ``run(compose(["method=dn"]), output_dir=...)``. It also sets
+    Hydra's global config, so ``${hydra:runtime.cwd}`` interpolations resolve as in a run.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(config_dir).resolve()), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=translate_overrides(list(overrides)),
+                            return_hydra_config=True)
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
+
+def reference_dataset_config(cfg: DictConfig) -> DictConfig | None:
+    """The config of the dataset the references come from (``reference.dataset``, chosen with
+    ``dataset@reference.dataset=NAME``), or None when they come from the evaluation dataset:
+    ``reference.dataset`` is null, the same option as ``dataset``, or an identical config."""
+    ref = cfg.reference.get("dataset")
+    if ref is None:
+        return None
+    hc = hydra_job()
+    if hc is not None:
+        choices = hc.runtime.choices
+        if choices.get(REFERENCE_DATASET_CHOICE) == choices.get("dataset"):
+            return None
+    return None if ref == cfg.dataset else ref
+
+
+def reference_dataset_name(cfg: DictConfig, dataset_name: str) -> str:
+    """``data.reference_dataset`` of the results: the option name (or class) of the reference
+    dataset; ``dataset_name`` (the evaluation dataset's) when the references come from it."""
+    ref = reference_dataset_config(cfg)
+    if ref is None:
+        return dataset_name
+    hc = hydra_job()
+    choice = hc.runtime.choices.get(REFERENCE_DATASET_CHOICE) if hc is not None else None
+    return choice or str(ref.get("_target_", "?")).rsplit(".", 1)[-1]
+
+
+
+def selecting_sweeper() -> str | None:
+    """The sweeper's class when this job belongs to a sweep whose sweeper *selects* parameters
+    by the objective (Optuna, Nevergrad, ...: any but Hydra's grid, ``BasicSweeper``)."""
+    hc = hydra_job()
+    if hc is None or hc.mode != RunMode.MULTIRUN:
+        return None
+    target = str(OmegaConf.select(hc, "sweeper._target_", default="") or "")
+    return None if not target or target.endswith(".BasicSweeper") else target
+
+
+def needs_tuning_part(cfg: DictConfig) -> bool:
+    """Whether ``reference.tuning_size=auto`` holds out a tuning part: the method is tuned, or
+    a selecting sweeper needs an objective that is not measured on test."""
+    return tuning_requested(cfg) or selecting_sweeper() is not None
+
+
+
+def method_name(cfg: DictConfig) -> str:
+    return str(cfg.method.get("_target_", "?")).rsplit(".", 1)[-1]
+
+
+def method_params(cfg: DictConfig) -> dict[str, Any]:
+    """cfg.method as constructor keywords (with ``_target_``)."""
+    return OmegaConf.to_container(cfg.method, resolve=True)
+
+
+def build_method(cfg: DictConfig):
+    return instantiate(method_params(cfg))
+
+
+def tune_switch(cfg: DictConfig) -> bool:
+    return bool(OmegaConf.select(cfg, TUNE_SWITCH, default=False))
+
+
+def tuning_requested(cfg: DictConfig) -> bool:
+    """``tune.enabled=true`` for a method with hyper-parameters (its class declares
+    ``tuned_params``; for one without, Identity, the switch is a no-op, noted in the log and
+    results.json)."""
+    from nnn.methods import method_class
+
+    return tune_switch(cfg) and bool(method_class(method_name(cfg)).tuned_params)
+
+
+def _call_repr(name: str, params: dict[str, Any]) -> str:
+    return f"{name}({', '.join(f'{k}={v!r}' for k, v in params.items())})"
+
+
+def method_description(cfg: DictConfig) -> dict[str, Any]:
+    """{"name": "NNN", "params": {...}, "repr": "NNN(k=16, alpha=0.75, ...)"} from cfg.method
+    (``used_parameters`` replaces the repr by what tuning chose)."""
+    params = {k: v for k, v in method_params(cfg).items() if k not in ("_target_", "device")}
+    name = method_name(cfg)
+    return {"name": name, "params": params, "repr": _call_repr(name, params)}
+
+
+def used_parameters(description: dict[str, Any], tuned: dict) -> dict[str, Any]:
+    """``description`` (``method_description``) with what tuning chose: ``per_direction``
+    {direction: {"params", "repr"}} holds the parameters each direction's method was built
+    with, and ``repr`` lists them ("t2i: NNN(k=64, ...); i2t: NNN(k=128, ...)"); ``params``
+    stay as configured."""
+    per_direction = {}
+    for direction, result in tuned.items():
+        estimator = result.estimator()
+        name = type(estimator).__name__  # Identity when every beta was tuned to 0
+        params = {**description["params"], **result.best} if name == description["name"] \
+            else dict(result.best)
+        per_direction[direction] = {"params": params, "repr": _call_repr(name, params)}
+    return {**description, "per_direction": per_direction,
+            "repr": "; ".join(f"{d}: {p['repr']}" for d, p in per_direction.items())}
+
+
+
+def tuner_arguments(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
+    """(the tuner's method option, its keywords): ``tune.grid`` and the method's keywords that
+    are not tuned (``nnn.tuning.tune(option, ..., **keywords)``)."""
+    from nnn.methods import method_class
+
+    cls = method_class(method_name(cfg))
+    fixed = {k: v for k, v in method_params(cfg).items()
+             if k != "_target_" and k not in cls.tuned_params}
+    return cls.option, {**(OmegaConf.to_container(cfg.tune.grid, resolve=True) or {}), **fixed}
+
+
+def analysis_nnn_keywords(cfg: DictConfig) -> dict[str, Any]:
+    """NNN's keywords for the alpha x k analysis: the run's own (backend, index, batch sizes,
+    ...) when its method is NNN, else only the device."""
+    from nnn.methods import NNN
+
+    if method_name(cfg) != NNN.__name__:
+        return {"device": cfg.device}
+    return {k: v for k, v in method_params(cfg).items()
+            if k not in ("_target_", "k_max", *NNN.tuned_params)}
+
+
+def _check_directions(names) -> None:
+    from nnn.task import DIRECTIONS
+
+    bad = [n for n in names if n not in DIRECTIONS]
+    if bad or not names:
+        raise ValueError(f"eval.directions={list(names)}: each must be one of {list(DIRECTIONS)}")
+
+
+def check_config(cfg: DictConfig) -> EvalSettings:
+    """Config mistakes that need no data (missing values, directions, a selecting sweeper
+    without a tuning part, the method's parameters, ``cfg.eval``); returns the evaluation's
+    settings."""
+    from nnn.data.assemble import TUNING_AUTO
+    from nnn.evaluation import EvalSettings
+
+    missing = sorted(OmegaConf.missing_keys(cfg))
+    if missing:
+        raise ValueError(f"{', '.join(missing)} must be set (??? in the config): add "
+                         f"{missing[0]}=VALUE to the command line")
+    _check_directions(cfg.eval.directions)
+    sweeper = selecting_sweeper()
+    if sweeper is not None and cfg.reference.tuning_size in (0, "0"):
+        raise ValueError(f"the sweeper {sweeper} chooses parameters by the objective, which must "
+                         "not be measured on the test split, but reference.tuning_size=0: use "
+                         f"reference.tuning_size={TUNING_AUTO} (default), 'test' or a number")
+    build_method(cfg)
+    e = cfg.eval
+    return EvalSettings(ks=tuple(e.ks), n_boot=e.n_boot, ci_level=e.ci_level,
+                        resample=e.get("resample", "image"), batch_size=e.batch_size,
+                        hubness_k=e.hubness_k, seed=cfg.seed, device=cfg.device)
+
+
