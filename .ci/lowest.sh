@@ -16,8 +16,8 @@ venv="${VENV:-$repo/.venv-lowest}"
 constraints="$venv/lowest-constraints.txt"
 
 TESTS=(
-    tests/test_method_base.py tests/test_nnn.py          # numpy, torch, faiss-cpu
-    tests/test_metrics.py                                # scipy (bootstrap)
+    tests/test_method_contract.py tests/test_nnn.py      # numpy, torch, faiss-cpu
+    tests/test_metrics.py                                # scipy (the bootstrap compared)
     tests/test_cache.py tests/test_precomputed.py        # filelock, safetensors, pillow
     tests/test_configs.py tests/test_pipeline.py         # hydra-core, omegaconf, matplotlib, tqdm
     tests/test_wandb_logging.py                          # wandb
