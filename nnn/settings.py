@@ -29,6 +29,7 @@ REFERENCE_DATASET_CHOICE = "dataset@reference.dataset"
 
 
 def hydra_job() -> DictConfig | None:
+    """Hydra's config of the running job (choices, mode, sweep), or None outside a Hydra job."""
     return HydraConfig.get() if HydraConfig.initialized() else None
 
 
@@ -48,7 +49,6 @@ def compose(overrides: list[str] = (), *, config_dir: str | Path = CONFIG_DIR) -
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg
-
 
 
 def reference_dataset_config(cfg: DictConfig) -> DictConfig | None:
@@ -77,7 +77,6 @@ def reference_dataset_name(cfg: DictConfig, dataset_name: str) -> str:
     return choice or str(ref.get("_target_", "?")).rsplit(".", 1)[-1]
 
 
-
 def selecting_sweeper() -> str | None:
     """The sweeper's class when this job belongs to a sweep whose sweeper *selects* parameters
     by the objective (Optuna, Nevergrad, ...: any but Hydra's grid, ``BasicSweeper``)."""
@@ -92,7 +91,6 @@ def needs_tuning_part(cfg: DictConfig) -> bool:
     """Whether ``reference.tuning_size=auto`` holds out a tuning part: the method is tuned, or
     a selecting sweeper needs an objective that is not measured on test."""
     return tuning_requested(cfg) or selecting_sweeper() is not None
-
 
 
 def method_name(cfg: DictConfig) -> str:
@@ -147,7 +145,6 @@ def used_parameters(description: dict[str, Any], tuned: dict) -> dict[str, Any]:
         per_direction[direction] = {"params": params, "repr": _call_repr(name, params)}
     return {**description, "per_direction": per_direction,
             "repr": "; ".join(f"{d}: {p['repr']}" for d, p in per_direction.items())}
-
 
 
 def tuner_arguments(cfg: DictConfig) -> tuple[str, dict[str, Any]]:
