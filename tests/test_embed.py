@@ -255,23 +255,20 @@ def test_encoder_with_embed_split_is_used(coco, tmp_path):
 
 def test_import_is_cheap_and_acyclic():
     """``import nnn.embed`` loads neither torch, PIL nor Lightning; and no module of the package
-    imports the package itself (counting imports inside functions), so there is no cycle."""
-    import ast
+    imports the package itself (counting imports inside functions), so there is no cycle. The
+    import graph is the one ``test_architecture`` checks for the whole of ``nnn/``."""
     import subprocess
     import sys
+
+    from test_architecture import graph
 
     code = ("import sys, nnn.embed; print(sorted(m for m in ('torch', 'PIL', 'lightning') "
             "if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=Path(__file__).resolve().parents[1])
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
-    package = Path(__file__).resolve().parents[1] / "nnn" / "embed"
-    imported = {}
-    for file in package.glob("*.py"):
-        name = "nnn.embed" if file.stem == "__init__" else f"nnn.embed.{file.stem}"
-        imported[name] = {node.module for node in ast.walk(ast.parse(file.read_text()))
-                          if isinstance(node, ast.ImportFrom) and node.module
-                          and node.module.startswith("nnn.embed")}
+    imported = {name: {d for d in deps if d.startswith("nnn.embed")}
+                for name, deps in graph().items() if name.startswith("nnn.embed")}
     assert imported["nnn.embed"] == {"nnn.embed.local", "nnn.embed.lightning"}
     assert not any("nnn.embed" in deps for deps in imported.values())
     assert "nnn.embed.local" not in imported["nnn.embed.lightning"]
