@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from nnn.methods import NNN
-from nnn.methods._topk import DTYPES, exact_topk
+from nnn.methods._exact import DTYPES, exact_topk
 
 REPO = Path(__file__).resolve().parents[1]
 COCO_20PCT, COCO_FULL = 118_350, 591_753

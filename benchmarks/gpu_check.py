@@ -358,7 +358,7 @@ def section_nnn(ctx: Context) -> None:
     from bench_nnn_bias import gemm_floor, reference_bias, unit_data
 
     from nnn.methods import NNN
-    from nnn.methods._topk import DTYPES, exact_topk
+    from nnn.methods._exact import DTYPES, exact_topk
 
     s, sec = ctx.sizes, "nnn"
     dev = torch.device(ctx.device)

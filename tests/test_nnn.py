@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from nnn.methods import NNN, Identity, ReferenceIndex
-from nnn.methods._topk import (block_topk, default_nlist, default_nprobe, exact_topk,
-                               faiss_index, gpu_faiss_available, ivf_topk)
+from nnn.methods._exact import block_topk, exact_topk
+from nnn.methods._topk import (default_nlist, default_nprobe, faiss_index, gpu_faiss_available,
+                               ivf_topk)
 from tolerances import EPS32, assert_topk_ids, dot_atol
 
 # odd sizes: no chunk size below divides them

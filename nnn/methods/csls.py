@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 
 from nnn._arrays import as_tensor, check_positive_int
-from nnn.methods._topk import ReferenceTopK, block_topk
+from nnn.methods._exact import block_topk
+from nnn.methods._topk import ReferenceTopK
 from nnn.methods.base import RetrievalMethod
 from nnn.methods.grids import K_GRID
 
