@@ -11,16 +11,39 @@ references is held.
 
 from __future__ import annotations
 
+import functools
+import logging
+import math
+import time
+import warnings
+
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+logger = logging.getLogger(__name__)
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+#: low-precision pre-selection routes: dtype, unit roundoff u, absolute error eta of a result
+#: that underflows (flushed to zero: the smallest normal number)
+LOW_PRECISION = {"bfloat16": (torch.bfloat16, 2.0**-8, 2.0**-126),
+                 "float16": (torch.float16, 2.0**-11, 2.0**-14)}
+#: how the exact top-k is computed (``exact_topk``); "auto": ``choose_route``
+ROUTES = ("auto", "float32", "float32_numpy", *LOW_PRECISION)
 
 #: columns per group in ``block_topk``'s pre-selection (measured on a 2-core AVX-512 CPU: 16 is
 #: the fastest of 8..128 for 118k columns and k = 128)
 _GROUP = 16
 #: x-rows x references below this finish in about a second: no progress bar for them.
 _PROGRESS_MIN_SCORES = 10**9
+#: below this many multiply-adds (n_x * n_refs * d) "auto" takes torch float32 without a probe
+_PROBE_MIN_WORK = 2e10
+#: a low-precision route must run its GEMM this many times faster than float32 (see probe_routes)
+_LOW_SPEEDUP = 3.0
+#: NumPy's float32 GEMM must be this many times faster than torch's to be chosen
+_NUMPY_SPEEDUP = 1.1
+#: rows per float32 temporary when rounding errors are measured (~32 MB for d = 512)
+_NORM_ROWS = 16384
 
 
 def block_topk(sims: torch.Tensor, k: int) -> torch.Tensor:
@@ -50,31 +73,286 @@ def block_topk(sims: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def exact_topk(x: torch.Tensor, refs: torch.Tensor, k: int, *, memory_budget_mb: float,
-               ref_batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
+               ref_batch_size: int | None = None, progress: bool = True,
+               route: str = "float32") -> torch.Tensor:
     """Sorted top-k similarities (n_x, k) float32 of ``x`` (n_x, d) against ``refs`` (n_r, d).
 
-    Both tensors share a device and dtype (the GEMM runs in that dtype; values are returned as
-    float32). ``k <= n_r`` is the caller's check.
+    Both tensors share a device and dtype. ``route`` (see ``ROUTES``; "auto" is resolved by the
+    caller with ``choose_route``): "float32" runs the GEMM in the tensors' dtype (values returned
+    as float32); "float32_numpy" in NumPy's BLAS (CPU, float32); "bfloat16" / "float16" pre-select
+    in that precision and re-score in float32 (``LowPrecisionBlocks``; float32 tensors). Every
+    route but a half-precision ``dtype`` gives the float32 result. ``k <= n_r`` is the caller's
+    check.
     """
     n_x, n_r = len(x), len(refs)
     chunk = n_r if ref_batch_size is None else min(ref_batch_size, n_r)
-    rows = max(1, min(n_x, int(memory_budget_mb * 2**20 // (chunk * x.element_size()))))
-    buf = torch.empty(rows, chunk, dtype=x.dtype, device=x.device)
+    blocks = (LowPrecisionBlocks if route in LOW_PRECISION else Float32Blocks)(
+        x, refs, route, chunk, memory_budget_mb)
     out = torch.empty(n_x, k, dtype=torch.float32, device=x.device)
-    starts = range(0, n_x, rows)
+    starts = range(0, n_x, blocks.rows)
     bar = tqdm(starts, desc="top-k reference similarities", unit="block", leave=False,
                disable=not progress or n_x * n_r < _PROGRESS_MIN_SCORES)
     with torch.inference_mode():
         for start in bar:
-            xb = x[start:start + rows]
+            stop = min(n_x, start + blocks.rows)
             best = None                                                     # running (b, <=k)
             for r0 in range(0, n_r, chunk):
-                rb = refs[r0:r0 + chunk]
-                sims = torch.mm(xb, rb.T, out=buf[:len(xb), :len(rb)])
-                top = block_topk(sims, min(k, len(rb)))
+                r1 = min(n_r, r0 + chunk)
+                top = blocks.topk(start, stop, r0, r1, min(k, r1 - r0))
                 if best is not None:
                     merged = torch.cat([best, top], dim=1)
                     top = torch.topk(merged, min(k, merged.shape[1]), dim=1, sorted=False).values
                 best = top
-            out[start:start + len(xb)] = torch.sort(best.float(), dim=1, descending=True).values
+            out[start:stop] = torch.sort(best.float(), dim=1, descending=True).values
     return out
+
+
+class Float32Blocks:
+    """Top-k of (x block) x (reference chunk) products: one GEMM into a reused buffer, then
+    ``block_topk``. ``route`` "float32": torch (in the tensors' dtype); "float32_numpy": NumPy's
+    BLAS (OpenBLAS in NumPy's wheels), which beats torch's float32 GEMM on some CPUs (measured
+    93 vs 60 GFLOP/s on a 2-core AMD EPYC Zen 2)."""
+
+    def __init__(self, x: torch.Tensor, refs: torch.Tensor, route: str, chunk: int,
+                 memory_budget_mb: float):
+        self.x, self.refs, self.numpy = x, refs, route == "float32_numpy"
+        self.rows = _rows(len(x), chunk, x.element_size(), memory_budget_mb)
+        self.buf = torch.empty(self.rows, chunk, dtype=x.dtype, device=x.device)
+        if self.numpy:
+            self.x_np, self.refs_np, self.buf_np = x.numpy(), refs.numpy(), self.buf.numpy()
+
+    def topk(self, start: int, stop: int, r0: int, r1: int, k: int) -> torch.Tensor:
+        """The k largest values (b, k), unordered, of each row of x[start:stop] @ refs[r0:r1].T."""
+        b, c = stop - start, r1 - r0
+        if self.numpy:
+            np.matmul(self.x_np[start:stop], self.refs_np[r0:r1].T, out=self.buf_np[:b, :c])
+            sims = self.buf[:b, :c]
+        else:
+            sims = torch.mm(self.x[start:stop], self.refs[r0:r1].T, out=self.buf[:b, :c])
+        return block_topk(sims, k)
+
+
+class LowPrecisionBlocks:
+    """Exact float32 top-k through a low-precision pre-selection (``route`` "bfloat16"/"float16").
+
+    Per block: S^ = x~ r~^T, one GEMM in the low precision (x~, r~: x and the references rounded
+    to it) into a reused buffer; g_K = the k-th largest maximum of the strided column groups of
+    ``block_topk`` (k values of S^ are >= g_K). Every reference whose S^ could still belong to
+    the float32 top-k (S^ >= theta, below) is re-scored in float32 (one fused sampled GEMM) and
+    the exact top-k is taken among them.
+
+    The bound. For a row x and reference r, let S = x.r (exact), A = x~.r~ (exact), P = the
+    GEMM's float32-accumulated A, S^ = P rounded to the low precision, S32 = the float32
+    re-score of x.r. Then, for any summation order (Higham, Accuracy and Stability, 3.1),
+      |A - S| <= |x| |r - r~| + |x - x~| |r~|                   (exact identity + Cauchy-Schwarz)
+      |P - A| <= gamma_d |x~| |r~| + d 2^-126,   gamma_d = d 2^-24 / (1 - d 2^-24)
+      |S32 - S| <= gamma_d |x| |r|
+      |S^ - P| <= u |P| + eta                   (u = 2^-8 bfloat16, 2^-11 float16; eta: flushed
+                                                 or subnormal results, 2^-126 / 2^-14)
+    so S32 lies in [lo(S^) - e, hi(S^) + e] with e = the sum of the first three bounds
+    (maxima over the references) and lo, hi increasing (``_interval``). The k entries with
+    S^ >= g_K give t32 (the row's k-th largest S32) >= lo(g_K) - e, and every member of the
+    float32 top-k (ties included) has hi(S^) + e >= t32, i.e. S^ >= theta = hi^-1(lo(g_K) - 2e).
+    |x - x~| is the measured rounding error of each row (also against x~ with its subnormals
+    flushed, for kernels that flush them), |r - r~| its bound u |r| (bfloat16; measured for
+    float16, whose subnormals the bound does not cover), see ``_rounded``: the band is ~0.01
+    wide for unit vectors in bfloat16 (~300 candidates per row at k = 128 of 118k references). The bound needs a GEMM that accumulates in float32 (AMX, AVX512-BF16 and
+    torch's fallbacks do); ``choose_route`` checks it on its probe and never picks a route
+    that breaks it.
+
+    A row whose candidates exceed ``max(8 k, c / 16)`` (near-constant rows, duplicates: the band
+    holds too many references) is computed in float32 instead, so the cost stays bounded.
+    Chunks too short for the group pre-selection (c < 4 k * 16) are computed in float32.
+    """
+
+    def __init__(self, x: torch.Tensor, refs: torch.Tensor, route: str, chunk: int,
+                 memory_budget_mb: float):
+        self.low, self.u, self.eta = LOW_PRECISION[route]
+        self.x, self.refs, self.d = x, refs, x.shape[1]
+        self.x_low, x_norm, x_err, x_low_norm = _rounded(x, self.low, self.u, measure=True)
+        self.refs_low, *r_bounds = _rounded(refs, self.low, self.u,
+                                            measure=self.low == torch.float16)
+        r_norm, r_err, r_low_norm = (b.amax() for b in r_bounds)
+        gamma = self.d * 2.0**-24 / (1 - self.d * 2.0**-24)
+        #: e per row of x (float64), the sum of the first three bounds of the class docstring
+        self.e = (x_norm * r_err + x_err * r_low_norm
+                  + gamma * (x_low_norm * r_low_norm + x_norm * r_norm) + self.d * 2.0**-126)
+        self.rows = _rows(len(x), chunk, self.x_low.element_size(), memory_budget_mb)
+        self.buf = torch.empty(self.rows, chunk, dtype=self.low, device=x.device)
+        self.offsets = torch.arange(_GROUP, device=x.device)
+
+    def topk(self, start: int, stop: int, r0: int, r1: int, k: int) -> torch.Tensor:
+        """The k largest float32 values (b, k), unordered, of each row of x[start:stop] @
+        refs[r0:r1].T."""
+        xb, rb = self.x[start:stop], self.refs[r0:r1]
+        b, c = len(xb), len(rb)
+        m = c // _GROUP
+        if m < 4 * k:
+            return block_topk(xb @ rb.T, k)
+        s = torch.mm(self.x_low[start:stop], self.refs_low[r0:r1].T, out=self.buf[:b, :c])
+        group_max = s[:, :_GROUP * m].view(b, _GROUP, m).amax(dim=1)           # (b, m)
+        g_k = torch.topk(group_max, k, dim=1, sorted=False).values.amin(dim=1)
+        theta = self._theta(g_k.double(), self.e[start:stop])                  # (b,) float32
+        limit = max(8 * k, c // _GROUP)
+        passing = group_max >= theta[:, None]
+        too_many = passing.sum(dim=1) > limit
+        passing[too_many] = False
+        rows, groups = passing.nonzero(as_tuple=True)                          # row-major
+        cols = groups[:, None] + self.offsets[None, :] * m                     # (p, g)
+        keep = s[rows[:, None], cols] >= theta[rows][:, None]
+        cand_rows, cand_cols = rows[:, None].expand_as(cols)[keep], cols[keep]  # row-major
+        counts = torch.bincount(cand_rows, minlength=b)
+        too_many |= counts > limit
+        if too_many.any():
+            ok = ~too_many[cand_rows]
+            cand_rows, cand_cols, counts = cand_rows[ok], cand_cols[ok], counts * ~too_many
+        exact = _sampled_products(xb, rb, counts, cand_cols)                   # (nnz,)
+        width = max(int(counts.max()), k)      # rows that pass hold >= k candidates
+        padded = torch.full((b, width), -torch.inf, device=xb.device)
+        first = torch.cumsum(counts, 0) - counts
+        padded[cand_rows, torch.arange(len(cand_rows), device=xb.device) - first[cand_rows]] = exact
+        if c > _GROUP * m:
+            padded = torch.cat([padded, xb @ rb[_GROUP * m:].T], dim=1)
+        top = torch.topk(padded, min(k, padded.shape[1]), dim=1, sorted=False).values
+        if too_many.any():
+            idx = torch.nonzero(too_many).squeeze(1)
+            top[idx] = block_topk(xb[idx] @ rb.T, k)
+        return top
+
+    def _theta(self, g_k: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """theta = hi^-1(lo(g_K) - 2e) (class docstring), float64 -> float32 rounded down."""
+        u, eta = self.u, self.eta
+        lo = torch.minimum((g_k - eta) / (1 + u), (g_k - eta) / (1 - u))
+        y = lo - 2 * e
+        theta = torch.where(y >= 0, y * (1 - u), y * (1 + u)) - eta
+        return (theta - theta.abs() * 2.0**-22 - 2.0**-126).float()
+
+
+def _rows(n_x: int, chunk: int, element_size: int, memory_budget_mb: float) -> int:
+    """x rows per block so that a (rows x chunk) buffer fits ``memory_budget_mb``."""
+    return max(1, min(n_x, int(memory_budget_mb * 2**20 // (chunk * element_size))))
+
+
+def _rounded(a: torch.Tensor, low: torch.dtype, u: float, *, measure: bool):
+    """``a`` (n, d) float32 in ``low`` (unit roundoff ``u``), with float64 upper bounds (n,) on
+    each row's |a|, on its rounding error |a - a~| and on |a~|.
+
+    ``measure``: the error is measured (a - a~ is exact in float32, as a~ holds a's leading
+    bits; plus what flushing a~'s float16 subnormals to zero would add). Else it is bounded by
+    u |a| (round to nearest: each entry is off by at most u times itself, the subnormals of
+    bfloat16 aside, covered by sqrt(d) 2^-126); about twice the measured value, but it costs no
+    pass over a large reference set. float32 norms of length d are within a factor
+    1 + d 2^-23 of the exact ones, so they are taken in float32 (in row blocks) and rounded up.
+    """
+    a_low = a.to(low)
+    d = a.shape[1]
+    norm = torch.empty(len(a), dtype=torch.float32, device=a.device)
+    err = torch.empty_like(norm) if measure else None
+    for i in range(0, len(a), _NORM_ROWS):
+        block = a[i:i + _NORM_ROWS]
+        norm[i:i + _NORM_ROWS] = torch.linalg.vector_norm(block, dim=1)
+        if measure:
+            block_low = a_low[i:i + _NORM_ROWS].float()
+            err[i:i + _NORM_ROWS] = torch.linalg.vector_norm(block - block_low, dim=1)
+            if low == torch.float16:
+                subnormal = torch.where(block_low.abs() < torch.finfo(low).tiny, block_low, 0)
+                err[i:i + _NORM_ROWS] += torch.linalg.vector_norm(subnormal, dim=1)
+    up = 1 + (d + 2) * 2.0**-23
+    norm = norm.double() * up
+    err = (err.double() * up if measure else u * norm) + d**0.5 * 2.0**-126
+    return a_low, norm, err, norm + err
+
+
+def _sampled_products(x: torch.Tensor, refs: torch.Tensor, counts: torch.Tensor,
+                      cols: torch.Tensor) -> torch.Tensor:
+    """float32 x[i] . refs[j] (nnz,) for the (i, j) pairs given row by row: ``counts`` (b,) pairs
+    per row of ``x`` (b, d), their reference ids ``cols`` (nnz,) in row order.
+
+    torch's sampled dense-dense product (``torch.sparse.sampled_addmm``, one fused pass: each
+    pair reads its two rows once) is 2.5x faster here than gathering the reference rows and
+    multiplying (0.10 s vs 0.26 s for 1,024 x 253 pairs of 512-d)."""
+    if len(cols) == 0:
+        return torch.empty(0, device=x.device)
+    crow = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        mask = torch.sparse_csr_tensor(crow, cols, torch.zeros(len(cols), device=x.device),
+                                       size=(len(x), len(refs)), check_invariants=False)
+        return torch.sparse.sampled_addmm(mask, x, refs.T).values()
+
+
+def choose_route(precision: str, device: torch.device, work: float, dim: int) -> str:
+    """The route (``ROUTES`` less "auto") for ``precision`` on ``device``, for a problem of
+    ``work`` = n_x * n_refs * d multiply-adds in dimension ``dim``.
+
+    An explicit route is returned as is (the caller checks that "float32_numpy" runs on the
+    CPU). "auto" is "float32"
+    below ``_PROBE_MIN_WORK`` (a fraction of a second: nothing to win, and no probe at start-up)
+    and on CUDA (the low-precision routes have not been measured on a GPU yet: ask for one
+    explicitly); otherwise the fastest route of ``probe_routes`` on this CPU.
+    """
+    if precision != "auto":
+        return precision
+    if device.type != "cpu" or work < _PROBE_MIN_WORK:
+        return "float32"
+    return probe_routes(dim, torch.get_num_threads())["route"]
+
+
+@functools.cache
+def probe_routes(dim: int, threads: int) -> dict:
+    """Time each route's GEMM on this CPU (once per process, dimension and thread count).
+
+    A (256 x dim) @ (dim x 8192) product of seeded unit rows, best of 3 after a warm-up, for
+    torch float32, NumPy float32 and torch bfloat16 / float16; a low precision whose warm-up is
+    already ``_LOW_SPEEDUP`` times slower than float32 is not timed further (the probe stays
+    ~0.3 s on CPUs without bf16 units). A low precision must also keep the error bound of
+    ``LowPrecisionBlocks`` on the probe (float32 accumulation), checked against float64.
+    Returns {"route": the chosen route, "seconds": {route: best time}, "rejected": {route:
+    why}}: a low-precision route is chosen when its GEMM is ``_LOW_SPEEDUP`` times faster than
+    the faster float32 one (it pays for the selection and re-scoring passes; measured, see
+    benchmarks/RESULTS.md), NumPy when its GEMM is ``_NUMPY_SPEEDUP`` times faster than torch's.
+    """
+    gen = torch.Generator().manual_seed(0)
+    x = torch.nn.functional.normalize(torch.randn(256, dim, generator=gen), dim=1)
+    refs = torch.nn.functional.normalize(torch.randn(8192, dim, generator=gen), dim=1)
+    buf = torch.empty(len(x), len(refs))
+    x_np, refs_np, buf_np = x.numpy(), refs.numpy(), buf.numpy()
+    gemms = {"float32": lambda: torch.mm(x, refs.T, out=buf),
+             "float32_numpy": lambda: np.matmul(x_np, refs_np.T, out=buf_np)}
+    seconds, rejected = {name: _best_time(fn) for name, fn in gemms.items()}, {}
+    fastest32 = min(seconds.values())
+    for name, (low, u, eta) in LOW_PRECISION.items():
+        x_low, refs_low = x.to(low), refs.to(low)
+        out = torch.empty(len(x), len(refs), dtype=low)
+        fn = functools.partial(torch.mm, x_low, refs_low.T, out=out)
+        if _best_time(fn, repeats=1) > fastest32 * _LOW_SPEEDUP:
+            rejected[name] = "slower than float32"
+            continue
+        seconds[name] = _best_time(fn)
+        exact = x_low.double() @ refs_low.double().T
+        gamma = dim * 2.0**-24 / (1 - dim * 2.0**-24)
+        norms = x_low.double().norm(dim=1)[:, None] * refs_low.double().norm(dim=1)[None]
+        if ((out.double() - exact).abs() > u * exact.abs() + (1 + u) * gamma * norms * 1.01
+                + eta).any():
+            rejected[name] = "its GEMM does not accumulate in float32"
+            del seconds[name]
+    route = "float32_numpy" if seconds["float32"] > _NUMPY_SPEEDUP * seconds["float32_numpy"] \
+        else "float32"
+    low = {n: t for n, t in seconds.items() if n in LOW_PRECISION}
+    if low and min(low.values()) * _LOW_SPEEDUP <= seconds[route]:
+        route = min(low, key=low.get)
+    logger.info("exact top-k route on this CPU (%d threads, d=%d): %s; GEMM probe seconds %s%s",
+                threads, dim, route, {n: round(t, 5) for n, t in seconds.items()},
+                f", not used: {rejected}" if rejected else "")
+    return {"route": route, "seconds": seconds, "rejected": rejected}
+
+
+def _best_time(fn, repeats: int = 3) -> float:
+    """The fastest of ``repeats`` calls of ``fn`` after one warm-up call, in seconds."""
+    fn()
+    best = math.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best

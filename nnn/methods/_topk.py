@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from nnn._arrays import as_matrix, as_tensor, check_positive_int
-from nnn.methods._exact import DTYPES, exact_topk
+from nnn.methods._exact import DTYPES, ROUTES, choose_route, exact_topk
 
 BACKENDS = ("exact", "faiss")
 INDEXES = ("flat", "ivf", "ivf_fp16")
@@ -303,8 +303,11 @@ _NO_GPU_FAISS = ("use_gpu_faiss=True but the installed FAISS has no GPU support 
 class ReferenceTopK:
     """How to find each row's top-k reference similarities (options checked on construction).
 
-    backend "exact": torch GEMM + selection in ``dtype`` (half precision on CUDA only; values are
-    averaged in float32 or wider by the caller). backend "faiss": ``index`` "flat" (exact, FAISS
+    backend "exact": GEMM + selection (``nnn.methods._exact``). ``precision`` (float32 inputs):
+    "auto" picks the fastest route that gives the float32 result on this CPU (``choose_route``:
+    a bfloat16/float16 pre-selection re-scored in float32, torch or NumPy float32), or name one
+    of ``ROUTES``. ``dtype`` "float16"/"bfloat16" (CUDA only) instead runs the whole GEMM in half
+    precision (approximate; values are averaged in float32 or wider by the caller). backend "faiss": ``index`` "flat" (exact, FAISS
     BLAS), "ivf" or "ivf_fp16" (``nlist`` lists, default ``default_nlist``; ``nprobe`` lists
     searched, default ``default_nprobe``; see ``faiss_index`` and ``ivf_topk``);
     ``use_gpu_faiss`` "auto" (GPU FAISS when installed and the device is CUDA), True or False.
@@ -315,6 +318,7 @@ class ReferenceTopK:
     nlist: int | None = None
     nprobe: int | None = None
     dtype: str = "float32"
+    precision: str = "auto"
     memory_budget_mb: float = 512.0
     ref_batch_size: int | None = None
     use_gpu_faiss: bool | str = "auto"
@@ -324,6 +328,13 @@ class ReferenceTopK:
         _check_choice(self.backend, "backend", BACKENDS)
         _check_choice(self.index, "index", INDEXES)
         _check_choice(self.dtype, "dtype", tuple(DTYPES))
+        _check_choice(self.precision, "precision", ROUTES)
+        if self.precision != "auto" and (self.dtype != "float32" or self.backend == "faiss"):
+            raise ValueError(f"precision={self.precision!r} chooses how backend='exact' computes "
+                             "its float32 result; with "
+                             + (f"dtype={self.dtype!r}" if self.dtype != "float32"
+                                else "backend='faiss'")
+                             + " leave precision='auto'")
         _check_choice(self.use_gpu_faiss, "use_gpu_faiss", ("auto", True, False))
         if self.nlist is not None:
             check_positive_int(self.nlist, "nlist")
@@ -347,6 +358,20 @@ class ReferenceTopK:
                              "unsupported here: use dtype='float32' on the CPU")
         if self.use_gpu_faiss is True and not gpu_faiss_available():
             raise ValueError(_NO_GPU_FAISS)
+        if self.precision == "float32_numpy" and device.type != "cpu":
+            raise ValueError(f"precision='float32_numpy' runs NumPy's BLAS on the CPU, but the "
+                             f"device is {str(device)!r}; use precision='auto' or 'float32'")
+
+    def route(self, n_x: int, refs, device: torch.device) -> str:
+        """How ``run`` computes the top-k of ``n_x`` rows against ``refs`` (an (n_r, d) array or
+        a ``ReferenceIndex``) on ``device``: "faiss", or the exact route (``choose_route``;
+        "float32" also names a half-precision ``dtype``'s GEMM)."""
+        if self.backend == "faiss":
+            return "faiss"
+        if self.dtype != "float32":
+            return "float32"
+        n_r, d = refs.shape
+        return choose_route(self.precision, device, float(n_x) * n_r * d, d)
 
     def run(self, x: np.ndarray, refs, k: int, device: torch.device) -> np.ndarray:
         """Sorted top-k similarities (n_x, k) float32 of ``x`` (n_x, d) to ``refs``: an (n_r, d)
@@ -370,7 +395,8 @@ class ReferenceTopK:
         xt = as_tensor(x).to(device=device, dtype=dt)
         rt = as_tensor(refs).to(device=device, dtype=dt)
         top = exact_topk(xt, rt, k, memory_budget_mb=self.memory_budget_mb,
-                         ref_batch_size=self.ref_batch_size, progress=self.progress)
+                         ref_batch_size=self.ref_batch_size, progress=self.progress,
+                         route=self.route(len(x), refs, device))
         return top.cpu().numpy()
 
 

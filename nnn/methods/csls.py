@@ -15,7 +15,7 @@ class CSLS(RetrievalMethod):
     """``score(q, r) = 2 s(q, r) - r_B(r) - r_B(q)``.
 
     r_B(r) = ``neighbourhood_`` (n_g,) float32: mean of the k largest similarities of gallery item
-    r to the query bank (NNN's top-k machinery, exact backend). r_B(q): mean of the k largest
+    r to the query bank (NNN's top-k machinery, exact backend, with its ``precision`` routes). r_B(q): mean of the k largest
     similarities of query q to the gallery, computed per query block. r_B(q) is constant per
     query, so CSLS ranks like NNN with alpha = 0.5 and the same k.
     """
@@ -25,14 +25,16 @@ class CSLS(RetrievalMethod):
     tuned_params = ("k",)
     tuning_grid = {"ks": K_GRID}
 
-    def __init__(self, *, k: int = 10, dtype: str = "float32", memory_budget_mb: float = 512.0,
+    def __init__(self, *, k: int = 10, dtype: str = "float32", precision: str = "auto",
+                 memory_budget_mb: float = 512.0,
                  ref_batch_size: int | None = None, progress: bool = True,
                  batch_size: int = 4096, device: str = "cpu", normalize: bool = False):
         super().__init__(batch_size=batch_size, device=device, normalize=normalize)
         self.k = check_positive_int(k, "k")
         self.dtype, self.memory_budget_mb, self.ref_batch_size = dtype, memory_budget_mb, ref_batch_size
-        self.progress = progress
-        self._search = ReferenceTopK(dtype=dtype, memory_budget_mb=memory_budget_mb,
+        self.precision, self.progress = precision, progress
+        self._search = ReferenceTopK(dtype=dtype, precision=precision,
+                                     memory_budget_mb=memory_budget_mb,
                                      ref_batch_size=ref_batch_size, progress=progress)
         if device == "cpu":
             self._search.check_device(torch.device("cpu"))

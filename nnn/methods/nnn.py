@@ -24,8 +24,13 @@ class NNN(RetrievalMethod):
     any other k <= K_max and alpha come from the same table without another pass
     (``bias_for``, ``bias_grid``, ``with_params``).
 
-    Backends: "exact" (torch GEMM + selection on ``device``, in ``dtype``; references streamed in
-    ``ref_batch_size`` chunks if given; similarity blocks kept within ``memory_budget_mb``) or
+    Backends: "exact" (GEMM + selection on ``device``; references streamed in ``ref_batch_size``
+    chunks if given; similarity blocks kept within ``memory_budget_mb``). Its ``precision``
+    "auto" (default) takes the fastest route to the float32 result on this CPU: a bfloat16 or
+    float16 GEMM that only pre-selects candidates, re-scored in float32 (with a proven error
+    bound, ``nnn.methods._exact.LowPrecisionBlocks``), or torch or NumPy float32
+    (``choose_route``); ``route_`` says which ran. ``dtype`` "float16"/"bfloat16" (CUDA) runs
+    the whole GEMM in half precision instead (approximate). Or
     "faiss" (``index`` "flat", "ivf" or "ivf_fp16"; on GPU FAISS when available and the device is
     CUDA, see ``use_gpu_faiss``). IVF: ``nlist`` lists (None: about 4 sqrt(n_refs)), ``nprobe``
     of them searched per gallery item (None: enough to scan about max(4 K_max, 512) references,
@@ -45,7 +50,7 @@ class NNN(RetrievalMethod):
 
     def __init__(self, *, k: int = 16, alpha: float = 0.75, k_max: int | None = None,
                  backend: str = "exact", index: str = "flat", nlist: int | None = None,
-                 nprobe: int | None = None, dtype: str = "float32",
+                 nprobe: int | None = None, dtype: str = "float32", precision: str = "auto",
                  memory_budget_mb: float = 512.0, ref_batch_size: int | None = None,
                  use_gpu_faiss: bool | str = "auto",
                  progress: bool = True, batch_size: int = 4096, device: str = "cpu",
@@ -56,9 +61,10 @@ class NNN(RetrievalMethod):
         self.k_max = None if k_max is None else check_positive_int(k_max, "k_max")
         self.backend, self.index, self.nlist, self.nprobe = backend, index, nlist, nprobe
         self.dtype, self.memory_budget_mb, self.ref_batch_size = dtype, memory_budget_mb, ref_batch_size
-        self.use_gpu_faiss, self.progress = use_gpu_faiss, progress
+        self.precision, self.use_gpu_faiss, self.progress = precision, use_gpu_faiss, progress
         self._search = ReferenceTopK(
             backend=backend, index=index, nlist=nlist, nprobe=nprobe, dtype=dtype,
+            precision=precision,
             memory_budget_mb=memory_budget_mb, ref_batch_size=ref_batch_size,
             use_gpu_faiss=use_gpu_faiss, progress=progress)
         if device == "cpu":
@@ -87,6 +93,7 @@ class NNN(RetrievalMethod):
                 raise ValueError(f"{name}={value} is larger than the number of references "
                                  f"(query_bank has {n_refs} rows); use {name} <= {n_refs} or "
                                  "a larger query bank")
+        self.route_ = self._search.route(len(gallery), query_bank, self.device_)
         self.topk_sims_ = self._search.run(gallery, query_bank, k_table, self.device_)
         self.k_max_ = k_table
         self.n_references_ = n_refs
