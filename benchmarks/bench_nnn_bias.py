@@ -5,17 +5,21 @@ Default size: 5,000 gallery x 118,350 references x 512-d, k = 128 (COCO 5k test 
 unit-norm Gaussian data, seeded. Every timed step runs once per round, rounds interleaved
 (``--repeats``); the best and every round are printed:
 
-- GEMM floor: the bare similarity GEMMs, in the same blocks, into a reused buffer (no top-k);
-- ours, kernel: ``exact_topk`` on tensors already on the device (GEMM + selection);
-- ours, fit: ``NNN(...).fit(gallery, query_bank=refs)`` from NumPy (input checks, copies, table,
-  bias);
+- GEMM floor: the bare float32 similarity GEMMs, in the same blocks, into a reused buffer (no
+  top-k);
+- ours: ``NNN(precision=route).fit(gallery, query_bank=refs)`` from NumPy (input checks, copies,
+  table, bias) for each of ``--routes`` ("auto" is what a user gets: the probe's choice, printed
+  with the probe's GEMM times); each route's bias is also compared with the float32 route's;
 - theirs: ``NNNRanker(NNNRetriever(d), gallery, refs, ...)`` from NumPy, in a subprocess with
   PYTHONPATH=<parity dir> (``bash .ci/install_parity.sh``); skipped with --no-theirs.
 
 Max |bias error| is measured against a float64 NumPy reference on ``--check-rows`` random
-gallery rows. Runs as-is on a GPU box: ``--device cuda [--dtype float16|bfloat16]``.
+gallery rows. The machine line names the CPU model and its GEMM flags (``machine.describe``).
+Runs as-is on a GPU box: ``--device cuda [--dtype float16|bfloat16]``.
+``--scaling``: NNN.fit time against the number of references (10k to 591k), exact and IVF, to
+show where IVF starts to pay.
 
-    .venv/bin/python benchmarks/bench_nnn_bias.py [--device cuda] [--full-coco]
+    .venv/bin/python benchmarks/bench_nnn_bias.py [--device cuda] [--full-coco] [--scaling]
 """
 
 from __future__ import annotations
@@ -32,8 +36,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnn.methods import NNN
-from nnn.methods._exact import DTYPES, exact_topk
+from machine import describe
+from nnn.methods import NNN, ReferenceIndex
+from nnn.methods._exact import DTYPES, probe_routes
 
 REPO = Path(__file__).resolve().parents[1]
 COCO_20PCT, COCO_FULL = 118_350, 591_753
@@ -88,6 +93,103 @@ def run_theirs(data_dir: Path, args, parity_dir: Path) -> tuple[float, np.ndarra
     return info["seconds"][0], np.load(out / "run0" / "bias.npy")
 
 
+def timed_fit(model: NNN, gallery: np.ndarray, refs, device: torch.device) -> float:
+    return timed(lambda: model.fit(gallery, query_bank=refs), device)
+
+
+def bias_table(args, device: torch.device, gallery: np.ndarray, refs: np.ndarray) -> None:
+    """Best-of-rounds table: GEMM floors, NNN.fit per route, theirs; errors and ratios."""
+    n_refs = len(refs)
+    dt = DTYPES[args.dtype]
+    routes = args.routes.split(",")
+    models = {r: NNN(k=args.k, alpha=args.alpha, device=args.device, dtype=args.dtype,
+                     precision=r if args.dtype == "float32" else "auto",
+                     memory_budget_mb=args.memory_budget_mb, ref_batch_size=args.ref_batch_size,
+                     progress=False) for r in routes}
+    for m in models.values():                      # warm-up (CUDA context, caches, the probe)
+        m.fit(gallery[:64], query_bank=refs)
+    xt, rt = (torch.from_numpy(a).to(device, dt) for a in (gallery, refs))
+    chunk = args.ref_batch_size or n_refs
+    rows = max(1, min(len(xt), int(args.memory_budget_mb * 2**20 // (chunk * xt.element_size()))))
+    theirs = not args.no_theirs
+    if theirs and not (args.parity_dir / "nnn" / "nnn_ranker.py").is_file():
+        sys.exit(f"nnn-retrieval not found in {args.parity_dir}: run bash .ci/install_parity.sh"
+                 " or pass --no-theirs")
+    # rounds interleave every timed thing, so that load from other processes hits all alike
+    times = {"floor": [], **{r: [] for r in routes}, "theirs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        np.save(tmp / "gallery.npy", gallery)
+        np.save(tmp / "refs.npy", refs)
+        for _ in range(args.repeats):
+            times["floor"].append(timed(lambda: gemm_floor(xt, rt, rows), device))
+            for r, m in models.items():
+                times[r].append(timed_fit(m, gallery, refs, device))
+            if theirs:
+                t, their_bias = run_theirs(tmp, args, args.parity_dir)
+                times["theirs"].append(t)
+
+    check = np.random.default_rng(args.seed).choice(len(gallery), min(args.check_rows,
+                                                                      len(gallery)), False)
+    want = reference_bias(gallery[check], refs, args.k, args.alpha)
+    base = models.get("float32")
+    rows_out = [("GEMM floor (bare float32 matmul, same blocks)", "floor", "", "")]
+    for r, m in models.items():
+        vs32 = "" if base is None else f"{np.abs(m.bias_ - base.bias_).max():.1e}"
+        rows_out.append((f"ours: NNN.fit, precision={r} (ran: {m.route_})", r,
+                         f"{np.abs(m.bias_[check] - want).max():.2e}", vs32))
+    if theirs:
+        rows_out.append(("theirs: nnn-retrieval NNNRanker from NumPy", "theirs",
+                         f"{np.abs(their_bias[check] - want).max():.2e}", ""))
+
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else describe()
+    print(f"\n{len(gallery)} gallery x {n_refs} refs x {args.dim}-d, k={args.k}, "
+          f"alpha={args.alpha}, {args.device} ({dev_name}), dtype={args.dtype}, "
+          f"best of {args.repeats}; bias error vs float64 on {len(check)} rows, and vs the "
+          "float32 route on all rows")
+    if device.type == "cpu" and "auto" in models:
+        probe = probe_routes(args.dim, torch.get_num_threads())
+        print(f"auto's probe: {probe['route']}; GEMM seconds "
+              f"{ {n: round(t, 5) for n, t in probe['seconds'].items()} }"
+              + (f"; not used: {probe['rejected']}" if probe["rejected"] else ""))
+    print("\n| what | best s | all rounds s | max abs bias error (float64) | vs float32 route |"
+          "\n|---|---|---|---|---|")
+    for name, key, err, vs32 in rows_out:
+        print(f"| {name} | {min(times[key]):.3f} | "
+              f"{' '.join(f'{t:.2f}' for t in times[key])} | {err} | {vs32} |")
+    if theirs:
+        for r in routes:
+            per_round = [t / f for t, f in zip(times["theirs"], times[r])]
+            print(f"speed-up theirs / ours (precision={r}): best vs best "
+                  f"{min(times['theirs']) / min(times[r]):.2f}x; per round "
+                  f"{' '.join(f'{x:.2f}' for x in per_round)}")
+    for r in routes:
+        print(f"ours (precision={r}) / float32 GEMM floor: "
+              f"{min(times[r]) / min(times['floor']):.2f}x")
+
+
+def scaling_table(args, device: torch.device, gallery: np.ndarray, gen) -> None:
+    """NNN.fit seconds against the number of references: exact (auto, float32) and FAISS IVF
+    (build + search, and search of a prebuilt ReferenceIndex), with IVF's bias error."""
+    print(f"\nscaling: {len(gallery)} gallery x n_refs x {args.dim}-d, k={args.k}; "
+          f"{describe()}; best of {args.repeats} (IVF build: 1)\n")
+    print("| n_refs | exact auto s (route) | exact float32 s | IVF build + search s | "
+          "IVF search s (prebuilt) | IVF max abs bias error |\n|---|---|---|---|---|---|")
+    for n_refs in (int(n) for n in args.scaling_refs.split(",")):
+        refs = unit_data(n_refs, args.dim, gen)
+        auto = NNN(k=args.k, alpha=args.alpha, progress=False)
+        f32 = NNN(k=args.k, alpha=args.alpha, precision="float32", progress=False)
+        ivf = NNN(k=args.k, alpha=args.alpha, backend="faiss", index="ivf", progress=False)
+        t_auto = min(timed_fit(auto, gallery, refs, device) for _ in range(args.repeats))
+        t_f32 = min(timed_fit(f32, gallery, refs, device) for _ in range(args.repeats))
+        t_build = timed_fit(ivf, gallery, refs, device)
+        index = ReferenceIndex(refs, index="ivf", use_gpu_faiss=False)
+        t_search = min(timed_fit(ivf, gallery, index, device) for _ in range(args.repeats))
+        err = np.abs(ivf.bias_ - f32.bias_).max()
+        print(f"| {n_refs:,} | {t_auto:.2f} ({auto.route_}) | {t_f32:.2f} | {t_build:.2f} | "
+              f"{t_search:.2f} | {err:.1e} |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n-gallery", type=int, default=5000)
@@ -107,67 +209,24 @@ def main() -> None:
     ap.add_argument("--parity-dir", type=Path, default=Path(os.environ.get(
         "NNN_PARITY_DIR", REPO / ".parity" / "nnn_retrieval")))
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--routes", default=None,
+                    help="NNN precision routes to time (default: auto,float32,float32_numpy,"
+                         "bfloat16 on the CPU, float32 on CUDA)")
+    ap.add_argument("--scaling", action="store_true",
+                    help="instead: NNN.fit time against n_refs (exact and IVF)")
+    ap.add_argument("--scaling-refs", default="10000,30000,118350,300000,591753")
     args = ap.parse_args()
+    if args.routes is None:
+        args.routes = "float32" if args.device != "cpu" else "auto,float32,float32_numpy,bfloat16"
     n_refs = COCO_FULL if args.full_coco else args.n_refs
     device = torch.device(args.device)
-    dt = DTYPES[args.dtype]
-
     gen = torch.Generator().manual_seed(args.seed)
-    gallery, refs = unit_data(args.n_gallery, args.dim, gen), unit_data(n_refs, args.dim, gen)
-    model = NNN(k=args.k, alpha=args.alpha, device=args.device, dtype=args.dtype,
-                memory_budget_mb=args.memory_budget_mb, ref_batch_size=args.ref_batch_size,
-                progress=False)
-    model.fit(gallery[:64], query_bank=refs)                       # warm-up (CUDA context, caches)
+    gallery = unit_data(args.n_gallery, args.dim, gen)
+    if args.scaling:
+        scaling_table(args, device, gallery, gen)
+    else:
+        bias_table(args, device, gallery, unit_data(n_refs, args.dim, gen))
 
-    xt, rt = (torch.from_numpy(a).to(device, dt) for a in (gallery, refs))
-    chunk = args.ref_batch_size or n_refs
-    rows = max(1, min(len(xt), int(args.memory_budget_mb * 2**20 // (chunk * xt.element_size()))))
-    theirs = not args.no_theirs
-    if theirs and not (args.parity_dir / "nnn" / "nnn_ranker.py").is_file():
-        sys.exit(f"nnn-retrieval not found in {args.parity_dir}: run bash .ci/install_parity.sh"
-                 " or pass --no-theirs")
-    # rounds interleave every timed thing, so that load from other processes hits all alike
-    times = {"floor": [], "kernel": [], "fit": [], "theirs": []}
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        np.save(tmp / "gallery.npy", gallery)
-        np.save(tmp / "refs.npy", refs)
-        for _ in range(args.repeats):
-            times["floor"].append(timed(lambda: gemm_floor(xt, rt, rows), device))
-            times["kernel"].append(timed(lambda: exact_topk(
-                xt, rt, args.k, memory_budget_mb=args.memory_budget_mb,
-                ref_batch_size=args.ref_batch_size, progress=False), device))
-            times["fit"].append(timed(lambda: model.fit(gallery, query_bank=refs), device))
-            if theirs:
-                t, their_bias = run_theirs(tmp, args, args.parity_dir)
-                times["theirs"].append(t)
-
-    check = np.random.default_rng(args.seed).choice(args.n_gallery, min(args.check_rows,
-                                                                        args.n_gallery), False)
-    want = reference_bias(gallery[check], refs, args.k, args.alpha)
-    err_ours = np.abs(model.bias_[check] - want).max()
-    rows_out = [("GEMM floor (bare matmul, same blocks)", "floor", ""),
-                ("ours: exact_topk kernel (tensors on device)", "kernel", ""),
-                ("ours: NNN.fit from NumPy", "fit", f"{err_ours:.2e}")]
-    if theirs:
-        err_theirs = np.abs(their_bias[check] - want).max()
-        rows_out.append(("theirs: nnn-retrieval NNNRanker from NumPy", "theirs",
-                         f"{err_theirs:.2e}"))
-
-    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else \
-        f"CPU x{os.cpu_count()}, {torch.get_num_threads()} torch threads"
-    print(f"\n{args.n_gallery} gallery x {n_refs} refs x {args.dim}-d, k={args.k}, "
-          f"alpha={args.alpha}, {args.device} ({dev_name}), dtype={args.dtype}, "
-          f"best of {args.repeats}; bias error vs float64 on {len(check)} rows\n")
-    print("| what | best s | all rounds s | max abs bias error |\n|---|---|---|---|")
-    for name, key, err in rows_out:
-        print(f"| {name} | {min(times[key]):.3f} | "
-              f"{' '.join(f'{t:.2f}' for t in times[key])} | {err} |")
-    if theirs:
-        per_round = [t / f for t, f in zip(times["theirs"], times["fit"])]
-        print(f"\nspeed-up theirs / ours: best vs best {min(times['theirs']) / min(times['fit']):.2f}x"
-              f" (fit), {min(times['theirs']) / min(times['kernel']):.2f}x (kernel); per round "
-              f"(fit) {' '.join(f'{r:.2f}' for r in per_round)}")
 
 if __name__ == "__main__":
     main()

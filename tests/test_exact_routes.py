@@ -47,12 +47,14 @@ def norm_scale(x, refs):
 
 
 @pytest.mark.parametrize("route", EXACT_ROUTES)
-@pytest.mark.parametrize("k,rows,chunk", [(5, 7, None), (12, 10, 389), (1, 53, 1013),
-                                          (3, 4, 700)])
-def test_route_matches_float64_across_blocks_and_chunks(unit, route, k, rows, chunk):
+@pytest.mark.parametrize("k,rows,chunk,n_refs", [(5, 7, None, 1013), (12, 10, 389, 1013),
+                                                 (1, 53, 1013, 1013), (3, 4, 700, 1013),
+                                                 (4, 11, None, 5003)])
+def test_route_matches_float64_across_blocks_and_chunks(unit, route, k, rows, chunk, n_refs):
     # 1,013 references: chunks of 389 leave one of 235, too short for the pre-selection at
-    # k = 12 (it then runs in float32); 700 leaves 313
-    x, refs = unit(53, 24), unit(1013, 24)
+    # k = 12 (it then runs in float32); 700 leaves 313. 5,003 at k = 4 (and 1,013 at k = 1)
+    # take g_K from unions of groups (_exact._SUPER)
+    x, refs = unit(53, 24), unit(n_refs, 24)
     got = run(route, x, refs, k, rows=rows, chunk=chunk)
     assert got.dtype == np.float32 and got.shape == (53, k)
     np.testing.assert_allclose(got, ref_topk(x, refs, k), rtol=0, atol=dot_atol(24))

@@ -34,6 +34,8 @@ ROUTES = ("auto", "float32", "float32_numpy", *LOW_PRECISION)
 #: columns per group in ``block_topk``'s pre-selection (measured on a 2-core AVX-512 CPU: 16 is
 #: the fastest of 8..128 for 118k columns and k = 128)
 _GROUP = 16
+#: groups per union in ``LowPrecisionBlocks``'s lower bound g_K
+_SUPER = 8
 #: x-rows x references below this finish in about a second: no progress bar for them.
 _PROGRESS_MIN_SCORES = 10**9
 #: below this many multiply-adds (n_x * n_refs * d) "auto" takes torch float32 without a probe
@@ -137,7 +139,10 @@ class LowPrecisionBlocks:
 
     Per block: S^ = x~ r~^T, one GEMM in the low precision (x~, r~: x and the references rounded
     to it) into a reused buffer; g_K = the k-th largest maximum of the strided column groups of
-    ``block_topk`` (k values of S^ are >= g_K). Every reference whose S^ could still belong to
+    ``block_topk``, or on long rows of unions of ``_SUPER`` such groups (k distinct groups hold
+    a value >= g_K, so k values of S^ are >= g_K; the top-k values of a row rarely share a
+    union, so g_K stays close to the row's k-th largest S^, and the selection runs over 1/8 as
+    many maxima). Every reference whose S^ could still belong to
     the float32 top-k (S^ >= theta, below) is re-scored in float32 (one fused sampled GEMM) and
     the exact top-k is taken among them.
 
@@ -191,19 +196,24 @@ class LowPrecisionBlocks:
             return block_topk(xb @ rb.T, k)
         s = torch.mm(self.x_low[start:stop], self.refs_low[r0:r1].T, out=self.buf[:b, :c])
         group_max = s[:, :_GROUP * m].view(b, _GROUP, m).amax(dim=1)           # (b, m)
-        g_k = torch.topk(group_max, k, dim=1, sorted=False).values.amin(dim=1)
-        theta = self._theta(g_k.double(), self.e[start:stop])                  # (b,) float32
+        m2 = m // _SUPER
+        if m2 >= 4 * k:      # maxima of _SUPER groups: a 1/_SUPER as long selection
+            group_max_2 = group_max[:, :_SUPER * m2].view(b, _SUPER, m2).amax(dim=1)
+        g_k = torch.topk(group_max_2 if m2 >= 4 * k else group_max, k, dim=1,
+                         sorted=False).values.amin(dim=1)
+        theta = self._theta(g_k.double(), self.e[start:stop])                  # (b,) low
         limit = max(8 * k, c // _GROUP)
-        passing = group_max >= theta[:, None]
-        too_many = passing.sum(dim=1) > limit
-        passing[too_many] = False
-        rows, groups = passing.nonzero(as_tuple=True)                          # row-major
+        rows, groups = (group_max >= theta[:, None]).nonzero(as_tuple=True)    # row-major
+        too_many = torch.bincount(rows, minlength=b) > limit
+        if too_many.any():
+            ok = ~too_many[rows]
+            rows, groups = rows[ok], groups[ok]
         cols = groups[:, None] + self.offsets[None, :] * m                     # (p, g)
         keep = s[rows[:, None], cols] >= theta[rows][:, None]
         cand_rows, cand_cols = rows[:, None].expand_as(cols)[keep], cols[keep]  # row-major
         counts = torch.bincount(cand_rows, minlength=b)
-        too_many |= counts > limit
-        if too_many.any():
+        if (counts > limit).any():
+            too_many |= counts > limit
             ok = ~too_many[cand_rows]
             cand_rows, cand_cols, counts = cand_rows[ok], cand_cols[ok], counts * ~too_many
         exact = _sampled_products(xb, rb, counts, cand_cols)                   # (nnz,)
@@ -220,12 +230,15 @@ class LowPrecisionBlocks:
         return top
 
     def _theta(self, g_k: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        """theta = hi^-1(lo(g_K) - 2e) (class docstring), float64 -> float32 rounded down."""
+        """theta = hi^-1(lo(g_K) - 2e) (class docstring), float64 (b,), as the largest value of
+        the low precision that is <= it (so that S^ is compared in its own dtype)."""
         u, eta = self.u, self.eta
         lo = torch.minimum((g_k - eta) / (1 + u), (g_k - eta) / (1 - u))
         y = lo - 2 * e
         theta = torch.where(y >= 0, y * (1 - u), y * (1 + u)) - eta
-        return (theta - theta.abs() * 2.0**-22 - 2.0**-126).float()
+        low = theta.to(self.low)
+        return torch.where(low.double() > theta,
+                           torch.nextafter(low, torch.full_like(low, -torch.inf)), low)
 
 
 def _rows(n_x: int, chunk: int, element_size: int, memory_budget_mb: float) -> int:
