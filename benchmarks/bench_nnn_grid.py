@@ -21,6 +21,7 @@ import time
 import numpy as np
 import torch
 
+from machine import describe
 from nnn.methods import NNN
 
 ALPHAS = [0.25 + 0.125 * i for i in range(11)]       # 0.25, 0.375, ..., 1.5
@@ -70,9 +71,10 @@ def main() -> None:
     err = np.abs(biases[ALPHAS.index(0.75), KS.index(128)] - single.bias_).max()
     t_table_only, _ = best_time(lambda: m.bias_grid(KS, ALPHAS), args.repeats)
 
-    print(f"\n{args.n_gallery} gallery x {args.n_refs} refs x {args.dim}-d on {args.device}, "
-          f"grid {len(ALPHAS)} alpha x {len(KS)} k = {len(ALPHAS) * len(KS)} biases, "
-          f"best of {args.repeats}\n")
+    print(f"\n{args.n_gallery} gallery x {args.n_refs} refs x {args.dim}-d on {args.device} "
+          f"({describe()}), grid {len(ALPHAS)} alpha x {len(KS)} k = "
+          f"{len(ALPHAS) * len(KS)} biases, best of {args.repeats}; routes (precision='auto'): "
+          f"single {single.route_}, grid {m.route_}\n")
     print("| what | seconds | vs single |\n|---|---|---|")
     rounds = lambda ts: " ".join(f"{t:.2f}" for t in ts)
     print(f"| single bias, k=128 (fit) | {t_single:.3f} (rounds {rounds(singles)}) | 1.00x |")

@@ -165,6 +165,10 @@ class LowPrecisionBlocks:
     torch's fallbacks do); ``choose_route`` checks it on its probe and never picks a route
     that breaks it.
 
+    Memory beyond the float32 route's: low-precision copies of x and of the references (half
+    their float32 size: 606 MB for 591,753 x 512), while the similarity buffer holds twice as
+    many rows in the same ``memory_budget_mb``.
+
     A row whose candidates exceed ``max(8 k, c / 16)`` (near-constant rows, duplicates: the band
     holds too many references) is computed in float32 instead, so the cost stays bounded.
     Chunks too short for the group pre-selection (c < 4 k * 16) are computed in float32.
