@@ -17,6 +17,7 @@ constraints="$venv/lowest-constraints.txt"
 
 TESTS=(
     tests/test_method_contract.py tests/test_nnn.py      # numpy, torch, faiss-cpu
+    tests/test_exact_routes.py                           # torch: sampled_addmm, nextafter
     tests/test_metrics.py                                # scipy (the bootstrap compared)
     tests/test_cache.py tests/test_precomputed.py        # filelock, safetensors, pillow
     tests/test_configs.py tests/test_pipeline.py         # hydra-core, omegaconf, matplotlib, tqdm

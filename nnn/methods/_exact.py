@@ -142,9 +142,9 @@ class LowPrecisionBlocks:
     ``block_topk``, or on long rows of unions of ``_SUPER`` such groups (k distinct groups hold
     a value >= g_K, so k values of S^ are >= g_K; the top-k values of a row rarely share a
     union, so g_K stays close to the row's k-th largest S^, and the selection runs over 1/8 as
-    many maxima). Every reference whose S^ could still belong to
-    the float32 top-k (S^ >= theta, below) is re-scored in float32 (one fused sampled GEMM) and
-    the exact top-k is taken among them.
+    many maxima). Every reference whose S^ could still belong to the float32 top-k (S^ >= theta,
+    below) is re-scored in float32 (one fused sampled GEMM, ``_sampled_products``) and the exact
+    top-k is taken among them.
 
     The bound. For a row x and reference r, let S = x.r (exact), A = x~.r~ (exact), P = the
     GEMM's float32-accumulated A, S^ = P rounded to the low precision, S32 = the float32
@@ -155,15 +155,15 @@ class LowPrecisionBlocks:
       |S^ - P| <= u |P| + eta                   (u = 2^-8 bfloat16, 2^-11 float16; eta: flushed
                                                  or subnormal results, 2^-126 / 2^-14)
     so S32 lies in [lo(S^) - e, hi(S^) + e] with e = the sum of the first three bounds
-    (maxima over the references) and lo, hi increasing (``_interval``). The k entries with
+    (maxima over the references) and lo, hi increasing (``_theta``). The k entries with
     S^ >= g_K give t32 (the row's k-th largest S32) >= lo(g_K) - e, and every member of the
     float32 top-k (ties included) has hi(S^) + e >= t32, i.e. S^ >= theta = hi^-1(lo(g_K) - 2e).
     |x - x~| is the measured rounding error of each row (also against x~ with its subnormals
     flushed, for kernels that flush them), |r - r~| its bound u |r| (bfloat16; measured for
     float16, whose subnormals the bound does not cover), see ``_rounded``: the band is ~0.01
-    wide for unit vectors in bfloat16 (~300 candidates per row at k = 128 of 118k references). The bound needs a GEMM that accumulates in float32 (AMX, AVX512-BF16 and
-    torch's fallbacks do); ``choose_route`` checks it on its probe and never picks a route
-    that breaks it.
+    wide for unit vectors in bfloat16 (~300 candidates per row at k = 128 of 118k references).
+    The bound needs a GEMM that accumulates in float32 (AMX and AVX512-BF16 kernels do);
+    ``probe_routes`` checks it and never picks a route that breaks it.
 
     Memory beyond the float32 route's: low-precision copies of x and of the references (half
     their float32 size: 606 MB for 591,753 x 512), while the similarity buffer holds twice as
