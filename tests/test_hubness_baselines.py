@@ -1,0 +1,204 @@
+"""Mutual proximity, local scaling / NICDM and DisSimLocal against float64 references written from
+their formulas (docstrings of nnn/methods/mutual_proximity.py, local_scaling.py, dis_sim_local.py)
+at odd sizes, with memory budgets small enough that the bank is read in many chunks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import norm
+
+from nnn.methods import DisSimLocal, LocalScaling, MutualProximity, method_class
+from nnn.methods._neighbourhoods import bank_chunk_rows, bank_neighbourhoods
+from tolerances import EPS32, dot_atol
+
+N_G, N_B, N_Q, D = 53, 1013, 29, 12
+#: bank rows per chunk in these tests: 1013 rows are read in 11 chunks, the last one short
+CHUNK = 97
+#: float32 similarities are within dot_atol(D) (1.5e-6) of the float64 ones; every score here is
+#: a smooth function of them whose relative condition number is below ~60 on these draws (all
+#: squared distances >= MIN_SQ_DIST, asserted by ``data``), so the float32 scores are within
+#: 60 * dot_atol(D) / MIN_SQ_DIST ~ 1e-4 relative of the references on any CPU; RTOL leaves 2x.
+RTOL = 2e-4
+MIN_SQ_DIST = 0.05
+
+
+def budget(k: int, moments: bool = False) -> float:
+    """A memory budget (MiB) that makes ``bank_neighbourhoods`` read CHUNK bank rows at a time."""
+    per_row = ((1 + moments) * N_G + D) * 4
+    mb = (2 * N_G * k * 12 + CHUNK * per_row + 1) / 2**20
+    assert bank_chunk_rows(N_G, D, k, mb, moments) == CHUNK
+    return mb
+
+
+@pytest.fixture
+def data(unit):
+    g, b, q = unit(N_G, D), unit(N_B, D), unit(N_Q, D)
+    for x, y in ((q, g), (g, b)):
+        assert (2 - 2 * (x.astype(np.float64) @ y.T)).min() >= MIN_SQ_DIST
+    return g, b, q
+
+
+def dist64(s):
+    return np.sqrt(np.maximum(2 - 2 * s, 0.0))
+
+
+def top_desc(s, k):
+    return -np.sort(-s, axis=1)[:, :k]
+
+
+def sims64(q, g, b):
+    q, g, b = (a.astype(np.float64) for a in (q, g, b))
+    return q @ g.T, g @ b.T                                     # (n_q, n_g), (n_g, n_b)
+
+
+def ref_ls(q, g, b, k, variant):
+    s, sg = sims64(q, g, b)
+    dq, dr = dist64(top_desc(s, k)), dist64(top_desc(sg, k))
+    if variant == "standard":                                   # -d^2 / (sigma_q sigma_r)
+        return -(2 - 2 * s) / (dq[:, -1:] * dr[None, :, -1]), dr[:, -1]
+    mq, mr = dq.mean(axis=1), dr.mean(axis=1)                   # -d / sqrt(mu_q mu_r)
+    return -dist64(s) / np.sqrt(mq[:, None] * mr[None, :]), mr
+
+
+def ref_mp_gaussian(q, g, b, k):
+    s, sg = sims64(q, g, b)
+    dq, dr = (dist64(x) if k is None else dist64(top_desc(x, k)) for x in (s, sg))
+    mq, sq, mr, sr = dq.mean(1), dq.std(1), dr.mean(1), dr.std(1)
+    d = dist64(s)
+    return (norm.logsf(d, mq[:, None], sq[:, None]) + norm.logsf(d, mr[None], sr[None]),
+            (mr, sr))
+
+
+def ref_mp_empirical_bounds(q, g, b, k, tol):
+    """Lower and upper references of empirical MP: counts of neighbours with s_j < s - tol and
+    s_j < s + tol (a float32 comparison may go either way within tol); on the query side, r
+    itself (s_j = s exactly, in float32 as in float64) never counts."""
+    s, sg = sims64(q, g, b)
+    tq, tr = top_desc(s, k), top_desc(sg, k)
+    out = []
+    for shift in (-tol, tol):
+        pq = ((tq[:, None, :] < s[:, :, None] + shift)
+              & (tq[:, None, :] != s[:, :, None])).sum(-1) / k
+        pr = (tr[None, :, :] < s[:, :, None] + shift).sum(-1) / k
+        out.append(pq * pr)
+    return out
+
+
+def ref_dsl(q, g, b, k):
+    s, sg = sims64(q, g, b)
+    q, g, b = (a.astype(np.float64) for a in (q, g, b))
+    for x in (s, sg):  # the k-th and (k+1)-th neighbours are far apart: the ids are unambiguous
+        srt = -np.sort(-x, axis=1)
+        assert (srt[:, k - 1] - srt[:, k]).min() > 20 * dot_atol(D)
+    c_r = b[np.argsort(-sg, axis=1)[:, :k]].mean(axis=1)
+    c_q = g[np.argsort(-s, axis=1)[:, :k]].mean(axis=1)
+    sq = ((q[:, None, :] - g[None]) ** 2).sum(-1)
+    out = -(sq - ((q - c_q) ** 2).sum(1)[:, None] - ((g - c_r) ** 2).sum(1)[None])
+    return out, ((g - c_r) ** 2).sum(1) - (g ** 2).sum(1)
+
+
+def test_bank_neighbourhoods_streamed(data):
+    import torch
+
+    g, b, _ = data
+    k = 30
+    nb = bank_neighbourhoods(torch.from_numpy(g), b, k, ids=True, moments=True,
+                             memory_budget_mb=budget(k, moments=True))
+    sg = g.astype(np.float64) @ b.T.astype(np.float64)
+    np.testing.assert_allclose(nb.sims, top_desc(sg, k), rtol=0, atol=dot_atol(D))
+    np.testing.assert_allclose(np.take_along_axis(sg, nb.ids, axis=1), nb.sims, rtol=0,
+                               atol=2 * dot_atol(D))
+    assert (np.diff(nb.sims, axis=1) <= 0).all() and nb.n_bank == N_B
+    d = dist64(sg)
+    # float64 sums of float32 distances: each off by ~dot_atol(D) / d (sqrt) + EPS32
+    np.testing.assert_allclose(nb.dist_sum, d.sum(1), rtol=RTOL)
+    np.testing.assert_allclose(nb.dist_sq_sum, (d ** 2).sum(1), rtol=RTOL)
+
+
+@pytest.mark.parametrize("variant", ["standard", "nicdm"])
+@pytest.mark.parametrize("k", [1, 7, 30])
+def test_local_scaling_matches_reference(data, variant, k):
+    g, b, q = data
+    m = LocalScaling(k=k, variant=variant, batch_size=6, memory_budget_mb=budget(k))
+    m.fit(g, query_bank=b)
+    want, scale = ref_ls(q, g, b, k, variant)
+    np.testing.assert_allclose(m.scale_, scale, rtol=RTOL)
+    np.testing.assert_allclose(m.score(q), want, rtol=RTOL, atol=EPS32)
+
+
+@pytest.mark.parametrize("k", [None, 2, 17])
+def test_mp_gaussian_matches_reference(data, k):
+    g, b, q = data
+    m = MutualProximity(k=k, variant="gaussian", batch_size=6,
+                        memory_budget_mb=budget(k or 1, moments=k is None)).fit(g, query_bank=b)
+    want, (mean, std) = ref_mp_gaussian(q, g, b, k)
+    np.testing.assert_allclose(m.mean_, mean, rtol=RTOL)
+    np.testing.assert_allclose(m.std_, std, rtol=RTOL)
+    # log SF values are O(1); their derivative in d is below ~10 / std on these draws
+    np.testing.assert_allclose(m.score(q), want, rtol=RTOL, atol=1e-4)
+
+
+@pytest.mark.parametrize("k", [2, 9, 53])
+def test_mp_empirical_matches_reference(data, k):
+    g, b, q = data
+    m = MutualProximity(k=k, variant="empirical", batch_size=6, memory_budget_mb=budget(k))
+    got = m.fit(g, query_bank=b).score(q)
+    lo, hi = ref_mp_empirical_bounds(q, g, b, k, tol=2 * dot_atol(D))
+    assert ((got >= lo - EPS32) & (got <= hi + EPS32)).all()
+    assert (lo == hi).mean() > 0.99  # near-ties are rare: the check is tight almost everywhere
+
+
+@pytest.mark.parametrize("k", [1, 5, 24])
+def test_dsl_matches_reference(data, k):
+    g, b, q = data
+    m = DisSimLocal(k=k, batch_size=6, memory_budget_mb=budget(k)).fit(g, query_bank=b)
+    want, term = ref_dsl(q, g, b, k)
+    # sums of O(1) float32 terms: absolute errors of a few dot_atol(D)
+    np.testing.assert_allclose(m.gallery_term_, term, rtol=0, atol=4 * dot_atol(D))
+    np.testing.assert_allclose(m.score(q), want, rtol=0, atol=16 * dot_atol(D))
+
+
+@pytest.mark.parametrize("make", [
+    lambda: LocalScaling(k=4, k_max=30), lambda: LocalScaling(k=4, variant="nicdm", k_max=30),
+    lambda: MutualProximity(k=4, k_max=30), lambda: MutualProximity(k=4, k_max=30,
+                                                                    variant="empirical"),
+    lambda: DisSimLocal(k=4, k_max=30)], ids=["ls", "nicdm", "mp", "mp_empirical", "dsl"])
+def test_with_params_equals_a_fresh_fit(data, make):
+    g, b, q = data
+    wide = make().fit(g, query_bank=b)
+    for k in (2, 17, 30):
+        fresh = type(wide)(**{**_kwargs(wide), "k": k, "k_max": None}).fit(g, query_bank=b)
+        np.testing.assert_allclose(wide.with_params(k=k).score(q), fresh.score(q), rtol=1e-6,
+                                   atol=1e-6)
+    with pytest.raises(ValueError, match=r"k=31 is larger than the stored top-k table"):
+        wide.with_params(k=31)
+
+
+def _kwargs(m):
+    return {k: v for k, v in vars(m).items() if not k.startswith("_") and not k.endswith("_")}
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda: LocalScaling(k=N_B + 1), rf"k={N_B + 1} is larger than the query_bank \({N_B} rows\)"),
+    (lambda: DisSimLocal(k=N_G + 1), rf"k={N_G + 1} is larger than the gallery \({N_G} rows\)"),
+    (lambda: MutualProximity(k=3, k_max=N_B + 5), rf"k_max={N_B + 5} is larger than the query_bank"),
+    (lambda: MutualProximity(k=1), "k=1 is too small for MutualProximity"),
+    (lambda: MutualProximity(variant="empirical"), "variant='empirical' needs a neighbourhood size k"),
+    (lambda: MutualProximity(variant="exact"), r"variant must be one of \('gaussian', 'empirical'\)"),
+    (lambda: LocalScaling(variant="ls"), r"variant must be one of \('standard', 'nicdm'\), got 'ls'"),
+    (lambda: LocalScaling(k=0), "k must be a positive integer, got 0"),
+    (lambda: DisSimLocal(memory_budget_mb=0), "memory_budget_mb must be a finite number > 0"),
+])
+def test_bad_input_is_named(data, make, match):
+    g, b, _ = data
+    with pytest.raises(ValueError, match=match):
+        make().fit(g, query_bank=b)
+
+
+def test_registry_and_grids():
+    for name, cls in (("mp", MutualProximity), ("ls", LocalScaling), ("dsl", DisSimLocal),
+                      ("MP", MutualProximity), ("DisSimLocal", DisSimLocal)):
+        assert method_class(name) is cls
+    assert MutualProximity.tuning_grid["ks"][0] == 2
+    assert LocalScaling.tuning_grid["ks"][0] == DisSimLocal.tuning_grid["ks"][0] == 1
