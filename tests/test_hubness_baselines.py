@@ -202,3 +202,44 @@ def test_registry_and_grids():
         assert method_class(name) is cls
     assert MutualProximity.tuning_grid["ks"][0] == 2
     assert LocalScaling.tuning_grid["ks"][0] == DisSimLocal.tuning_grid["ks"][0] == 1
+
+
+@pytest.mark.parametrize("option,cls,extra", [
+    ("mp", MutualProximity, ["method.variant=empirical"]), ("ls", LocalScaling, []),
+    ("dsl", DisSimLocal, ["method.k=3"])])
+def test_config_runs_tuned_on_the_tuning_part(tmp_path, option, cls, extra):
+    """``method=mp|ls|dsl tune.enabled=true`` composes, tunes k on the tuning part (one fit per
+    direction, nnn.hubness_tuning) and evaluates the chosen k on test."""
+    from nnn.pipeline import run
+    from nnn.settings import build_method, compose
+
+    overrides = ["debug=tiny", "logger=none", f"method={option}", *extra]
+    assert type(build_method(compose(overrides))) is cls
+    cfg = compose([*overrides, "reference.tuning_size=test", "tune.enabled=true",
+                   "+tune.grid.ks=[2,4,8]"])
+    results = run(cfg, output_dir=tmp_path)
+    assert results["method"]["name"] == cls.__name__
+    for d in ("t2i", "i2t"):
+        tuned = results["tuning"][d]
+        assert tuned["best"]["k"] in (2, 4, 8) and len(tuned["grid"]) == 3
+        assert f"{d}/R@1" in results["metrics"]["method"]
+    assert results["objective"]["split"] == "tuning"
+
+
+def test_tuning_k_with_params_equals_fresh_fits(hub_retrieval):
+    """The one-fit k search scores each k as a fresh fit with that k would."""
+    from nnn.data.base import EmbeddingSet
+    from nnn.hubness_tuning import tune
+    from nnn.task import RetrievalTask
+
+    gallery, queries, refs, _ = hub_retrieval(n_pairs=60, n_refs=150, d=16)
+    tuning = EmbeddingSet("tuning", gallery, queries, np.arange(60))
+    bank = EmbeddingSet("refs", refs, refs, np.arange(150))
+    result = tune("ls", tuning, bank, "t2i", ks=[1, 3, 9], variant="nicdm")
+    task = RetrievalTask.from_sets(tuning, bank, "t2i")
+    for point in result.grid:
+        fresh = task.fit(LocalScaling(k=point["k"], variant="nicdm"))
+        assert task.recall_at_1(fresh) == point["R@1"]
+    assert result.method_kwargs == {"variant": "nicdm"}
+    with pytest.raises(ValueError, match=r"\['k_max'\] are set by the tuner"):
+        tune("mp", tuning, bank, ks=[2], k_max=8)

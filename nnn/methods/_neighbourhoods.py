@@ -86,8 +86,10 @@ def bank_neighbourhoods(gallery: torch.Tensor, bank: np.ndarray, k: int, *, ids:
             s = torch.mm(gallery, xb.T, out=sims_buf[:, :len(xb)])           # (n_g, c)
             if moments:
                 sq = torch.mul(s, -2, out=dist_buf[:, :len(xb)]).add_(2).clamp_(min=0)
-                dist_sq_sum += sq.sum(dim=1, dtype=torch.float64)
-                dist_sum += sq.sqrt_().sum(dim=1, dtype=torch.float64)
+                # float32 (pairwise) sums per chunk, merged in float64: a dtype=float64 sum
+                # would first copy the whole (n_g, c) block to float64
+                dist_sq_sum += sq.sum(dim=1).double()
+                dist_sum += sq.sqrt_().sum(dim=1).double()
             vals, idx = torch.topk(s, min(k, len(xb)), dim=1, sorted=False)
             idx += start
             if best is not None:
@@ -143,13 +145,12 @@ class BankNeighbourhoodMethod(RetrievalMethod):
     def _fit(self, gallery, query_bank, gallery_bank):
         name = type(self).__name__
         width = self._table_width()
-        for what, n in (("query_bank", len(query_bank)), ("gallery", len(gallery))):
-            if width > n:
-                which = "k" if width == (self.k or 1) else "k_max"
-                raise ValueError(f"{which}={width} is larger than the {what} ({n} rows); {name} "
-                                 f"uses the k nearest neighbours of each gallery item in the "
-                                 f"query bank and of each query in the gallery: use {which} <= "
-                                 f"{n}")
+        if width > len(query_bank):
+            which = "k" if width == (self.k or 1) else "k_max"
+            raise ValueError(f"{which}={width} is larger than the query_bank ({len(query_bank)} "
+                             f"rows); {name} uses the k nearest bank rows of each gallery item: "
+                             f"use {which} <= {len(query_bank)}")
+        self._check_gallery_k(self.k, len(gallery))
         self.neighbourhoods_ = bank_neighbourhoods(
             self._gallery_t, query_bank, width, ids=self._needs_ids, moments=self._needs_moments,
             memory_budget_mb=self.memory_budget_mb, desc=f"{name} query bank",
@@ -164,8 +165,15 @@ class BankNeighbourhoodMethod(RetrievalMethod):
         if k > self.k_max_:
             raise ValueError(f"k={k} is larger than the stored top-k table (k_max_="
                              f"{self.k_max_}); refit with k_max >= {k}")
+        self._check_gallery_k(k, len(self.gallery_))
         self.k = k
         self._set_k(k)
+
+    def _check_gallery_k(self, k: int | None, n_gallery: int) -> None:
+        if k is not None and k > n_gallery:
+            raise ValueError(f"k={k} is larger than the gallery ({n_gallery} rows); "
+                             f"{type(self).__name__} uses the k nearest gallery items of each "
+                             f"query: use k <= {n_gallery}")
 
     def _set_k(self, k: int | None) -> None:
         raise NotImplementedError
