@@ -106,10 +106,9 @@ def bank_neighbourhoods(gallery: torch.Tensor, bank: np.ndarray, k: int, *, ids:
 
 
 def _row_block_topk(s: torch.Tensor, k: int, memory_budget_mb: float):
-    """``torch.topk(s, k, dim=1)`` (values, ids) taken a few rows at a time: for large k torch
-    sorts a copy of each row with int64 ids (12 bytes per value, measured 235 MiB extra on a
-    5,000 x 9,400 block at k = 512), so the rows per call are chosen to keep that copy within a
-    quarter of ``memory_budget_mb``."""
+    """``torch.topk(s, k, dim=1, sorted=False)`` (values, ids) taken a few rows at a time: a
+    selection over long rows may work on a copy of the values with int64 ids (12 bytes per
+    value), so the rows per call keep such a copy within a quarter of ``memory_budget_mb``."""
     rows = max(1, int(memory_budget_mb * 2**20 / 4 // (s.shape[1] * 12)))
     if rows >= len(s):
         return torch.topk(s, k, dim=1, sorted=False)
