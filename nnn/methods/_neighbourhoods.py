@@ -46,11 +46,12 @@ def distance(s: torch.Tensor) -> torch.Tensor:
 
 def bank_chunk_rows(n_gallery: int, dim: int, k: int, memory_budget_mb: float,
                     moments: bool) -> int:
-    """Bank rows per chunk: the (n_g, c) similarity buffer (two with ``moments``), the chunk's
-    per-item top-k values and ids (n_g, <= k each) and, on a GPU, the chunk's rows (c, d)
-    within ``memory_budget_mb`` MiB (at least one row)."""
+    """Bank rows per chunk: the (n_g, c) similarity buffer (two with ``moments``), the (n_g, 2k)
+    top-k workspace (values and ids) and, on a GPU, the chunk's rows (c, d) within
+    ``memory_budget_mb`` MiB (at least one row); the selections' temporaries take at most a
+    quarter of the budget on top (``_selection_rows``)."""
     per_row = ((1 + moments) * n_gallery + dim) * _BYTES
-    fixed = 2 * n_gallery * k * (_BYTES + 8)  # the running top-k and its merge with a chunk's
+    fixed = 2 * n_gallery * k * (_BYTES + 8)  # the (n_g, 2k) workspace of values and ids
     return max(1, int((memory_budget_mb * 2**20 - fixed) // per_row))
 
 
@@ -70,14 +71,22 @@ def bank_neighbourhoods(gallery: torch.Tensor, bank: np.ndarray, k: int, *, ids:
                         desc: str = "bank neighbourhoods", progress: bool = True
                         ) -> Neighbourhoods:
     """Stream ``bank`` (n_b, d) float32 once against ``gallery`` (n_g, d) float32 on its device
-    (module docstring). ``k <= n_b`` is the caller's check."""
+    (module docstring). ``k <= n_b`` is the caller's check.
+
+    Every buffer is allocated once: the (n_g, c) similarity block (and distance block), and an
+    (n_g, 2k) workspace of values and ids whose first k columns hold the running top-k and whose
+    last k receive a chunk's; both selections run a few gallery rows at a time
+    (``_topk_rows``), so their temporaries stay small whatever n_g, c and k.
+    """
     (n_b, d), n_g, dev = bank.shape, len(gallery), gallery.device
     step = min(n_b, bank_chunk_rows(n_g, d, k, memory_budget_mb, moments))
     sims_buf = torch.empty((n_g, step), dtype=torch.float32, device=dev)
     dist_buf = torch.empty((n_g, step), dtype=torch.float32, device=dev) if moments else None
-    best = best_ids = None
+    vals = torch.full((n_g, 2 * k), -torch.inf, dtype=torch.float32, device=dev)
+    idx = torch.full((n_g, 2 * k), -1, dtype=torch.int64, device=dev)
     dist_sum = torch.zeros(n_g, dtype=torch.float64, device=dev)
     dist_sq_sum = torch.zeros(n_g, dtype=torch.float64, device=dev)
+    rows = _selection_rows(step + k, memory_budget_mb)
     bar = tqdm(range(0, n_b, step), desc=desc, unit="chunk", leave=False,
                disable=not progress or n_b * n_g < _PROGRESS_MIN_SCORES)
     with torch.inference_mode():
@@ -90,14 +99,16 @@ def bank_neighbourhoods(gallery: torch.Tensor, bank: np.ndarray, k: int, *, ids:
                 # would first copy the whole (n_g, c) block to float64
                 dist_sq_sum += sq.sum(dim=1).double()
                 dist_sum += sq.sqrt_().sum(dim=1).double()
-            vals, idx = _row_block_topk(s, min(k, len(xb)), memory_budget_mb)
-            idx += start
-            if best is not None:
-                vals, pos = torch.topk(torch.cat([best, vals], dim=1), min(k, best.shape[1]
-                                                                          + vals.shape[1]),
-                                       dim=1, sorted=False)
-                idx = torch.cat([best_ids, idx], dim=1).gather(1, pos)
-            best, best_ids = vals, idx
+            kk = min(k, len(xb))
+            for r0 in range(0, n_g, rows):
+                r1 = min(n_g, r0 + rows)
+                top, pos = torch.topk(s[r0:r1], kk, dim=1, sorted=False)
+                vals[r0:r1, k:k + kk] = top
+                idx[r0:r1, k:k + kk] = pos + start
+                best, pos = torch.topk(vals[r0:r1, :k + kk], k, dim=1, sorted=False)
+                idx[r0:r1, :k] = idx[r0:r1, :k + kk].gather(1, pos)
+                vals[r0:r1, :k] = best
+        best, best_ids = vals[:, :k], idx[:, :k]
         order = torch.argsort(best, dim=1, descending=True, stable=True)
         best, best_ids = best.gather(1, order), best_ids.gather(1, order)
     return Neighbourhoods(best.cpu().numpy(), best_ids.cpu().numpy() if ids else None,
@@ -105,19 +116,11 @@ def bank_neighbourhoods(gallery: torch.Tensor, bank: np.ndarray, k: int, *, ids:
                           dist_sq_sum.cpu().numpy() if moments else None, n_b)
 
 
-def _row_block_topk(s: torch.Tensor, k: int, memory_budget_mb: float):
-    """``torch.topk(s, k, dim=1, sorted=False)`` (values, ids) taken a few rows at a time: a
-    selection over long rows may work on a copy of the values with int64 ids (12 bytes per
-    value), so the rows per call keep such a copy within a quarter of ``memory_budget_mb``."""
-    rows = max(1, int(memory_budget_mb * 2**20 / 4 // (s.shape[1] * 12)))
-    if rows >= len(s):
-        return torch.topk(s, k, dim=1, sorted=False)
-    vals = torch.empty((len(s), k), dtype=s.dtype, device=s.device)
-    ids = torch.empty((len(s), k), dtype=torch.int64, device=s.device)
-    for r0 in range(0, len(s), rows):
-        torch.topk(s[r0:r0 + rows], k, dim=1, sorted=False, out=(vals[r0:r0 + rows],
-                                                                  ids[r0:r0 + rows]))
-    return vals, ids
+def _selection_rows(width: int, memory_budget_mb: float) -> int:
+    """Gallery rows per ``torch.topk`` call over rows of ``width`` values: a selection may work
+    on a copy of its rows with int64 ids (12 bytes per value); the rows per call keep that copy
+    within a quarter of ``memory_budget_mb``."""
+    return max(1, int(memory_budget_mb * 2**20 / 4 // (width * 12)))
 
 
 class BankNeighbourhoodMethod(RetrievalMethod):
