@@ -176,6 +176,14 @@ def test_with_params_equals_a_fresh_fit(data, make):
         wide.with_params(k=31)
 
 
+def test_whole_bank_mp_takes_no_other_k(data):
+    g, b, q = data
+    m = MutualProximity(k=None).fit(g, query_bank=b)
+    np.testing.assert_array_equal(m.with_params().score(q), m.score(q))
+    with pytest.raises(ValueError, match=r"k=4 cannot come from a MutualProximity\(k=None\) fit"):
+        m.with_params(k=4)
+
+
 def _kwargs(m):
     return {k: v for k, v in vars(m).items() if not k.startswith("_") and not k.endswith("_")}
 

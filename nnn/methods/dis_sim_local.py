@@ -13,7 +13,7 @@ from nnn.methods.grids import K_GRID
 class DisSimLocal(BankNeighbourhoodMethod):
     """DisSimLocal, the localised centering dissimilarity of Hara, Suzuki, Kobayashi, Fukumizu &
     Radovanovic ("Flattening the density gradient for eliminating spatial centrality to reduce
-    hubness", AAAI 2016, eq. 9):
+    hubness", AAAI 2016):
 
         d'(x, y) = ||x - y||^2 - ||x - c_x||^2 - ||y - c_y||^2,
 

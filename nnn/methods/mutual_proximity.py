@@ -17,11 +17,11 @@ class MutualProximity(BankNeighbourhoodMethod):
     """Mutual proximity of a query q and a gallery item r.
 
     Original definition (Schnitzer, Flexer, Schedl & Widmer, "Local and global scaling reduce
-    hubs in space", JMLR 13, 2012, section 3.2): with X the distance from x to a random object
-    and Y that from y, MP(d_xy) = P(X > d_xy and Y > d_xy); under independence (their
-    eq. 9-10) MP = P(X > d_xy) P(Y > d_xy), the distance distributions being either empirical
-    (counts over the data) or Gaussian (per-object mean and standard deviation of its distances;
-    "MP-Gauss"). Similarity: 1 - MP is the secondary distance.
+    hubs in space", JMLR 13, 2012): with X the distance from x to a random object and Y that
+    from y, MP(d_xy) = P(X > d_xy and Y > d_xy); assuming X and Y independent, MP =
+    P(X > d_xy) P(Y > d_xy), the distance distributions being either empirical
+    (counts over the data) or Gaussian (per-object mean and standard deviation of its
+    distances). Similarity: 1 - MP is the secondary distance.
 
     Adaptation to query -> gallery retrieval, with d = sqrt(2 - 2 s) (unit vectors) and the
     independent (product) form: the distribution of Y (gallery item r) is that of its distances
@@ -83,7 +83,11 @@ class MutualProximity(BankNeighbourhoodMethod):
     def _set_params(self, params: dict) -> None:
         """``with_params(k=)``; a k=None fit (whole-bank moments, a table of width 1) takes no
         other k."""
-        if "k" in params or self.k is not None:
+        if self.k is None and params.get("k") is not None:
+            raise ValueError(f"k={params['k']} cannot come from a MutualProximity(k=None) fit "
+                             "(whole-bank moments, no top-k table); fit with k_max >= "
+                             f"{params['k']} to choose k afterwards")
+        if self.k is not None:
             super()._set_params(params)
 
     def _score_block(self, q: torch.Tensor) -> torch.Tensor:
