@@ -48,8 +48,8 @@ def test_groups_exist():
     for group in ("model", "dataset", "reference", "method", "logger", "paths", "experiment",
                   "sweep", "debug"):
         assert group in GROUPS, f"config group {group}/ is missing"
-    assert {"none", "nnn", "qb_norm", "db_norm", "dn", "csls"} <= {o for g, o in OPTIONS
-                                                                   if g == "method"}
+    assert {"none", "nnn", "qb_norm", "db_norm", "dn", "csls", "mp", "ls", "dsl"} <= {
+        o for g, o in OPTIONS if g == "method"}
 
 
 @pytest.mark.parametrize("group,option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])

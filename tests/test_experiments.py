@@ -46,6 +46,9 @@ JOBS = {
     "paper_baselines/0": ["method=dn", "+tune.grid.lams=[0.3,0.5]"],
     "paper_baselines/1": ["method=dual_dis", *DB_GRID],
     "paper_baselines/2": ["method=nnn", *NNN_GRID],
+    "paper_baselines/3": ["method=mp", "+tune.grid.ks=[2,8]"],
+    "paper_baselines/4": ["method=ls", "+tune.grid.ks=[2,8]"],
+    "paper_baselines/5": ["method=dsl", "+tune.grid.ks=[2,8]"],
     "paper_recall/0": [ID, "eval.n_boot=50", *NNN_GRID],
     "paper_k_sweep/0": ["method.k=1"],
     "paper_k_sweep/1": ["method.k=16"],
@@ -361,7 +364,7 @@ def test_report_writes_every_table_and_plot(report):
     assert list(out.glob("reference_size_*.png")) and list(out.glob("k_sweep_*.png"))
     assert (out / "alpha_k_0.png").is_file()
     baselines = {r["column"] for r in _csv(out / "baselines.csv")}
-    assert baselines == {"Orig", "DN", "DualDIS", "NNN"}
+    assert baselines == {"Orig", "DN", "DualDIS", "NNN", "MP", "LS", "DSL"}
     recall = _csv(out / "recall.csv")
     assert {r["metric"] for r in recall} == {"R@1", "R@5", "R@10"} and all(r["paper"] for r in recall)
     ref_size = {(r["column"], r["paper"]) for r in _csv(out / "reference_size.csv")

@@ -16,7 +16,8 @@ import torch
 
 from conftest import unit_rows
 from nnn import methods
-from nnn.methods import CSLS, DN, METHODS, NNN, DBNorm, Identity, QBNorm, method_class, paper_name
+from nnn.methods import (CSLS, DN, METHODS, NNN, DBNorm, DisSimLocal, Identity, LocalScaling,
+                         MutualProximity, QBNorm, method_class, paper_name)
 
 N_G, N_QB, N_GB, N_Q, D = 37, 131, 59, 23, 16
 #: MiB of bank chunks small enough that QB-Norm / DBNorm cross many chunk boundaries
@@ -33,6 +34,14 @@ CASES = [
                                      memory_budget_mb=SMALL_BUDGET, **kw), True),
     ("dn", lambda **kw: DN(lam=0.5, **kw), False),
     ("csls", lambda **kw: CSLS(k=4, **kw), False),
+    ("mp", lambda **kw: MutualProximity(k=4, memory_budget_mb=SMALL_BUDGET, **kw), False),
+    ("mp_all", lambda **kw: MutualProximity(memory_budget_mb=SMALL_BUDGET, **kw), False),
+    ("mp_empirical", lambda **kw: MutualProximity(k=4, variant="empirical",
+                                                  memory_budget_mb=SMALL_BUDGET, **kw), False),
+    ("ls", lambda **kw: LocalScaling(k=4, memory_budget_mb=SMALL_BUDGET, **kw), False),
+    ("nicdm", lambda **kw: LocalScaling(k=4, variant="nicdm", memory_budget_mb=SMALL_BUDGET,
+                                        **kw), False),
+    ("dsl", lambda **kw: DisSimLocal(k=4, memory_budget_mb=SMALL_BUDGET, **kw), False),
     ("identity", lambda **kw: Identity(**kw), False),
 ]
 MAKERS = [pytest.param(make, id=name) for name, make, _ in CASES]
@@ -187,7 +196,8 @@ def test_registry_finds_each_class_by_every_name(cls):
 
 
 def test_registry_names():
-    assert [paper_name(c) for c in METHODS] == ["NNN", "QB-Norm", "DualIS", "DN", "CSLS", "Orig"]
+    assert [paper_name(c) for c in METHODS] == ["NNN", "QB-Norm", "DualIS", "DN", "CSLS", "MP",
+                                                "LS", "DSL", "Orig"]
     assert paper_name(DBNorm, dynamic=True) == "DualDIS"
     assert paper_name(QBNorm, dynamic=True) == "DIS" and paper_name(NNN, dynamic=True) == "NNN"
     assert method_class("qbnorm") is QBNorm and method_class("dual_dis") is DBNorm

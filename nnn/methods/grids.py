@@ -12,6 +12,9 @@ import numpy as np
 ALPHA_GRID = tuple(0.25 + 0.125 * i for i in range(11))
 #: NNN k in {1, 2, 4, ..., 512} (paper-facts.md "Method"); also CSLS's k (our extension)
 K_GRID = tuple(2 ** i for i in range(10))
+#: MP's neighbourhood sizes: NNN's k grid without k = 1 (one distance has no spread); our choice,
+#: the papers' MP has no k (k=None, the whole bank, is a constructor option)
+MP_K_GRID = tuple(k for k in K_GRID if k >= 2)
 #: QB-Norm / DBNorm: 20 log-spaced betas in [0.001, 400] (paper-facts.md "Baselines")
 BETA_COARSE_GRID = tuple(float(b) for b in np.geomspace(0.001, 400.0, 20))
 #: the second stage "again with a resolution of 20 values" (paper-facts.md "Baselines"): 20

@@ -11,13 +11,17 @@ from __future__ import annotations
 from nnn.methods.base import RetrievalMethod
 from nnn.methods.csls import CSLS
 from nnn.methods.db_norm import DBNorm
+from nnn.methods.dis_sim_local import DisSimLocal
 from nnn.methods.dn import DN
 from nnn.methods.identity import Identity
+from nnn.methods.local_scaling import LocalScaling
+from nnn.methods.mutual_proximity import MutualProximity
 from nnn.methods.nnn import NNN
 from nnn.methods.qb_norm import QBNorm
 
 #: every method class, Identity (the baseline) included
-METHODS: tuple[type[RetrievalMethod], ...] = (NNN, QBNorm, DBNorm, DN, CSLS, Identity)
+METHODS: tuple[type[RetrievalMethod], ...] = (NNN, QBNorm, DBNorm, DN, CSLS, MutualProximity,
+                                              LocalScaling, DisSimLocal, Identity)
 
 
 def _key(name: str) -> str:
