@@ -536,6 +536,9 @@ def read_shards(folder, *, num_shards: int | None = None) -> list[dict]:
     first = have[0]
     for i in range(n):
         m = have[i]
+        if (m["start"], m["stop"]) != shard_range(first["gallery_shape"][0], i, n):
+            raise ValueError(f"shard {i} covers rows [{m['start']}, {m['stop']}), not those of "
+                             f"shard {i} of {n}; recompute it with --overwrite")
         for key in ("gallery_shape", "provenance"):
             if m[key] != first[key]:
                 raise ValueError(f"shard {i} has {key} {m[key]} but shard 0 has {first[key]}; "

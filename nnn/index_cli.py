@@ -161,7 +161,10 @@ def cmd_shards(args) -> None:
                              "see its message above") from None
     finally:
         sys.argv = argv
-    shards = read_shards(args.out, num_shards=args.num_shards)
+    try:
+        shards = read_shards(args.out, num_shards=args.num_shards)
+    except (ValueError, OSError) as err:
+        raise ValueError(f"{err} (the jobs' logs: {Path(args.out) / 'logs'})") from None
     _print_json({"shards": len(shards), "out": str(args.out),
                  "seconds": [s["seconds"] for s in shards]})
 
