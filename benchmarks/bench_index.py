@@ -157,6 +157,11 @@ def main() -> None:
     ap.add_argument("--blas-thresholds", default="default",
                     help="comma list of faiss.cvar.distance_compute_blas_threshold values for "
                          "the pairs ('default': FAISS's own); FAISS scans without BLAS below it")
+    ap.add_argument("--query-threads", type=int, default=None,
+                    help="FAISS/torch threads for the queries (default: all cores); 1 is far "
+                         "less disturbed by other processes on a shared machine")
+    ap.add_argument("--also-unaligned", action="store_true",
+                    help="also time a folded index of exactly d + 1 floats per row (align=1)")
     ap.add_argument("--skip-nnn", action="store_true", help="no NNN.fit / NNN.search")
     ap.add_argument("--query-only", action="store_true",
                     help="reuse the data and index a --keep run left in --dir (no build)")
@@ -220,6 +225,11 @@ def query(args, work: Path, g_path: Path, r_path: Path, q_path: Path, res: dict)
     from nnn.index import NNNIndex
     from nnn.methods import NNN
 
+    if args.query_threads:
+        import torch
+
+        faiss.omp_set_num_threads(args.query_threads)
+        torch.set_num_threads(args.query_threads)
     with PeakMemory() as q_mem:
         index = NNNIndex.load(work / "ix")
         g = np.load(g_path, mmap_mode="r")
@@ -253,28 +263,40 @@ def query(args, work: Path, g_path: Path, r_path: Path, q_path: Path, res: dict)
             timed(lambda: [plain.search(one[j:j + 1], 10) for j in range(len(one))], single, 1)
             print(f"round {r}: " + ", ".join(f"{n} {t[-1]:.2f} s" for n, t in zip(names, batch)),
                   flush=True)
+        variants = {"folded index (a)": index.search, "plain FAISS (b)": plain.search}
+        if args.also_unaligned:  # the same folded rows without padding: d + 1 = 513 floats
+            unaligned = NNNIndex.from_biases(g_path, index.biases, index.provenance, align=1,
+                                             progress=False)
+            variants["folded, unpadded (a1)"] = unaligned.search
+            res["unaligned_width"] = unaligned.width
+        res["folded_width"] = index.width
         pairs = {}
         default_threshold = faiss.cvar.distance_compute_blas_threshold
         for th in args.blas_thresholds.split(","):
             faiss.cvar.distance_compute_blas_threshold = (default_threshold if th == "default"
                                                           else int(th))
-            ratios, pair_a, pair_b = [], [], []
-            for p in range(args.pairs):  # back to back, so that both meet the same load
+            wall = {name: [] for name in variants}
+            cpu = {name: [] for name in variants}
+            for p in range(args.pairs):  # back to back, so that all meet the same load
                 qp = q[(p * args.pair_queries) % len(q):][:args.pair_queries]
-                order = [(index.search, pair_a), (plain.search, pair_b)][::1 if p % 2 else -1]
-                for fn, out in order:
-                    t0 = time.perf_counter()
-                    fn(qp, 10)
-                    out.append(time.perf_counter() - t0)
-                ratios.append(pair_a[-1] / pair_b[-1])
-                print(f"pair {p} threshold {faiss.cvar.distance_compute_blas_threshold}: "
-                      f"(a) {pair_a[-1]:.2f} s (b) {pair_b[-1]:.2f} s", flush=True)
+                names_p = list(variants)
+                for name in names_p[p % len(names_p):] + names_p[:p % len(names_p)]:
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    variants[name](qp, 10)
+                    wall[name].append(time.perf_counter() - t0)
+                    cpu[name].append(time.process_time() - c0)
+                print(f"pair {p} threshold {faiss.cvar.distance_compute_blas_threshold}: " +
+                      "; ".join(f"{n} {wall[n][-1]:.2f} s, cpu {cpu[n][-1]:.2f} s"
+                                for n in variants), flush=True)
+            base = "plain FAISS (b)"
             pairs[str(faiss.cvar.distance_compute_blas_threshold)] = {
-                "queries": args.pair_queries, "a_s": pair_a, "b_s": pair_b,
-                "median_ratio": float(np.median(ratios)), "ratios": ratios,
-                "best_ratio": min(pair_a) / min(pair_b),
-                "a_queries_per_s_best": args.pair_queries / min(pair_a),
-                "b_queries_per_s_best": args.pair_queries / min(pair_b)}
+                "queries": args.pair_queries, "wall_s": wall, "cpu_s": cpu,
+                "median_wall_ratio": {n: float(np.median(np.array(wall[n]) / wall[base]))
+                                      for n in variants},
+                "median_cpu_ratio": {n: float(np.median(np.array(cpu[n]) / cpu[base]))
+                                     for n in variants},
+                "total_cpu_ratio": {n: sum(cpu[n]) / sum(cpu[base]) for n in variants},
+                "best_queries_per_s": {n: args.pair_queries / min(wall[n]) for n in variants}}
         faiss.cvar.distance_compute_blas_threshold = default_threshold
         a_scores, a_ids = index.search(q, 10)
         if model is not None:

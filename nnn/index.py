@@ -20,7 +20,8 @@ more dimension. ``NNNIndex`` holds such an index and remembers how its biases we
 - ``save(path)`` / ``NNNIndex.load(path, expected_refs=)``: one folder written atomically
   (``nnn._index_io``): ``index.faiss``, ``biases.npy`` (n,) float32 and ``meta.json``.
 
-Memory: every kind stores the folded vectors, (n, d + 1) float32, in RAM (2.1 GB for 1M x 512);
+Memory: every kind stores the folded vectors in RAM, (n, width) float32 with width = d + 1
+(``folded_width``; optionally padded): 2.05 GB for 1M x 512;
 what need not fit is the gallery file and the bias computation. A gallery too large for the
 index in RAM still gets its biases (shards, ``merge_shards(index_out=None, biases_out=...)``)
 and its folded vectors as a memory-mapped ``.npy`` (``folded_out``) for an engine that reads
@@ -56,6 +57,8 @@ KINDS = ("flat", "ivf", "hnsw")
 INDEX_KIND, SHARD_KIND = "nnn_index", "nnn_bias_shard"
 BIASES_FILE = "biases.npy"
 DEFAULT_CHUNK_ROWS = 65536
+#: folded rows are padded with zeros to a multiple of this many floats (``folded_width``)
+DEFAULT_ALIGN = 1
 #: IVF: lists probed by default; HNSW: graph links per node, build and search beam widths
 DEFAULT_NPROBE, DEFAULT_HNSW_M, DEFAULT_EF_CONSTRUCTION, DEFAULT_EF_SEARCH = 16, 32, 80, 64
 _REBUILD = "rebuild it (NNNIndex.build(...).save(path), CLI: nnn-index build or merge)"
@@ -112,17 +115,32 @@ def _bar(total: int, desc: str, progress: bool):
                 dynamic_ncols=True)
 
 
-def fold(rows: np.ndarray, biases: np.ndarray) -> np.ndarray:
-    """[rows, -biases] (b, d + 1) float32: the gallery side of NNN as an inner product."""
-    out = np.empty((len(rows), rows.shape[1] + 1), dtype=np.float32)
-    out[:, :-1] = rows
-    out[:, -1] = -biases
+def folded_width(d: int, align: int = DEFAULT_ALIGN) -> int:
+    """The folded vectors' length: d + 1 rounded up to a multiple of ``align`` floats (zeros on
+    both sides, so scores do not change). The default, 1, is exactly d + 1: at 1M x 512 a flat
+    index of 513-float rows scanned as fast as FAISS over the 512-float gallery (within the
+    noise; benchmarks/RESULTS.md, "Saved NNN index"), so padding (16: 64-byte rows, 528 floats,
+    3 % more memory) is only an option to try on other CPUs.
+    """
+    align = check_positive_int(align, "align")
+    return -(-(d + 1) // align) * align
+
+
+def fold(rows: np.ndarray, biases: np.ndarray, width: int | None = None) -> np.ndarray:
+    """[rows, -biases, 0 ...] (b, ``width``) float32 (``width`` >= d + 1, default d + 1): the
+    gallery side of NNN as an inner product."""
+    d = rows.shape[1]
+    width = d + 1 if width is None else width
+    out = np.zeros((len(rows), width), dtype=np.float32) if width > d + 1 else \
+        np.empty((len(rows), width), dtype=np.float32)
+    out[:, :d] = rows
+    out[:, d] = -biases
     return out
 
 
-def fold_queries(queries: np.ndarray) -> np.ndarray:
-    """[q, 1] (n_q, d + 1) float32: the query side."""
-    return fold(queries, -np.ones(len(queries), dtype=np.float32))
+def fold_queries(queries: np.ndarray, width: int | None = None) -> np.ndarray:
+    """[q, 1, 0 ...] (n_q, ``width``) float32: the query side."""
+    return fold(queries, -np.ones(len(queries), dtype=np.float32), width)
 
 
 # -- the index ----------------------------------------------------------------------------------
@@ -153,7 +171,8 @@ def _check_kind(kind: str, use_gpu: bool) -> None:
 class NNNIndex:
     """NNN's folded gallery in a FAISS inner-product index (module doc).
 
-    Attributes: ``kind``, ``dim`` (the embeddings' d; the FAISS index has d + 1), ``n_items``,
+    Attributes: ``kind``, ``dim`` (the embeddings' d), ``width`` (the FAISS index's: d + 1,
+    or rounded up to a multiple of ``align``, ``folded_width``), ``n_items``,
     ``provenance`` (dict: ``refs_digest``, ``n_refs``, ``k``, ``alpha``, ``normalize``,
     ``backend`` ...), ``biases`` (n,) float32, ``gallery_digest``, ``params`` (nlist, nprobe,
     hnsw_m, ef_search where they apply), ``faiss_index`` (the CPU index), ``use_gpu``.
@@ -162,7 +181,7 @@ class NNNIndex:
     def __init__(self, faiss_index, *, kind: str, dim: int, biases: np.ndarray,
                  provenance: dict, gallery_digest: str, params: dict, use_gpu: bool = False):
         _check_kind(kind, use_gpu)
-        self.faiss_index, self.kind, self.dim = faiss_index, kind, dim
+        self.faiss_index, self.kind, self.dim, self.width = faiss_index, kind, dim, faiss_index.d
         self.n_items = int(faiss_index.ntotal)
         self.biases, self.provenance, self.gallery_digest = biases, dict(provenance), gallery_digest
         self.params, self.use_gpu = dict(params), use_gpu
@@ -200,12 +219,14 @@ class NNNIndex:
               chunk_rows: int = DEFAULT_CHUNK_ROWS, nlist: int | None = None,
               nprobe: int = DEFAULT_NPROBE, hnsw_m: int = DEFAULT_HNSW_M,
               ef_construction: int = DEFAULT_EF_CONSTRUCTION, ef_search: int = DEFAULT_EF_SEARCH,
-              use_gpu: bool = False, progress: bool = True, **nnn_options) -> "NNNIndex":
+              align: int = DEFAULT_ALIGN, use_gpu: bool = False, progress: bool = True,
+              **nnn_options) -> "NNNIndex":
         """Biases and index in one pass over ``gallery`` (an (n, d) array, a ``.npy`` /
         ``.safetensors`` path read memory-mapped, or a ``RowSource``), ``chunk_rows`` rows at
         a time. ``refs``, ``k``, ``alpha``, ``backend``, ``normalize`` and ``nnn_options``:
         ``BiasMaker``. IVF trains its ``nlist`` lists (None: about 4 sqrt(n)) on evenly spaced
-        blocks of the gallery first (their biases are computed twice)."""
+        blocks of the gallery first (their biases are computed twice). ``align``: the folded
+        rows' padding (``folded_width``)."""
         maker = BiasMaker(refs, k=k, alpha=alpha, backend=backend, normalize=normalize,
                           **nnn_options)
         source = as_rows(gallery)
@@ -215,15 +236,15 @@ class NNNIndex:
         return cls._assemble(source, parts, maker.provenance, maker, kind=kind,
                              chunk_rows=chunk_rows, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m,
                              ef_construction=ef_construction, ef_search=ef_search,
-                             use_gpu=use_gpu, progress=progress)
+                             align=align, use_gpu=use_gpu, progress=progress)
 
     @classmethod
     def from_biases(cls, gallery, biases, provenance: dict, *, parts=None, kind: str = "flat",
                     chunk_rows: int = DEFAULT_CHUNK_ROWS, nlist: int | None = None,
                     nprobe: int = DEFAULT_NPROBE, hnsw_m: int = DEFAULT_HNSW_M,
                     ef_construction: int = DEFAULT_EF_CONSTRUCTION,
-                    ef_search: int = DEFAULT_EF_SEARCH, use_gpu: bool = False,
-                    progress: bool = True) -> "NNNIndex":
+                    ef_search: int = DEFAULT_EF_SEARCH, align: int = DEFAULT_ALIGN,
+                    use_gpu: bool = False, progress: bool = True) -> "NNNIndex":
         """The index of ``gallery`` (as in ``build``) with biases (n,) made elsewhere as
         ``provenance`` says. ``parts``: [(start, stop, gallery_digest or None, name)] row
         ranges whose gallery rows must hash to the given digest (the shards' check that the
@@ -236,11 +257,12 @@ class NNNIndex:
         return cls._assemble(source, parts or [(0, len(source), None, None)], provenance,
                              biases, kind=kind, chunk_rows=chunk_rows, nlist=nlist,
                              nprobe=nprobe, hnsw_m=hnsw_m, ef_construction=ef_construction,
-                             ef_search=ef_search, use_gpu=use_gpu, progress=progress)
+                             ef_search=ef_search, align=align, use_gpu=use_gpu,
+                             progress=progress)
 
     @classmethod
     def _assemble(cls, source: RowSource, parts, provenance, biases, *, kind, chunk_rows, nlist,
-                  nprobe, hnsw_m, ef_construction, ef_search, use_gpu,
+                  nprobe, hnsw_m, ef_construction, ef_search, align, use_gpu,
                   progress) -> "NNNIndex":
         """One pass over ``parts`` of ``source``; ``biases``: an (n,) array or a ``BiasMaker``."""
         _check_kind(kind, use_gpu)
@@ -254,11 +276,12 @@ class NNNIndex:
             params = {"hnsw_m": check_positive_int(hnsw_m, "hnsw_m"),
                       "ef_construction": check_positive_int(ef_construction, "ef_construction"),
                       "ef_search": check_positive_int(ef_search, "ef_search")}
-        idx = _new_faiss_index(kind, d + 1, nlist=params.get("nlist", 1), hnsw_m=hnsw_m,
+        width = folded_width(d, align)
+        idx = _new_faiss_index(kind, width, nlist=params.get("nlist", 1), hnsw_m=hnsw_m,
                                ef_construction=ef_construction)
         if kind == "ivf":
-            idx.train(_training_sample(source, biases, nlist))
-        blocks = FoldedBlocks(source, parts, biases, chunk_rows)
+            idx.train(_training_sample(source, biases, nlist, width))
+        blocks = FoldedBlocks(source, parts, biases, chunk_rows, width)
         with _bar(n, "NNN index", progress) as bar:
             for _, block in blocks:
                 idx.add(block)
@@ -270,7 +293,7 @@ class NNNIndex:
     def _folded(self, queries) -> np.ndarray:
         q = as_matrix(queries, "queries", dim=self.dim,
                       normalize=self.provenance.get("normalize", False))
-        return fold_queries(q)
+        return fold_queries(q, self.width)
 
     def search(self, queries, top_k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """Top-k per query, as ``NNN.search``: scores (n_q, top_k) float32 descending (s(q, r)
@@ -327,6 +350,7 @@ class NNNIndex:
             faiss.write_index(self.faiss_index, str(tmp / FAISS_FILE))
             np.save(tmp / BIASES_FILE, self.biases, allow_pickle=False)
             write_meta(tmp, {"kind": INDEX_KIND, "index": self.kind, "dim": self.dim,
+                             "width": self.width,
                              "n_items": self.n_items, "provenance": self.provenance,
                              "gallery_digest": self.gallery_digest, "params": self.params,
                              "versions": library_versions()})
@@ -346,11 +370,13 @@ class NNNIndex:
         idx = read_faiss(path / FAISS_FILE, "NNN index", _REBUILD)
         want = {"flat": "IndexFlatIP", "ivf": "IndexIVFFlat", "hnsw": "IndexHNSWFlat"}
         kind, dim, n = meta.get("index"), meta.get("dim"), meta.get("n_items")
-        if type(idx).__name__ != want.get(kind) or idx.d != (dim or 0) + 1 or idx.ntotal != n:
+        width = meta.get("width")
+        if type(idx).__name__ != want.get(kind) or idx.d != width or idx.ntotal != n \
+                or not isinstance(dim, int) or width < dim + 1:
             raise ValueError(f"NNN index {str(path)!r}: {FAISS_FILE} holds a "
                              f"{type(idx).__name__} of {idx.ntotal} x {idx.d} but meta.json says "
-                             f"{kind!r} of {n} x {dim} + 1 (files from different indexes); "
-                             f"{_REBUILD}")
+                             f"{kind!r} of {n} x {width} (d = {dim}; files from different "
+                             f"indexes); {_REBUILD}")
         biases = np.load(path / BIASES_FILE, allow_pickle=False)
         if biases.shape != (n,) or biases.dtype != np.float32:
             raise ValueError(f"NNN index {str(path / BIASES_FILE)!r} holds {biases.shape} "
@@ -365,7 +391,8 @@ class NNNIndex:
         return self
 
 
-def _training_sample(source: RowSource, maker, nlist: int, *, blocks: int = 32) -> np.ndarray:
+def _training_sample(source: RowSource, maker, nlist: int, width: int, *,
+                     blocks: int = 32) -> np.ndarray:
     """Folded rows to train IVF lists on: ``blocks`` evenly spaced blocks of the gallery, about
     ``IVF_TRAIN_POINTS_PER_LIST * nlist`` rows in all (every row when the gallery is smaller)."""
     n = len(source)
@@ -380,7 +407,7 @@ def _training_sample(source: RowSource, maker, nlist: int, *, blocks: int = 32) 
             rows, b = maker(rows)
         else:
             b = maker[s:stop]
-        sample.append(fold(rows, b))
+        sample.append(fold(rows, b, width))
     return np.concatenate(sample)
 
 
@@ -393,8 +420,9 @@ class FoldedBlocks:
     ``array_digest`` (parts must cover it in order).
     """
 
-    def __init__(self, source: RowSource, parts, biases, chunk_rows: int):
-        self.source, self.parts, self.chunk_rows = source, parts, chunk_rows
+    def __init__(self, source: RowSource, parts, biases, chunk_rows: int,
+                 width: int | None = None):
+        self.source, self.parts, self.chunk_rows, self.width = source, parts, chunk_rows, width
         self._maker = biases if isinstance(biases, BiasMaker) else None
         self.biases = np.empty(len(source), dtype=np.float32) if self._maker else biases
         self.digest = None
@@ -409,7 +437,7 @@ class FoldedBlocks:
                 whole.update(rows)
                 if self._maker is not None:
                     rows, self.biases[s:s + len(rows)] = self._maker(rows)
-                yield s, fold(rows, self.biases[s:s + len(rows)])
+                yield s, fold(rows, self.biases[s:s + len(rows)], self.width)
             if want is not None and part.hexdigest() != want:
                 raise ValueError(f"rows [{start}, {stop}) of {self.source._name} differ from "
                                  f"those {name} was computed from (the gallery changed); "

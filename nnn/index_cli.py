@@ -80,8 +80,8 @@ def _nnn_options(args) -> dict:
 
 def _index_options(args) -> dict:
     return dict(kind=args.kind, nlist=args.nlist, nprobe=args.nprobe, hnsw_m=args.hnsw_m,
-                ef_search=args.ef_search, chunk_rows=args.chunk_rows, use_gpu=args.gpu,
-                progress=not args.quiet)
+                ef_search=args.ef_search, align=args.align, chunk_rows=args.chunk_rows,
+                use_gpu=args.gpu, progress=not args.quiet)
 
 
 def _print_json(obj) -> None:
@@ -230,8 +230,9 @@ def cmd_info(args) -> None:
 
 # -- the Hydra app of one shard job --------------------------------------------------------------
 def _shard_job(cfg) -> float:
-    """One shard (``cfg``: conf/index_shards.yaml). Returns 0.0; NaN for a job that failed with
-    a user error inside a multirun (logged; the others go on, ``shards`` then names it)."""
+    """One shard (``cfg``: conf/index_shards.yaml); a shard already complete in ``cfg.out`` is
+    kept unless ``cfg.overwrite``, so a rerun resumes. Returns 0.0; NaN for a job that failed
+    with a user error inside a multirun (logged; the others go on, ``shards`` then names it)."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.types import RunMode
 
@@ -246,6 +247,9 @@ def _shard_job(cfg) -> float:
                       shard=cfg.shard, num_shards=cfg.num_shards, out=cfg.out, k=cfg.k,
                       alpha=cfg.alpha, normalize=cfg.normalize, chunk_rows=cfg.chunk_rows,
                       overwrite=cfg.overwrite, progress=cfg.progress, **options)
+    except FileExistsError:  # a rerun resumes: complete shards are kept (read_shards checks them)
+        log.info("shard %s is already complete in %s; kept (overwrite=true recomputes it)",
+                 cfg.shard, cfg.out)
     except Exception as err:
         if not _is_user_error(err) or os.environ.get(FULL_ERROR_ENV) == "1":
             raise
@@ -283,13 +287,16 @@ def _add_bias_options(p) -> None:
 
 
 def _add_index_options(p) -> None:
-    from nnn.index import DEFAULT_EF_SEARCH, DEFAULT_HNSW_M, DEFAULT_NPROBE, KINDS
+    from nnn.index import DEFAULT_ALIGN, DEFAULT_EF_SEARCH, DEFAULT_HNSW_M, DEFAULT_NPROBE, KINDS
 
     p.add_argument("--kind", choices=KINDS, default="flat", help="flat (exact), ivf or hnsw")
     p.add_argument("--nlist", type=int, default=None, help="IVF lists (default ~4 sqrt(n))")
     p.add_argument("--nprobe", type=int, default=DEFAULT_NPROBE, help="IVF lists searched")
     p.add_argument("--hnsw-m", type=int, default=DEFAULT_HNSW_M, help="HNSW links per item")
     p.add_argument("--ef-search", type=int, default=DEFAULT_EF_SEARCH, help="HNSW search beam")
+    p.add_argument("--align", type=int, default=DEFAULT_ALIGN,
+                   help="pad the folded rows [g, -b] with zeros to a multiple of this many "
+                        "floats (default 1: exactly d + 1; 16: 64-byte rows)")
     p.add_argument("--gpu", action="store_true", help="search on GPU FAISS (flat, ivf)")
 
 

@@ -127,6 +127,9 @@ def test_flat_index_equals_nnn_search(tmp_path, data):
     np.testing.assert_allclose(scores, want_scores, rtol=0, atol=atol)
     assert_topk_ids(ids, model.score(q), atol=atol)
     assert index.recall_against_exact(q, 10) == 1.0
+    padded = NNNIndex.build(g, r, k=K, alpha=ALPHA, align=16, progress=False)
+    assert (index.width, padded.width) == (D + 1, 16)  # zeros pad [g, -b] to 16 floats
+    np.testing.assert_allclose(padded.search(q, 10)[0], scores, rtol=0, atol=atol)
     loaded = NNNIndex.load(index.save(tmp_path / "ix"), expected_refs=r, verify=True)
     assert loaded.provenance == index.provenance == {
         "refs_digest": array_digest(r), "n_refs": 301, "k": K, "alpha": ALPHA,

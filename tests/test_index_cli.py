@@ -121,6 +121,12 @@ def test_shards_on_hydras_basic_launcher_then_merge(files, capsys):
                         "--out", t / "ix", "--refs", t / "r.npy", "--biases-out", t / "b.npy")
     assert code == 0
     _check_merged(t, t / "ix")
+    kept = (t / "sh" / "shard-00000-of-00003.json").stat().st_mtime_ns
+    (t / "sh" / "shard-00001-of-00003.json").unlink()  # a lost shard: the rerun redoes only it
+    code, out, _ = _run(capsys, "shards", "--gallery", t / "g.npy", "--refs", t / "r.npy",
+                        "--num-shards", 3, "--out", t / "sh", "--k", K, "--launcher", "basic")
+    assert code == 0 and (t / "sh" / "shard-00001-of-00003.json").is_file()
+    assert (t / "sh" / "shard-00000-of-00003.json").stat().st_mtime_ns == kept
     (t / "sh" / "shard-00001-of-00003.json").unlink()
     assert "lacks 1 of 3 shards: [1]" in _one_line_error(
         capsys, "merge", "--shards", t / "sh", "--gallery", t / "g.npy", "--out", t / "ix2")
