@@ -20,7 +20,11 @@ which the kernel can drop and re-read):
 4. queries/s at top-10, rounds interleaved (``--rounds``, best quoted): (a) the folded index's
    ``search`` (input check and [q, 1] included), (b) plain FAISS ``search`` over g, (c)
    ``NNN.search`` (torch, ``batch_size`` 1,024); all queries in one call, and ``--single``
-   queries one at a time for (a) and (b). Overhead = time(a) / time(b) - 1 (target <= 5 %).
+   queries one at a time for (a) and (b). Overhead = time(a) / time(b) - 1 (target <= 5 %);
+5. the same overhead from ``--pairs`` back-to-back calls of ``--pair-queries`` queries, in wall
+   and CPU time (much less disturbed by other processes, especially with ``--query-threads 1``),
+   at each ``--blas-thresholds`` value; ``--also-unaligned`` adds (a1), the same folded vectors
+   built in this process (``NNNIndex.from_biases(align=1)``).
 
     nice .venv/bin/python benchmarks/bench_index.py [--dir /tmp/nnn_bench_index] [--keep]
 """
