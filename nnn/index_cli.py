@@ -303,8 +303,11 @@ def _add_index_options(p) -> None:
 def parser() -> argparse.ArgumentParser:
     from nnn.index import DEFAULT_CHUNK_ROWS
 
-    top = argparse.ArgumentParser(prog="nnn-index", description=__doc__.split("\n\n")[0],
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    top = argparse.ArgumentParser(
+        prog="nnn-index", formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Build, shard, merge, query and inspect saved NNN indexes (nnn.index).",
+        epilog="commands:\n" + __doc__.split("::\n\n")[1].split("\n\n")[0]
+        + "\n\nREADME 'Serving NNN: a saved index' has a worked example.")
     top.add_argument("--debug", action="store_true", help="show tracebacks of user errors")
     top.add_argument("--quiet", action="store_true", help="no progress bars")
     sub = top.add_subparsers(dest="command", required=True)
@@ -344,11 +347,9 @@ def parser() -> argparse.ArgumentParser:
             p.add_argument("hydra", nargs="*", default=[],
                            help="after --: more Hydra overrides, e.g. hydra.launcher.partition=X")
 
-    p = command("merge", cmd_merge, "check a complete set of shards and save the index")
-    p.set_defaults(out=None)
-    for action in list(p._actions):
-        if action.dest == "out":
-            action.required = False
+    p = command("merge", cmd_merge, "check a complete set of shards and save the index",
+                out=False)
+    p.add_argument("--out", default=None, help="the index folder")
     p.add_argument("--shards", required=True, help="the folder the shard jobs wrote")
     p.add_argument("--gallery", required=True, help="the gallery the shards were computed from")
     p.add_argument("--refs", default=None, help="refuse shards made from other references")

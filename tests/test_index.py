@@ -17,6 +17,7 @@ from nnn._index_io import FAISS_FILE, array_digest, remove_stale_temps
 from nnn.data.rows import open_rows
 from nnn.index import NNNIndex, compute_shard, merge_shards, read_shards, shard_range
 from nnn.methods import CSLS, NNN, ReferenceIndex
+from nnn.methods._topk import gpu_faiss_available
 from tests.conftest import unit_rows
 from tests.tolerances import assert_topk_ids, dot_atol
 
@@ -168,6 +169,12 @@ def test_build_from_files_in_chunks_equals_the_array_build(tmp_path, data):
     source = open_rows(tmp_path / "g.safetensors")
     assert source.shape == g.shape
     np.testing.assert_array_equal(source.rows(100, 203), g.astype(np.float16)[100:203])
+    rounded = g.astype(np.float16).astype(np.float32)
+    from_st = NNNIndex.build(tmp_path / "g.safetensors", r, k=K, alpha=ALPHA, chunk_rows=300,
+                             progress=False)
+    assert from_st.gallery_digest == array_digest(rounded)
+    np.testing.assert_allclose(from_st.biases, NNN(k=K, alpha=ALPHA).fit(
+        rounded, query_bank=r).bias_, rtol=0, atol=dot_atol(D))
     with pytest.raises(ValueError, match="has dimension 8 but the references have dimension 12"):
         NNNIndex.build(unit_rows(g[:, :8]), r, k=K, progress=False)
     with pytest.raises(ValueError, match="queries has dimension 11"):
@@ -226,6 +233,19 @@ def test_shards_merge_to_the_one_shot_fit(tmp_path, data):
     atol = 2 * dot_atol(D + 1, _scale(model.bias_))
     assert_topk_ids(loaded.search(q, 10)[1], model.score(q), atol=atol)
     assert index.n_items == 1013
+
+
+def test_merge_into_an_ivf_index_and_gpu_without_gpu(tmp_path, data):
+    g, r, q = data
+    for i in range(2):
+        compute_shard(g, r, shard=i, num_shards=2, out=tmp_path / "sh", k=K, progress=False)
+    index = merge_shards(tmp_path / "sh", g, index_out=tmp_path / "ix", kind="ivf", nlist=8,
+                         nprobe=8, progress=False)
+    assert index.recall_against_exact(q, 10) == 1.0  # every list probed: exact
+    assert NNNIndex.load(tmp_path / "ix").params == {"nlist": 8, "nprobe": 8}
+    if not gpu_faiss_available():
+        with pytest.raises(ValueError, match="use_gpu=True but the installed FAISS has no GPU"):
+            NNNIndex.load(tmp_path / "ix", use_gpu=True)
 
 
 def test_merge_refuses_incomplete_or_mixed_shards(tmp_path, data):
