@@ -16,7 +16,7 @@ a time; references and queries any file ``load_array`` reads, or (``--refs``) a 
 multirun (``conf/index_shards.yaml``) on a Hydra launcher: ``basic`` (one after another),
 ``joblib`` (parallel processes), ``submitit_local`` or ``submitit_slurm`` (SLURM jobs; extra
 ``hydra.launcher.*`` overrides after ``--``); the same app runs directly as ``python -m
-nnn.index_cli hydra-shards gallery=... refs=... out=... num_shards=N -m shard='range(0,N)'``.
+nnn.index_cli hydra-shards -m gallery=... refs=... out=... num_shards=N 'shard=range(0,N)'``.
 
 Outputs are written atomically; an existing output is refused unless ``--overwrite`` (then it
 is replaced once the new one is complete). A user error (bad input, a missing or corrupt file,
@@ -266,6 +266,11 @@ def shard_app():
     """Run ``_shard_job`` as a Hydra app over ``sys.argv`` (config conf/index_shards.yaml)."""
     import hydra
 
+    if not (CONFIG_DIR / f"{SHARD_CONFIG}.yaml").is_file():
+        raise MissingResourceError(f"the shard jobs' Hydra config {SHARD_CONFIG}.yaml is not in "
+                                   f"{str(CONFIG_DIR)!r}: nnn-index shards runs from a source "
+                                   "checkout (pip install -e .), like run.py; or run "
+                                   "nnn-index shard --shard I for each shard")
     return hydra.main(version_base="1.3", config_path=str(CONFIG_DIR),
                       config_name=SHARD_CONFIG)(_shard_job)()
 
@@ -382,14 +387,14 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["hydra-shards"]:  # the Hydra app itself: python -m nnn.index_cli hydra-shards
         sys.argv = [sys.argv[0], *argv[1:]]
-        shard_app()
-        return 0
-    args = parser().parse_args(argv)
-    debug = args.debug or os.environ.get(FULL_ERROR_ENV) == "1"
-    if getattr(args, "threads", None):
-        _set_threads(args.threads)
+        run, debug = (lambda: shard_app()), os.environ.get(FULL_ERROR_ENV) == "1"
+    else:
+        args = parser().parse_args(argv)
+        run, debug = (lambda: args.func(args)), args.debug or os.environ.get(FULL_ERROR_ENV) == "1"
+        if getattr(args, "threads", None):
+            _set_threads(args.threads)
     try:
-        args.func(args)
+        run()
     except Exception as err:
         if debug or not _is_user_error(err):
             raise
