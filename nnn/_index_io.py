@@ -96,7 +96,7 @@ def library_versions() -> dict[str, str]:
     return {"nnn-hubness": nnn_version, "faiss": faiss.__version__, "numpy": np.__version__}
 
 
-def _temp_name(target: Path) -> Path:
+def temp_name(target: Path) -> Path:
     return target.with_name(f".{target.name}.{socket.gethostname()}-{os.getpid()}-"
                             f"{uuid.uuid4().hex[:8]}.tmp")
 
@@ -112,8 +112,9 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_temps(target: Path) -> list[Path]:
-    """Delete the temporary folders of ``target`` left by killed writers on this host (their
-    process is gone). Folders of live writers and of other hosts are kept. Returns the removed."""
+    """Delete the temporary folders (or files) of ``target`` left by killed writers on this host
+    (their process is gone). Those of live writers and of other hosts are kept. Returns the
+    removed."""
     removed = []
     host = socket.gethostname()
     for tmp in target.parent.glob(f".{target.name}.*.tmp"):
@@ -121,7 +122,10 @@ def remove_stale_temps(target: Path) -> list[Path]:
         who, _, _ = owner.rpartition("-")
         tmp_host, _, pid = who.rpartition("-")
         if tmp_host == host and pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
+            if tmp.is_dir():
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed
 
@@ -146,7 +150,7 @@ def publish_dir(target, *, overwrite: bool = False, what: str = "index") -> Iter
         raise FileNotFoundError(f"cannot write {what} {str(target)!r}: its folder "
                                 f"{str(target.parent)!r} does not exist; create it first")
     remove_stale_temps(target)
-    tmp = _temp_name(target)
+    tmp = temp_name(target)
     tmp.mkdir()
     try:
         yield tmp
@@ -157,7 +161,7 @@ def publish_dir(target, *, overwrite: bool = False, what: str = "index") -> Iter
         refuse_existing(target, overwrite, what)
         old = None
         if target.exists():  # a folder cannot be renamed onto a non-empty one: move it aside
-            old = _temp_name(target)
+            old = temp_name(target)
             os.replace(target, old)
         os.replace(tmp, target)
         fsync_dir(target.parent)

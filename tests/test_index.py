@@ -221,6 +221,8 @@ def test_shards_merge_to_the_one_shot_fit(tmp_path, data):
     for i in (2, 0, 1):
         compute_shard(tmp_path / "g.npy", r, shard=i, num_shards=3, out=tmp_path / "sh", k=K,
                       alpha=ALPHA, chunk_rows=100, progress=False)
+    stale = tmp_path / f".f.npy.{socket.gethostname()}-999999999-0123abcd.tmp"
+    stale.write_bytes(b"a killed writer's half file")
     index = merge_shards(tmp_path / "sh", tmp_path / "g.npy", index_out=tmp_path / "ix",
                          biases_out=tmp_path / "b.npy", folded_out=tmp_path / "f.npy",
                          expected_refs=r, progress=False)
@@ -228,6 +230,7 @@ def test_shards_merge_to_the_one_shot_fit(tmp_path, data):
     np.testing.assert_allclose(np.load(tmp_path / "b.npy"), model.bias_, rtol=0, atol=dot_atol(D))
     folded, fold_queries = model.fold()
     np.testing.assert_allclose(np.load(tmp_path / "f.npy"), folded, rtol=0, atol=dot_atol(D))
+    assert not stale.exists()
     loaded = NNNIndex.load(tmp_path / "ix", expected_refs=r)
     assert loaded.gallery_digest == array_digest(g)
     atol = 2 * dot_atol(D + 1, _scale(model.bias_))
