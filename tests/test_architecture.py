@@ -23,16 +23,17 @@ PACKAGE = Path(__file__).resolve().parents[1] / "nnn"
 #: (layer, module-name prefixes), bottom first; a prefix "nnn.data" covers nnn.data and nnn.data.*
 #: ("nnn", the package's own __init__, covers only itself)
 LAYERS = (
-    (0, ("nnn", "nnn._arrays", "nnn._atomic", "nnn._timing", "nnn.errors", "nnn.config_dir")),
+    (0, ("nnn", "nnn._arrays", "nnn._atomic", "nnn._index_io", "nnn._timing", "nnn.errors",
+         "nnn.config_dir")),
     (1, ("nnn.data", "nnn.encoders")),
     (2, ("nnn.cache",)),
     (3, ("nnn.embed",)),
     (4, ("nnn.methods",)),
-    (5, ("nnn.task", "nnn.metrics")),
+    (5, ("nnn.task", "nnn.metrics", "nnn.index")),
     (6, ("nnn.tuning", "nnn.hubness_tuning", "nnn.ablations", "nnn.gender_bias")),
     (7, ("nnn.evaluation", "nnn.results", "nnn.plots", "nnn.loggers", "nnn.wandb_worker")),
     (8, ("nnn.reporting", "nnn.hydra_callbacks", "nnn.paper")),
-    (9, ("nnn.pipeline", "nnn.settings")),
+    (9, ("nnn.pipeline", "nnn.settings", "nnn.index_cli")),
 )
 
 

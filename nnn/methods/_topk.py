@@ -9,7 +9,9 @@ Exact backend: ``nnn.methods._exact.exact_topk`` (torch GEMM + selection, CPU or
 FAISS backend: an inner-product index over the references (``IndexFlatIP``, or ``IndexIVFFlat`` /
 the float16 ``IndexIVFScalarQuantizer`` with FAISS k-means lists), held by a ``ReferenceIndex``:
 built per call from a reference array, or built once by the user and passed instead of the
-references (a fixed reference set searched for many galleries). GPU FAISS (when
+references (a fixed reference set searched for many galleries), and saved to a folder
+(``ReferenceIndex.save`` / ``load``: FAISS's own file, the IVF kinds' references, ``meta.json``
+with the references' sha256 digest; see ``nnn._index_io``). GPU FAISS (when
 present and requested) and the flat index search it with the gallery rows as queries; a CPU IVF
 index is searched list by list (``ivf_topk``: one GEMM per inverted list). IVF defaults:
 ``default_nlist`` lists, ``default_nprobe`` of them searched; rows whose probed lists hold fewer
@@ -23,10 +25,14 @@ import math
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
+
 from nnn._arrays import as_matrix, as_tensor, check_positive_int
+from nnn._index_io import (FAISS_FILE, array_digest, check_digest, library_versions,
+                           publish_dir, read_faiss, read_meta, verify_files, write_meta)
 from nnn.methods._exact import DTYPES, ROUTES, choose_route, exact_topk
 
 BACKENDS = ("exact", "faiss")
@@ -74,11 +80,18 @@ def faiss_index(refs: np.ndarray, *, index: str, nlist: int | None = None,
         idx.cp.max_points_per_centroid = IVF_TRAIN_POINTS_PER_LIST
         idx.train(refs)
     if use_gpu:
-        resources = faiss.StandardGpuResources()
-        idx = faiss.index_cpu_to_gpu(resources, 0, idx)
-        idx.gpu_resources = resources  # must outlive the GPU index
+        idx = faiss_to_gpu(idx)
     idx.add(refs)
     return idx
+
+
+def faiss_to_gpu(idx):
+    """The CPU FAISS index ``idx`` copied to GPU 0 (holding the resources it needs)."""
+    faiss = import_faiss()
+    resources = faiss.StandardGpuResources()
+    gpu = faiss.index_cpufaiss_to_gpu(resources, 0, idx)
+    gpu.gpu_resources = resources  # must outlive the GPU index
+    return gpu
 
 
 def import_faiss():
@@ -225,6 +238,10 @@ class ReferenceIndex:
     Attributes: ``index`` (str), ``nlist`` (int, None for "flat"), ``use_gpu`` (bool),
     ``n_refs``, ``dim``, ``faiss_index`` (the trained, filled FAISS index) and ``refs`` (n_r, d)
     float32, a private copy kept for the exact completion of short IVF rows (``complete_short_rows``).
+
+    ``save(path)`` writes it to a folder atomically and ``ReferenceIndex.load(path,
+    expected_refs=)`` reads it back, checked (``digest`` identifies the references;
+    ``verify(refs)`` says whether they are the given ones).
     """
 
     def __init__(self, refs, *, index: str = "ivf", nlist: int | None = None,
@@ -260,6 +277,93 @@ class ReferenceIndex:
     def __len__(self) -> int:
         return self.n_refs
 
+    # -- identity, saving and loading ----------------------------------------------------------
+    @property
+    def digest(self) -> str:
+        """``"sha256:..."`` of the references (float32 bytes and shape, ``array_digest``),
+        computed on first use (about 1 s per 1.6 GB) and saved with the index."""
+        if getattr(self, "_digest", None) is None:
+            self._digest = array_digest(self.refs)
+        return self._digest
+
+    def verify(self, refs, *, normalize: bool = False) -> None:
+        """``ValueError`` unless ``refs`` (n_r, d) are the references this index holds (same
+        shape and float32 values; ``normalize`` as at construction)."""
+        checked = as_matrix(refs, "refs", normalize=normalize)
+        check_digest(self.digest, array_digest(checked), "this ReferenceIndex",
+                     "the references given")
+
+    def save(self, path, *, overwrite: bool = False) -> Path:
+        """Write the index to the folder ``path`` atomically (``nnn._index_io``): ``index.faiss``
+        (FAISS's ``write_index``; a GPU index is copied to the CPU first), ``refs.npy`` for the
+        IVF kinds (their exact completion of short rows needs the float32 references; a flat
+        index holds them itself) and ``meta.json`` (kind, nlist, n_refs, dim, the references'
+        digest, library versions, size and sha256 of each file). An existing ``path`` is
+        replaced only with ``overwrite``, once the new index is complete. Returns the path."""
+        faiss = import_faiss()
+        idx = faiss.index_gpu_to_cpu(self.faiss_index) if self.use_gpu else self.faiss_index
+        with publish_dir(path, overwrite=overwrite, what="ReferenceIndex") as tmp:
+            faiss.write_index(idx, str(tmp / FAISS_FILE))
+            if self.index != "flat":
+                np.save(tmp / _REFS_FILE, self.refs, allow_pickle=False)
+            write_meta(tmp, {"kind": _SAVED_KIND, "index": self.index, "nlist": self.nlist,
+                             "n_refs": self.n_refs, "dim": self.dim, "refs_digest": self.digest,
+                             "versions": library_versions()})
+        return Path(path)
+
+    @classmethod
+    def load(cls, path, *, expected_refs=None, verify: bool = False,
+             use_gpu_faiss: bool | str = "auto", normalize: bool = False) -> "ReferenceIndex":
+        """A ``ReferenceIndex`` saved by ``save``.
+
+        Always checked: ``meta.json`` (format, kind), each file's size, that FAISS can read
+        ``index.faiss`` and that it holds ``n_refs`` vectors of ``dim`` of the recorded kind.
+        ``verify``: also re-hash every file (a full read; catches a changed byte).
+        ``expected_refs`` (n_r, d): ``ValueError`` unless the index was built from exactly
+        these references (digest; ``normalize`` as at construction). ``use_gpu_faiss`` as in
+        the constructor. A corrupt, truncated or mismatched index raises a one-line
+        ``ValueError`` naming the file; nothing is written.
+        """
+        _check_choice(use_gpu_faiss, "use_gpu_faiss", ("auto", True, False))
+        if use_gpu_faiss is True and not gpu_faiss_available():
+            raise ValueError(_NO_GPU_FAISS)
+        faiss = import_faiss()
+        path = Path(path)
+        meta = read_meta(path, _SAVED_KIND, "ReferenceIndex", _REBUILD)
+        if verify:
+            verify_files(path, meta, "ReferenceIndex", _REBUILD)
+        idx = read_faiss(path / FAISS_FILE, "ReferenceIndex", _REBUILD)
+        kind = meta.get("index")
+        want = {"flat": "IndexFlatIP", "ivf": "IndexIVFFlat", "ivf_fp16": "IndexIVFScalarQuantizer"}
+        if (type(idx).__name__ != want.get(kind) or idx.metric_type != faiss.METRIC_INNER_PRODUCT
+                or idx.d != meta.get("dim") or idx.ntotal != meta.get("n_refs")):
+            raise ValueError(f"ReferenceIndex {str(path)!r}: {FAISS_FILE} holds a "
+                             f"{type(idx).__name__} of {idx.ntotal} x {idx.d} but meta.json "
+                             f"says {kind!r} of {meta.get('n_refs')} x {meta.get('dim')} "
+                             f"(files from different indexes); {_REBUILD}")
+        if kind == "flat":
+            refs = idx.reconstruct_n(0, idx.ntotal)
+        else:
+            refs = np.load(path / _REFS_FILE, allow_pickle=False)
+            if refs.shape != (idx.ntotal, idx.d) or refs.dtype != np.float32:
+                raise ValueError(f"ReferenceIndex {str(path / _REFS_FILE)!r} holds "
+                                 f"{refs.shape} {refs.dtype}, not ({idx.ntotal}, {idx.d}) "
+                                 f"float32; {_REBUILD}")
+        self = cls.__new__(cls)
+        self.n_refs, self.dim = refs.shape
+        self.index, self.refs, self.nlist = kind, refs, meta.get("nlist")
+        self._digest = meta["refs_digest"]
+        if verify and array_digest(refs) != self._digest:
+            raise ValueError(f"ReferenceIndex {str(path)!r}: its references do not match the "
+                             f"digest in meta.json; {_REBUILD}")
+        if expected_refs is not None:
+            checked = as_matrix(expected_refs, "expected_refs", normalize=normalize)
+            check_digest(self._digest, array_digest(checked), f"ReferenceIndex {str(path)!r}",
+                         "expected_refs")
+        self.use_gpu = use_gpu_faiss is True or (use_gpu_faiss == "auto" and gpu_faiss_available())
+        self.faiss_index = faiss_to_gpu(idx) if self.use_gpu else idx
+        return self
+
     def __repr__(self) -> str:
         return (f"ReferenceIndex(index={self.index!r}, nlist={self.nlist}, n_refs={self.n_refs}, "
                 f"dim={self.dim}, use_gpu={self.use_gpu})")
@@ -293,6 +397,11 @@ def check_gpu_k(use_gpu: bool, k: int) -> None:
                          f"k_max={k} were asked for; lower k_max, use "
                          "use_gpu_faiss=False or backend='exact'")
 
+
+#: a saved ReferenceIndex: its meta.json kind, the references file of the IVF kinds, the remedy
+_SAVED_KIND = "reference_index"
+_REFS_FILE = "refs.npy"
+_REBUILD = "rebuild it with ReferenceIndex(refs, ...).save(path) (CLI: nnn-index refs)"
 
 _NO_GPU_FAISS = ("use_gpu_faiss=True but the installed FAISS has no GPU support or sees no GPU; "
                  "install nnn-hubness[gpu] (faiss-gpu-cu12) instead of [cpu], or use "

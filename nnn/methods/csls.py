@@ -6,7 +6,7 @@ import torch
 
 from nnn._arrays import as_tensor, check_positive_int
 from nnn.methods._exact import block_topk
-from nnn.methods._topk import ReferenceTopK
+from nnn.methods._topk import ReferenceIndex, ReferenceTopK
 from nnn.methods.base import RetrievalMethod
 from nnn.methods.grids import K_GRID
 
@@ -15,9 +15,11 @@ class CSLS(RetrievalMethod):
     """``score(q, r) = 2 s(q, r) - r_B(r) - r_B(q)``.
 
     r_B(r) = ``neighbourhood_`` (n_g,) float32: mean of the k largest similarities of gallery item
-    r to the query bank (NNN's top-k machinery, exact backend, with its ``precision`` routes). r_B(q): mean of the k largest
-    similarities of query q to the gallery, computed per query block. r_B(q) is constant per
-    query, so CSLS ranks like NNN with alpha = 0.5 and the same k.
+    r to the query bank (NNN's top-k machinery, exact backend, with its ``precision`` routes; or
+    the FAISS search of a prebuilt ``ReferenceIndex`` passed as ``query_bank``, e.g. one loaded
+    with ``ReferenceIndex.load``). r_B(q): mean of the k largest similarities of query q to the
+    gallery, computed per query block. r_B(q) is constant per query, so CSLS ranks like NNN with
+    alpha = 0.5 and the same k.
     """
 
     requires = ("query_bank",)
@@ -39,12 +41,27 @@ class CSLS(RetrievalMethod):
         if device == "cpu":
             self._search.check_device(torch.device("cpu"))
 
+    def _check_bank(self, bank, name, dim):
+        """An array bank is checked as usual; a ``ReferenceIndex`` query bank of the gallery's
+        dimension is searched as it is."""
+        if not isinstance(bank, ReferenceIndex):
+            return super()._check_bank(bank, name, dim)
+        if name != "query_bank" or bank.dim != dim:
+            raise ValueError(f"CSLS takes a ReferenceIndex only as query_bank, of the gallery's "
+                             f"dimension {dim} (got it as {name}, dimension {bank.dim}); build "
+                             "it from reference queries of the gallery's model")
+        return bank
+
     def _fit(self, gallery, query_bank, gallery_bank):
         for what, n in (("query_bank", len(query_bank)), ("gallery", len(gallery))):
             if self.k > n:
                 raise ValueError(f"k={self.k} is larger than the {what} ({n} rows); CSLS averages "
                                  f"the k nearest neighbours on both sides: use k <= {n}")
-        top = self._search.run(gallery, query_bank, self.k, self.device_)       # (n_g, k)
+        if isinstance(query_bank, ReferenceIndex):
+            top = query_bank.topk(gallery, self.k, device=self.device_,
+                                  memory_budget_mb=self.memory_budget_mb)         # (n_g, k)
+        else:
+            top = self._search.run(gallery, query_bank, self.k, self.device_)   # (n_g, k)
         self.neighbourhood_ = top.mean(axis=1, dtype="float64").astype("float32")
         self._neighbourhood_t = as_tensor(self.neighbourhood_).to(self.device_)
 

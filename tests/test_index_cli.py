@@ -1,0 +1,157 @@
+"""``nnn-index``: build, query, info, shards through Hydra's launchers (basic in this process;
+joblib and submitit_local in a fresh interpreter, as a user runs them) and merge; user errors
+are one line and exit status 1, and nothing is overwritten."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from nnn.config_dir import CONFIG_DIR
+from nnn.index import NNNIndex
+from nnn.index_cli import main
+from nnn.methods import NNN
+from tests.conftest import unit_rows
+from tests.tolerances import assert_topk_ids, dot_atol
+
+D, K = 12, 7
+
+
+@pytest.fixture
+def files(tmp_path):
+    rng = np.random.default_rng(5)
+    for name, n in (("g", 1013), ("r", 301), ("q", 57)):
+        np.save(tmp_path / f"{name}.npy", unit_rows(rng.standard_normal((n, D))))
+    return tmp_path
+
+
+def _run(capsys, *args) -> tuple[int, str, str]:
+    code = main(["--quiet", *map(str, args)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _summary(out: str) -> dict:
+    """The JSON summary a command prints last (Hydra's log lines may come before it)."""
+    return json.loads(out[out.rfind("\n{") + 1:])
+
+
+def _one_line_error(capsys, *args) -> str:
+    code, _, err = _run(capsys, *args)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("Error: "), err
+    return lines[0]
+
+
+def _check_merged(tmp, index_dir) -> None:
+    g, r, q = (np.load(tmp / f"{n}.npy") for n in ("g", "r", "q"))
+    model = NNN(k=K, alpha=0.75).fit(g, query_bank=r)
+    index = NNNIndex.load(index_dir, expected_refs=r, verify=True)
+    np.testing.assert_allclose(index.biases, model.bias_, rtol=0, atol=dot_atol(D))
+    scale = np.sqrt(2) * np.sqrt(1 + model.bias_.max() ** 2)
+    assert_topk_ids(index.search(q, 10)[1], model.score(q), atol=2 * dot_atol(D + 1, scale))
+
+
+def test_build_query_info(files, capsys):
+    t = files
+    code, out, _ = _run(capsys, "build", "--gallery", t / "g.npy", "--refs", t / "r.npy",
+                        "--out", t / "ix", "--k", K, "--chunk-rows", 100)
+    assert code == 0 and _summary(out)["n_items"] == 1013
+    _check_merged(t, t / "ix")
+    code, out, _ = _run(capsys, "query", "--index", t / "ix", "--queries", t / "q.npy",
+                        "--top-k", 5, "--out", t / "res.npz", "--refs", t / "r.npy", "--recall")
+    summary = _summary(out)
+    assert code == 0 and summary["recall_against_exact"] == 1.0 and summary["queries"] == 57
+    with np.load(t / "res.npz") as res:
+        np.testing.assert_array_equal(res["ids"], NNNIndex.load(t / "ix").search(
+            np.load(t / "q.npy"), 5)[1])
+    code, out, _ = _run(capsys, "info", "--index", t / "ix", "--verify")
+    info = _summary(out)
+    assert code == 0 and info["provenance"]["k"] == K and info["verified"]
+    assert "faiss" in info["versions"] and "index.faiss" in info["files"]
+
+
+def test_reference_index_folder_as_refs(files, capsys):
+    t = files
+    assert _run(capsys, "refs", "--refs", t / "r.npy", "--out", t / "ri", "--index", "flat")[0] == 0
+    code, out, _ = _run(capsys, "build", "--gallery", t / "g.npy", "--refs", t / "ri",
+                        "--out", t / "ix", "--k", K)
+    assert code == 0
+    _check_merged(t, t / "ix")
+    assert NNNIndex.load(t / "ix").provenance["backend"] == "faiss"
+
+
+def test_user_errors_are_one_line_and_overwrite_nothing(files, capsys):
+    t = files
+    _run(capsys, "build", "--gallery", t / "g.npy", "--refs", t / "r.npy", "--out", t / "ix",
+         "--k", K)
+    before = (t / "ix" / "index.faiss").read_bytes()
+    assert "already exists" in _one_line_error(
+        capsys, "build", "--gallery", t / "g.npy", "--refs", t / "q.npy", "--out", t / "ix")
+    assert (t / "ix" / "index.faiss").read_bytes() == before
+    np.save(t / "q8.npy", unit_rows(np.ones((3, 8))))
+    assert "queries has dimension 8" in _one_line_error(
+        capsys, "query", "--index", t / "ix", "--queries", t / "q8.npy")
+    assert "other references" in _one_line_error(
+        capsys, "query", "--index", t / "ix", "--queries", t / "q.npy", "--refs", t / "q.npy")
+    assert "has dimension 8 but the references have dimension 12" in _one_line_error(
+        capsys, "build", "--gallery", t / "q8.npy", "--refs", t / "r.npy", "--out", t / "ix8")
+    (t / "bad").mkdir()
+    (t / "bad" / "meta.json").write_text("{not json")
+    assert "meta.json' is truncated or corrupt" in _one_line_error(
+        capsys, "info", "--index", t / "bad")
+    assert "lacks" not in _one_line_error(
+        capsys, "merge", "--shards", t / "nowhere", "--gallery", t / "g.npy", "--out", t / "m")
+    with pytest.raises(ValueError):  # --debug: the traceback instead
+        main(["--debug", "info", "--index", str(t / "bad")])
+
+
+def test_shards_on_hydras_basic_launcher_then_merge(files, capsys):
+    t = files
+    code, out, _ = _run(capsys, "shards", "--gallery", t / "g.npy", "--refs", t / "r.npy",
+                        "--num-shards", 3, "--out", t / "sh", "--k", K, "--launcher", "basic")
+    assert code == 0 and _summary(out)["shards"] == 3
+    assert sorted(p.name for p in (t / "sh").glob("shard-*.json")) == [
+        f"shard-0000{i}-of-00003.json" for i in range(3)]
+    code, out, _ = _run(capsys, "merge", "--shards", t / "sh", "--gallery", t / "g.npy",
+                        "--out", t / "ix", "--refs", t / "r.npy", "--biases-out", t / "b.npy")
+    assert code == 0
+    _check_merged(t, t / "ix")
+    kept = (t / "sh" / "shard-00000-of-00003.json").stat().st_mtime_ns
+    (t / "sh" / "shard-00001-of-00003.json").unlink()  # a lost shard: the rerun redoes only it
+    code, out, _ = _run(capsys, "shards", "--gallery", t / "g.npy", "--refs", t / "r.npy",
+                        "--num-shards", 3, "--out", t / "sh", "--k", K, "--launcher", "basic")
+    assert code == 0 and (t / "sh" / "shard-00001-of-00003.json").is_file()
+    assert (t / "sh" / "shard-00000-of-00003.json").stat().st_mtime_ns == kept
+    (t / "sh" / "shard-00001-of-00003.json").unlink()
+    assert "lacks 1 of 3 shards: [1]" in _one_line_error(
+        capsys, "merge", "--shards", t / "sh", "--gallery", t / "g.npy", "--out", t / "ix2")
+
+
+def test_a_failing_shard_job_is_named(files, capsys):
+    t = files
+    message = _one_line_error(capsys, "shards", "--gallery", t / "g.npy", "--refs", t / "r.npy",
+                              "--num-shards", 3, "--out", t / "sh", "--k", 500,
+                              "--launcher", "basic")
+    assert "lacks 3 of 3 shards" in message or "no bias shards" in message
+
+
+@pytest.mark.slow  # fresh interpreters and worker processes: ~8-15 s each on 2 busy cores
+@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+def test_shards_on_parallel_launchers(files, launcher, capsys):
+    t = files
+    cmd = [sys.executable, "-m", "nnn.index_cli", "--quiet", "shards", "--gallery", t / "g.npy",
+           "--refs", t / "r.npy", "--num-shards", 3, "--out", t / "sh", "--k", K,
+           "--launcher", launcher, "--threads", 1]
+    if launcher == "submitit_local":
+        cmd += ["--", "hydra.launcher.timeout_min=5"]
+    proc = subprocess.run([str(c) for c in cmd], cwd=CONFIG_DIR.parent, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert main(["--quiet", "merge", "--shards", str(t / "sh"), "--gallery", str(t / "g.npy"),
+                 "--out", str(t / "ix")]) == 0
+    _check_merged(t, t / "ix")
