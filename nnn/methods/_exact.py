@@ -188,7 +188,6 @@ class LowPrecisionBlocks:
                   + gamma * (x_low_norm * r_low_norm + x_norm * r_norm) + self.d * 2.0**-126)
         self.rows = _rows(len(x), chunk, self.x_low.element_size(), memory_budget_mb)
         self.buf = torch.empty(self.rows, chunk, dtype=self.low, device=x.device)
-        self.offsets = torch.arange(_GROUP, device=x.device)
 
     def topk(self, start: int, stop: int, r0: int, r1: int, k: int) -> torch.Tensor:
         """The k largest float32 values (b, k), unordered, of each row of x[start:stop] @
@@ -199,7 +198,8 @@ class LowPrecisionBlocks:
         if m < 4 * k:
             return block_topk(xb @ rb.T, k)
         s = torch.mm(self.x_low[start:stop], self.refs_low[r0:r1].T, out=self.buf[:b, :c])
-        group_max = s[:, :_GROUP * m].view(b, _GROUP, m).amax(dim=1)           # (b, m)
+        main = s[:, :_GROUP * m].view(b, _GROUP, m)                            # strided groups
+        group_max = main.amax(dim=1)                                           # (b, m)
         m2 = m // _SUPER
         if m2 >= 4 * k:      # maxima of _SUPER groups: a 1/_SUPER as long selection
             group_max_2 = group_max[:, :_SUPER * m2].view(b, _SUPER, m2).amax(dim=1)
@@ -212,9 +212,8 @@ class LowPrecisionBlocks:
         if too_many.any():
             ok = ~too_many[rows]
             rows, groups = rows[ok], groups[ok]
-        cols = groups[:, None] + self.offsets[None, :] * m                     # (p, g)
-        keep = s[rows[:, None], cols] >= theta[rows][:, None]
-        cand_rows, cand_cols = rows[:, None].expand_as(cols)[keep], cols[keep]  # row-major
+        pair, member = (main[rows, :, groups] >= theta[rows][:, None]).nonzero(as_tuple=True)
+        cand_rows, cand_cols = rows[pair], groups[pair] + member * m           # row-major
         counts = torch.bincount(cand_rows, minlength=b)
         if (counts > limit).any():
             too_many |= counts > limit
