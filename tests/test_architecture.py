@@ -23,8 +23,8 @@ PACKAGE = Path(__file__).resolve().parents[1] / "nnn"
 #: (layer, module-name prefixes), bottom first; a prefix "nnn.data" covers nnn.data and nnn.data.*
 #: ("nnn", the package's own __init__, covers only itself)
 LAYERS = (
-    (0, ("nnn", "nnn._arrays", "nnn._atomic", "nnn._index_io", "nnn._timing", "nnn.errors",
-         "nnn.config_dir")),
+    (0, ("nnn", "nnn._arrays", "nnn._atomic", "nnn._index_io", "nnn._threads", "nnn._timing",
+         "nnn.errors", "nnn.config_dir")),
     (1, ("nnn.data", "nnn.encoders")),
     (2, ("nnn.cache",)),
     (3, ("nnn.embed",)),

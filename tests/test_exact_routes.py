@@ -94,7 +94,8 @@ def test_rows_on_the_bound(route):
     with mock.patch.object(_exact, "_sampled_products", spy):
         got = run(route, x, refs, k, rows=2)
     # the pre-selection ran (no float32 fallback): every row re-scored >= 150 candidates
-    assert spy.call_count == 2 and all(c.args[2].min() >= 150 for c in spy.call_args_list)
+    assert spy.call_count >= 2 and all(torch.bincount(c.args[2]).min() >= 150
+                                      for c in spy.call_args_list)
     np.testing.assert_allclose(got, ref_topk(x, refs, k), rtol=0,
                                atol=dot_atol(d, norm_scale(x, refs)))
     np.testing.assert_allclose(got, run("float32", x, refs, k, rows=2), rtol=0,

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +31,7 @@ import torch
 from nnn._arrays import as_matrix, as_tensor, check_positive_int
 from nnn._index_io import (FAISS_FILE, array_digest, check_digest, library_versions,
                            publish_dir, read_faiss, read_meta, verify_files, write_meta)
+from nnn._threads import one_thread_workers
 from nnn.methods._exact import DTYPES, ROUTES, choose_route, exact_topk
 
 BACKENDS = ("exact", "faiss")
@@ -48,8 +47,6 @@ IVF_MIN_SCAN = 512
 #: the largest k a GPU FAISS search accepts
 GPU_FAISS_MAX_K = 2048
 logger = logging.getLogger(__name__)
-#: held while ``ivf_topk`` lowers torch's (process-wide) thread count
-_TORCH_THREADS_LOCK = threading.Lock()
 
 
 def faiss_index(refs: np.ndarray, *, index: str, nlist: int | None = None,
@@ -157,33 +154,24 @@ def ivf_topk(idx, x: np.ndarray, k: int, nprobe: int, *, memory_budget_mb: float
 
         def scan(to_scan):
             """Fill ``cand`` for the (row, list) pairs of the lists ``to_scan``."""
-            with torch.inference_mode():
-                for lst in to_scan:
-                    size = int(sizes[lst])
-                    codes = faiss.rev_swig_ptr(lists.get_codes(int(lst)), size * lists.code_size)
-                    refs = torch.from_numpy(codes.view(dtype).reshape(size, d)).float()
-                    sims = xq[bounds[lst]:bounds[lst + 1]] @ refs.T
-                    if size > k:
-                        sims = torch.topk(sims, k, dim=1, sorted=False).values
-                    cand[bounds[lst]:bounds[lst + 1], :size] = sims
+            for lst in to_scan:
+                size = int(sizes[lst])
+                codes = faiss.rev_swig_ptr(lists.get_codes(int(lst)), size * lists.code_size)
+                refs = torch.from_numpy(codes.view(dtype).reshape(size, d)).float()
+                sims = xq[bounds[lst]:bounds[lst + 1]] @ refs.T
+                if size > k:
+                    sims = torch.topk(sims, k, dim=1, sorted=False).values
+                cand[bounds[lst]:bounds[lst + 1], :size] = sims
 
         work = np.diff(bounds) * sizes                              # pairs x references
         to_scan = np.flatnonzero(work)
         to_scan = to_scan[np.argsort(-work[to_scan], kind="stable")]  # largest first
         # The per-list products are small: MKL's threads would meet at a barrier after each one,
         # which costs a scheduler time slice whenever another process holds a core (measured
-        # 6x slower with one busy process on 2 cores). So each of ``workers`` threads scans
-        # every workers-th list with single-threaded torch ops (torch releases the GIL).
-        # torch's thread count is process-wide: the lock keeps two concurrent fits (threads of
-        # one process) from restoring each other's setting in the wrong order.
-        with _TORCH_THREADS_LOCK:
-            workers = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                with ThreadPoolExecutor(workers) as pool:
-                    list(pool.map(scan, [to_scan[i::workers] for i in range(workers)]))
-            finally:
-                torch.set_num_threads(workers)
+        # 6x slower with one busy process on 2 cores). So each of ``workers`` one-thread
+        # workers scans every workers-th list.
+        workers = torch.get_num_threads()
+        one_thread_workers(lambda w: scan(to_scan[w::workers]), workers)
         with torch.inference_mode():
             by_row = torch.empty_like(cand)
             by_row[torch.from_numpy(order)] = cand
