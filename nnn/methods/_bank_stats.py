@@ -164,3 +164,18 @@ def bank_stats(bank: np.ndarray, gallery: torch.Tensor, *, betas: Sequence[float
     return BankStats(dict(zip(betas, log_norm.cpu().numpy())), activation.cpu().numpy(),
                      n_b)
 
+
+
+def gate_groups(key: torch.Tensor | None) -> list[tuple[int, slice | torch.Tensor]]:
+    """Rows of a query block grouped by their gate key (``_gate_key`` of QBNorm / DBNorm):
+    [(key value, rows)], rows a ``slice`` where the group is contiguous (no copies: the tuner
+    sorts its blocks by key) and a LongTensor of row ids otherwise; ``key`` None (no gates):
+    one group, key 0, all rows."""
+    if key is None:
+        return [(0, slice(None))]
+    groups = []
+    for value in torch.unique(key).tolist():
+        rows = torch.nonzero(key == value).squeeze(1)
+        first, last = int(rows[0]), int(rows[-1])
+        groups.append((value, slice(first, last + 1) if last - first + 1 == len(rows) else rows))
+    return groups
