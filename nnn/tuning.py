@@ -61,6 +61,7 @@ from tqdm.auto import tqdm
 from nnn._arrays import check_grid, check_non_negative, check_positive_int
 from nnn.data.base import EmbeddingSet
 from nnn.methods import CSLS, DN, NNN, DBNorm, Identity, QBNorm, method_class
+from nnn.methods._bank_stats import one_thread_workers
 from nnn.metrics import relevant_block
 from nnn.task import RetrievalTask
 
@@ -212,7 +213,9 @@ def _beta_search(method: str, task: RetrievalTask, points: list[dict], method_kw
     gate) are computed once, by ``Identity`` on the same gallery, and every point scores the
     block from them (``_score_sims``, the method's own scoring after its matrix product, into
     one reused buffer, with the block's gate groups and sign-log terms shared by all points:
-    ``_sims_context``), so the scores equal those of fresh fits bit for bit. The block's rows
+    ``_sims_context``), so the scores equal those of fresh fits bit for bit. On the CPU the
+    points are dealt to ``torch.get_num_threads()`` one-thread workers (point i to worker
+    i mod w: ``one_thread_workers``; hit counts do not depend on it). The block's rows
     are sorted by gate key first, so that each gate group is a slice (row order changes no
     hit). A hit is counted as ``first_relevant_rank`` == 1 defines it, without the rank:
     the best relevant score is above every non-relevant one (``_count_hits``).
@@ -229,6 +232,7 @@ def _beta_search(method: str, task: RetrievalTask, points: list[dict], method_kw
         models = [fitted.with_params(**p) if any(p.values()) else None for p in points]
     n_q, n_g = len(task.queries), len(task.gallery)
     hits = np.zeros(len(points), dtype=np.int64)
+    workers = min(torch.get_num_threads(), len(points)) if identity.device_.type == "cpu" else 1
     starts = range(0, n_q, check_positive_int(batch_size, "batch_size"))
     for start in tqdm(starts, desc=f"tune {method}", unit="block", leave=False, disable=None):
         stop = min(start + batch_size, n_q)
@@ -243,16 +247,20 @@ def _beta_search(method: str, task: RetrievalTask, points: list[dict], method_kw
             s, top1 = s[order], top1[order]
             rel_rows = torch.argsort(order)[rel_rows]
         context = None if fitted is None else fitted._sims_context(s, top1)
-        buffer = torch.empty_like(s)
-        raw_hits = None
-        for i, m in enumerate(models):
-            if m is None:    # the raw similarity: the same hits at every all-zero point
-                if raw_hits is None:
-                    raw_hits = _count_hits(buffer.copy_(s), rel_rows, rel_cols)
-                hits[i] += raw_hits
-            else:
-                scores = m._score_sims(s, top1, out=buffer, context=context)
-                hits[i] += _count_hits(scores, rel_rows, rel_cols)
+        raw_hits = _count_hits(s.clone(), rel_rows, rel_cols)   # every all-zero point
+
+        def score(worker: int, s=s, top1=top1, context=context, rel=(rel_rows, rel_cols)):
+            buffer, out = torch.empty_like(s), {}
+            for i in range(worker, len(models), workers):
+                if models[i] is not None:
+                    scores = models[i]._score_sims(s, top1, out=buffer, context=context)
+                    out[i] = _count_hits(scores, *rel)
+            return out
+
+        for part in one_thread_workers(score, workers):
+            for i, h in part.items():
+                hits[i] += h
+        hits[[i for i, m in enumerate(models) if m is None]] += raw_hits
     return [{**p, "R@1": 100.0 * h / n_q} for p, h in zip(points, hits)]
 
 

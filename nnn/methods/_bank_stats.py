@@ -52,9 +52,10 @@ Two things keep it exact enough for any beta:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -63,6 +64,7 @@ from tqdm.auto import tqdm
 from nnn._arrays import as_tensor, check_non_negative
 
 _BYTES_PER_VALUE = 4  # float32
+T = TypeVar("T")
 #: the (c, n_g) float32 buffers of a chunk: similarities, and one beta's shifted exponent
 _SCORE_BUFFERS = 2
 #: CPU chunks hold at most this many similarities (8 MiB a buffer), so that the passes over a
@@ -132,6 +134,32 @@ class BankStats:
         the log-normaliser without its r-independent constant, ready for a float32 cast
         (module docstring, "Small betas")."""
         return self.log_norm(beta, name) - math.log(self.n_rows)
+
+
+def one_thread_workers(task: Callable[[int], T], workers: int) -> list[T]:
+    """``[task(w) for w in range(workers)]``, each call in inference mode on its own thread
+    with one torch thread (``workers`` <= 1: here, with the caller's threads).
+
+    Independent one-thread workers instead of torch's own threads on each operation: a
+    two-thread pass over a cache-sized block costs more in its start and join than in its work
+    when another job holds one of the cores (a 40k-row bank pass took 20 s instead of 2.5 s on
+    a shared 2-core machine; the tuning grid's small blocks, 50x). The caller's thread count is
+    restored afterwards (torch also records it for threads it starts later)."""
+    if workers <= 1:
+        with torch.inference_mode():
+            return [task(0)]
+    threads = torch.get_num_threads()
+
+    def run(worker: int) -> T:
+        torch.set_num_threads(1)            # this pool thread only
+        with torch.inference_mode():
+            return task(worker)
+
+    try:
+        with ThreadPoolExecutor(workers) as pool:
+            return list(pool.map(run, range(workers)))
+    finally:
+        torch.set_num_threads(threads)
 
 
 class _Stream:
@@ -208,30 +236,20 @@ def bank_stats(bank: np.ndarray, gallery: torch.Tensor, *, betas: Sequence[float
                disable=not progress or n_b * n_g < _PROGRESS_MIN_SCORES)
 
     def run(worker: int) -> _Stream:
-        if workers > 1:
-            torch.set_num_threads(1)          # this pool thread only
         stream = _Stream(gallery, betas, step, activation_k)
-        with torch.inference_mode():
-            for start in starts[worker::workers]:
-                stream.add(as_tensor(bank[start:start + step]).to(dev))
-                bar.update()
+        for start in starts[worker::workers]:
+            stream.add(as_tensor(bank[start:start + step]).to(dev))
+            bar.update()
         return stream
 
-    if workers == 1:
-        parts = [run(0)]
-    else:
-        threads = torch.get_num_threads()
-        try:
-            with ThreadPoolExecutor(workers) as pool:
-                parts = list(pool.map(run, range(workers)))
-        finally:   # torch also records a thread count for threads it starts later: restore it
-            torch.set_num_threads(threads)
+    parts = one_thread_workers(run, workers)
     bar.close()
     log_norm, hits = parts[0].log_norm, parts[0].hits
-    for part in parts[1:]:
-        for i in range(len(betas)):   # row by row: each beta's row sees the same operations
-            log_norm[i] = torch.logaddexp(log_norm[i], part.log_norm[i])
-        hits = torch.maximum(hits, part.hits)
+    with torch.inference_mode():
+        for part in parts[1:]:
+            for i in range(len(betas)):   # row by row: each beta's row sees the same operations
+                log_norm[i] = torch.logaddexp(log_norm[i], part.log_norm[i])
+            hits = torch.maximum(hits, part.hits)
     bad = [b for b, row in zip(betas, log_norm) if not torch.isfinite(row.float()).all()]
     if bad:
         raise ValueError(f"beta {bad} overflows float32 (beta * similarity must stay below "

@@ -187,10 +187,21 @@ class DBNorm(RetrievalMethod):
         return key
 
     def _sims_context(self, s: torch.Tensor, top1: torch.Tensor) -> dict:
-        """What every (beta_query, beta_gallery)'s scores of one block share: the rows of each
-        gate key and (filled when first needed) their sign-log terms; a ``with_params`` copy
-        may reuse it (``nnn.tuning`` scores a block at every grid point from one)."""
-        return {"groups": gate_groups(self._gate_key(top1)), "rows": {}, "log": {}}
+        """What every (beta_query, beta_gallery)'s scores of one block share, read-only once
+        made (``nnn.tuning`` scores a block at every grid point from one, on several threads):
+        ``groups``, the rows of each gate key; ``rows``, key -> the rows of a group that is not
+        a slice (copied once); ``log``, (key, n_off) -> ``n_off log|s|`` and ``sign(s)^n_off``
+        of a group's rows for every n_off its gated-off fitted factors allow (raw gate)."""
+        context = {"groups": gate_groups(self._gate_key(top1)), "rows": {}, "log": {}}
+        fitted = [i for i, a in enumerate(self._bank_activations) if a is not None]
+        for key, rows in context["groups"]:
+            sub = s[rows]
+            if not isinstance(rows, slice):
+                context["rows"][key] = sub
+            if self.dynamic and self.gate == "raw":
+                for n_off in range(1, sum(not key >> i & 1 for i in fitted) + 1):
+                    context["log"][key, n_off] = self._sign_log_terms(sub, n_off)
+        return context
 
     def _score_sims(self, s: torch.Tensor, top1: torch.Tensor, out: torch.Tensor | None = None,
                     context: dict | None = None) -> torch.Tensor:
@@ -210,8 +221,6 @@ class DBNorm(RetrievalMethod):
             if contiguous:
                 sub, dst = s[rows], out[rows]
             else:   # the group's rows, copied once per block
-                if key not in context["rows"]:
-                    context["rows"][key] = s[rows]
                 sub = context["rows"][key]
                 dst = torch.empty_like(sub)
             n_off = self._n_off[pattern]
@@ -219,23 +228,24 @@ class DBNorm(RetrievalMethod):
                 torch.mul(sub, beta, out=dst).sub_(self._lm_table[pattern])
             else:
                 torch.mul(sub, self._beta_on[pattern], out=dst).sub_(self._lm_table[pattern])
-                self._sign_log(dst, sub, n_off, context["log"], key)
+                self._sign_log(dst, context["log"][key, n_off])
             if not contiguous:
                 out[rows] = dst
         return out
 
     @staticmethod
-    def _sign_log(x: torch.Tensor, s: torch.Tensor, n_off: int, cache: dict, key: int) -> None:
-        """Rows with ``n_off`` > 0 gated-off factors, in place: ``x`` (rows, n_g), the summed
-        normalised factors, becomes the sign-log score of P = s^n_off exp(x) (class
-        docstring). |s| is clamped to the smallest normal float32 so that log stays finite,
-        and s = 0 still scores 0 through its sign; ``n_off log|s|`` and ``sign(s)^n_off``
-        depend on the rows only, so ``cache`` keeps them per (key, n_off) for a block."""
-        if (key, n_off) not in cache:
-            log_abs = s.abs().clamp_min(torch.finfo(s.dtype).tiny).log()
-            sign = s.sign()
-            cache[key, n_off] = ((log_abs, sign) if n_off == 1 else   # n_off in {1, 2}
-                                 (log_abs.mul_(n_off), sign.mul_(sign)))
-        log_abs, sign = cache[key, n_off]
+    def _sign_log_terms(s: torch.Tensor, n_off: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n_off log|s|`` and ``sign(s)^n_off`` (n_off in {1, 2}) of rows ``s``: |s| is
+        clamped to the smallest normal float32 so that log stays finite, and s = 0 still
+        scores 0 through its sign."""
+        log_abs, sign = s.abs().clamp_min(torch.finfo(s.dtype).tiny).log(), s.sign()
+        return (log_abs, sign) if n_off == 1 else (log_abs.mul_(n_off), sign.mul_(sign))
+
+    @staticmethod
+    def _sign_log(x: torch.Tensor, terms: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Rows with gated-off factors, in place: ``x`` (rows, n_g), the summed normalised
+        factors, becomes the sign-log score of P = s^n_off exp(x) (class docstring), from
+        those rows' ``_sign_log_terms``."""
+        log_abs, sign = terms
         x.add_(log_abs)                                   # L = n_off log|s| + x
         x.sub_(x.amin(dim=1, keepdim=True)).add_(1).mul_(sign)
