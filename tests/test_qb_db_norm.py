@@ -184,6 +184,22 @@ def test_bank_stats_cpu_chunks_and_workers_match_float64(data, workers, monkeypa
         np.testing.assert_array_equal(alone[beta].log_norm(beta), stats.log_norm(beta))
 
 
+def test_series_terms_bound_the_truncation():
+    """Small-beta chunks sum exp's series to K terms: K is the smallest with x^K / (K+1)! <=
+    2^-26, and the series so cut is within x 2^-26 of exp - 1 on [-x, 0] (float64 check)."""
+    import math
+
+    from nnn.methods._bank_stats import _series_terms
+
+    for x in (1e-6, 0.001, 0.03, 0.1, 0.5, 0.9, 1.0):
+        k = _series_terms(x)
+        assert x**k / math.factorial(k + 1) <= 2.0**-26
+        assert k == 1 or x ** (k - 1) / math.factorial(k) > 2.0**-26
+        y = -np.linspace(0, x, 101)
+        cut = sum(y**j / math.factorial(j) for j in range(1, k + 1))
+        assert np.abs(cut - np.expm1(y)).max() <= x * 2.0**-26
+
+
 def test_activation_counts_ties_with_the_kth():
     """A bank row equally similar to two gallery items (s = 1/sqrt(2) exactly, both) puts
     both in the activation set, at k = 1; at k = 2 the tie for second place counts too."""
