@@ -27,8 +27,9 @@ every operation on a beta's values is the same whatever the other betas are).
 
 Cost: one matrix product per chunk and, per chunk, about three passes for the statistics shared
 by all betas (row maxima, the activation pass, column maxima; a fourth, the column minima, only
-when some beta is small enough for the expm1 branch below) and three per beta (multiply, exp,
-sum); ``benchmarks/bench_bank_memory.py`` measures it against the bare matrix products.
+when some beta is small enough for the series branch below) and three per beta (multiply, exp,
+sum), except that the small betas share 2K passes (power sums, K <= 11);
+``benchmarks/bench_bank_memory.py`` measures it against the bare matrix products.
 
 Small betas (precision). At beta -> 0, log_norm(r) -> log n_b + beta * mean_b s(b, r): a large
 constant (log 118,350 = 11.7) plus a signal that shrinks with beta, and only the signal ranks.

@@ -39,7 +39,8 @@ class DBNorm(RetrievalMethod):
 
     DualDIS (``dynamic=True``) gates each factor on its own: factor x is normalised for a query
     only if the query's top-1 gallery item (raw s) lies in bank x's activation set A_x (gallery
-    items in the top-``activation_k`` of some row of bank x). A gated-off factor is, by ``gate``:
+    items in the top-``activation_k`` of some row of bank x, ties with its k-th included). A
+    gated-off factor is, by ``gate``:
 
     - ``"raw"`` (default; the paper and the DBNorm reference): the raw similarity s(q, r), as
       DIS keeps s(q, r). The row then ranks by the product of its factors,

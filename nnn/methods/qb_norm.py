@@ -25,10 +25,10 @@ class QBNorm(RetrievalMethod):
     (the constant log n_b is removed before the float32 cast so that small betas stay exact:
     ``BankStats.log_mean``). With ``dynamic=True`` (dynamic inverted softmax, DIS, as the paper
     defines it) only queries whose top-1 gallery item by raw s lies in the activation set
-    (gallery items in the top-``activation_k`` of some bank query) are normalised; the other
-    rows keep the raw similarity s(q, r) (the same rule as ``DBNorm(gate="raw")`` with
-    ``beta_gallery=0``). Rows can thus be on different scales; ranking is per query, so this is
-    harmless, but do not compare scores across queries.
+    (gallery items in the top-``activation_k`` of some bank query, ties with its k-th included)
+    are normalised; the other rows keep the raw similarity s(q, r) (the same rule as
+    ``DBNorm(gate="raw")`` with ``beta_gallery=0``). Rows can thus be on different scales;
+    ranking is per query, so this is harmless, but do not compare scores across queries.
 
     The bank is streamed once, in chunks sized by ``memory_budget_mb`` (MiB of per-chunk
     temporaries); the bank x gallery matrix is never built. That pass also computes the
