@@ -77,10 +77,10 @@ _BYTES_PER_VALUE = 4  # float32
 T = TypeVar("T")
 #: the (c, n_g) float32 buffers of a chunk: similarities, and one beta's shifted exponent
 _SCORE_BUFFERS = 2
-#: CPU chunks hold at most this many similarities (8 MiB a buffer), so that the passes over a
+#: CPU chunks hold at most this many similarities (4 MiB a buffer), so that the passes over a
 #: chunk after its matrix product read it from cache, not memory (several times faster at COCO
 #: scale), but at least this many rows, for an efficient matrix product
-_CPU_CHUNK_SCORES = 2**21
+_CPU_CHUNK_SCORES = 2**20
 _CPU_MIN_ROWS = 256
 #: bank x gallery sizes below this finish in about a second: no progress bar for them.
 _PROGRESS_MIN_SCORES = 10**8
