@@ -266,7 +266,7 @@ def test_db_norm_one_pass_grid_equals_fresh_fits(sets, direction, dynamic, gate,
     tuning, refs = sets
     stages = [((0.0, 0.5, 20.0), (0.0, 0.5, 20.0)), ((0.0, 2.0, 100.0), (0.0, 30.0))]
     res = tune_db_norm(tuning, refs, direction, stages=stages, dynamic=dynamic, gate=gate,
-                       progress=False, batch_size=29)   # 74 captions: blocks of 29, 29, 16
+                       progress=False, batch_size=29)   # blocks of 29 queries: 29, 29, 16 / 29, 8
     task = RetrievalTask.from_sets(tuning, refs, direction)
     # one pass per bank, each for all the betas > 0 of its axis
     assert bank_passes == [(len(task.query_bank), (0.5, 2.0, 20.0, 100.0)),
@@ -274,7 +274,7 @@ def test_db_norm_one_pass_grid_equals_fresh_fits(sets, direction, dynamic, gate,
     assert len(res.grid) == 3 * 3 + 3 * 2 - 1                          # (0, 0) shared
     fresh = [task.recall_at_1(task.fit(T.make_estimator(
         "db_norm", {k: p[k] for k in ("beta_query", "beta_gallery")}, dynamic=dynamic,
-        gate=gate, progress=False))) for p in res.grid]
+        gate=gate, progress=False)), batch_size=29) for p in res.grid]   # the same products
     np.testing.assert_allclose([p["R@1"] for p in res.grid], fresh, rtol=0, atol=1e-5)
     best = res.grid[int(np.argmax(fresh))]
     assert res.best == {"beta_query": best["beta_query"], "beta_gallery": best["beta_gallery"]}
