@@ -1,4 +1,5 @@
-"""Peak extra memory and time of QBNorm / DBNorm ``fit`` at COCO scale (not a timed test).
+"""Peak extra memory and time of QBNorm / DBNorm ``fit`` at COCO scale, against the GEMM floor
+(not a timed test).
 
 Default sizes: query bank 591,753 x 512 (all COCO train captions), gallery 5,000 x 512 (COCO 5k
 test images), gallery bank 118,287 x 512 (COCO train images, DBNorm only). The dense
@@ -10,10 +11,19 @@ baseline and ``fit`` runs while a thread samples RSS every 2 ms. Reported: sampl
 and the kernel's high-water mark (ru_maxrss) after fit - baseline, which also sees spikes shorter
 than the sampling interval. RSS counts torch and NumPy allocations alike (tracemalloc sees only
 NumPy's). Afterwards ``log_norm_query_`` is checked against a float64 log-sum-exp reference on
-the first ``--check-cols`` gallery items.
+the first ``--check-cols`` gallery items, and the *GEMM floor* is timed: the bare float32
+products bank @ gallery.T of the fit (each bank, in blocks of ``--gemm-rows`` rows into one
+reused buffer, same threads), the part of a fit no implementation can skip; ``fit_over_gemm``
+= fit_s / gemm_floor_s (target <= 1.5), ``fit_over_gemm_cpu`` the same with process CPU seconds
+(less sensitive to other jobs on the machine).
+
+``--baseline-path DIR`` also runs every measurement with ``PYTHONPATH=DIR`` (another checkout,
+e.g. the code before a change), alternating with this one round by round (``--rounds``), so
+that load from other jobs hits both alike; each line says which (``code``).
 
     .venv/bin/python benchmarks/bench_bank_memory.py                 # full COCO scale
     .venv/bin/python benchmarks/bench_bank_memory.py --bank 50000    # quick run
+    .venv/bin/python benchmarks/bench_bank_memory.py --baseline-path /tmp/before --rounds 2
 """
 
 from __future__ import annotations
@@ -21,13 +31,12 @@ from __future__ import annotations
 import argparse
 import json
 import resource
-import subprocess
-import sys
 import threading
 import time
 
 import numpy as np
 import psutil
+from _checkouts import add_arguments, checkouts, run_json
 
 MiB = 2**20
 
@@ -103,9 +112,9 @@ def worker(args) -> dict:
     hwm_before = max_rss_bytes()
     sampler = RssSampler()
     sampler.start()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     model.fit(gallery, **banks)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
     peak_sampled = sampler.stop()
     hwm_after = max_rss_bytes()
 
@@ -113,7 +122,7 @@ def worker(args) -> dict:
         "method": args.method, "bank": args.bank, "gallery": args.gallery, "dim": args.dim,
         "gallery_bank": args.gallery_bank if args.method == "dbnorm" else None,
         "beta": args.beta, "memory_budget_mb": args.memory_budget_mb, "threads": args.threads,
-        "fit_s": round(seconds, 2),
+        "fit_s": round(seconds, 2), "fit_cpu_s": round(cpu, 2),
         "inputs_mib": round(sum(x.nbytes for x in (gallery, *banks.values())) / MiB, 1),
         "baseline_rss_mib": round(baseline / MiB, 1),
         "hwm_slack_before_fit_mib": round((hwm_before - baseline) / MiB, 1),
@@ -126,7 +135,27 @@ def worker(args) -> dict:
         result["check_cols"] = cols
         err = np.abs(model.log_norm_query_[:cols] - ref).max()
         result["max_abs_err_log_norm_query"] = float(err)
+    floor, floor_cpu = gemm_seconds(list(banks.values()), gallery, args.gemm_rows)
+    result.update(gemm_floor_s=round(floor, 2), gemm_floor_cpu_s=round(floor_cpu, 2),
+                  fit_over_gemm=round(seconds / floor, 2),
+                  fit_over_gemm_cpu=round(cpu / floor_cpu, 2))
     return result
+
+
+def gemm_seconds(banks: list[np.ndarray], gallery: np.ndarray, rows: int) -> tuple[float, float]:
+    """Wall and process CPU seconds of the bare float32 products bank @ gallery.T, ``rows`` bank
+    rows at a time into one reused buffer (the matrix products a fit cannot avoid)."""
+    import torch
+
+    g = torch.from_numpy(gallery)
+    out = torch.empty((rows, len(gallery)), dtype=torch.float32)
+    t0, c0 = time.perf_counter(), time.process_time()
+    with torch.inference_mode():
+        for bank in banks:
+            for start in range(0, len(bank), rows):
+                block = torch.from_numpy(bank[start:start + rows])
+                torch.mm(block, g.T, out=out[:len(block)])
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def main():
@@ -142,17 +171,20 @@ def main():
                    help="gallery items checked against a float64 reference (0: skip)")
     p.add_argument("--methods", nargs="+", default=["qbnorm", "dbnorm"],
                    choices=["qbnorm", "dbnorm"])
+    p.add_argument("--gemm-rows", type=int, default=8192,
+                   help="bank rows per product when timing the GEMM floor")
+    add_arguments(p)
     p.add_argument("--method", help=argparse.SUPPRESS)  # set for the worker subprocess
     args = p.parse_args()
 
     if args.method:
         print(json.dumps(worker(args)))
         return
-    for method in args.methods:
-        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--method", method],
-                             check=True, capture_output=True, text=True).stdout
-        print(out.strip().splitlines()[-1], flush=True)
-
+    for _ in range(args.rounds):
+        for method in args.methods:
+            for code, path in checkouts(args):
+                line = run_json(__file__, ["--method", method], path)
+                print(json.dumps({"code": code, **line}), flush=True)
 
 if __name__ == "__main__":
     main()

@@ -61,7 +61,8 @@ from tqdm.auto import tqdm
 from nnn._arrays import check_grid, check_non_negative, check_positive_int
 from nnn.data.base import EmbeddingSet
 from nnn.methods import CSLS, DN, NNN, DBNorm, Identity, QBNorm, method_class
-from nnn.metrics import first_relevant_rank, relevant_block
+from nnn.methods._bank_stats import one_thread_workers
+from nnn.metrics import relevant_block
 from nnn.task import RetrievalTask
 
 log = logging.getLogger(__name__)
@@ -210,14 +211,20 @@ def _beta_search(method: str, task: RetrievalTask, points: list[dict], method_kw
     point is a ``with_params`` copy (all-zero points: the raw similarity, ``Identity``). The raw
     similarities of a block of ``batch_size`` tuning queries (and each query's top-1, the DIS
     gate) are computed once, by ``Identity`` on the same gallery, and every point scores the
-    block from them (``_score_sims``, the method's own scoring after its matrix product), so the
-    ranks equal those of ``task.ranks`` on fresh fits with the same ``batch_size``.
+    block from them (``_score_sims``, the method's own scoring after its matrix product, into
+    one reused buffer, with the block's gate groups and sign-log terms shared by all points:
+    ``_sims_context``), so the scores equal those of fresh fits bit for bit. On the CPU the
+    points are dealt to ``torch.get_num_threads()`` one-thread workers (point i to worker
+    i mod w: ``one_thread_workers``; hit counts do not depend on it). The block's rows
+    are sorted by gate key first, so that each gate group is a slice (row order changes no
+    hit). A hit is counted as ``first_relevant_rank`` == 1 defines it, without the rank:
+    the best relevant score is above every non-relevant one (``_count_hits``).
     """
     first = next((p for p in points if any(p.values())), None)
     cls = method_class(method)
     identity = task.fit(make_estimator(method, {k: 0.0 for k in cls.tuned_params},
                                        **method_kwargs))
-    models = [None] * len(points)
+    models, fitted = [None] * len(points), None
     if first is not None:
         grids = {grid: sorted({p[name] for p in points if p[name] > 0})
                  for name, grid in cls.fit_grid_params.items()}
@@ -225,17 +232,47 @@ def _beta_search(method: str, task: RetrievalTask, points: list[dict], method_kw
         models = [fitted.with_params(**p) if any(p.values()) else None for p in points]
     n_q, n_g = len(task.queries), len(task.gallery)
     hits = np.zeros(len(points), dtype=np.int64)
+    workers = min(torch.get_num_threads(), len(points)) if identity.device_.type == "cpu" else 1
     starts = range(0, n_q, check_positive_int(batch_size, "batch_size"))
     for start in tqdm(starts, desc=f"tune {method}", unit="block", leave=False, disable=None):
         stop = min(start + batch_size, n_q)
-        sims = identity.score(task.queries[start:stop])            # (b, n_g) float32
-        relevant = relevant_block(task.direction, task.caption_to_image, start, stop, n_g)
-        s = torch.from_numpy(sims).to(identity.device_)
+        s = torch.from_numpy(identity.score(task.queries[start:stop])).to(identity.device_)
+        rel_rows, rel_cols = np.nonzero(relevant_block(task.direction, task.caption_to_image,
+                                                       start, stop, n_g))
+        rel_rows, rel_cols = (torch.from_numpy(x).to(s.device) for x in (rel_rows, rel_cols))
         top1 = s.argmax(dim=1)
-        for i, m in enumerate(models):
-            scores = sims if m is None else m._score_sims(s, top1).cpu().numpy()
-            hits[i] += int((first_relevant_rank(scores, relevant) == 1).sum())
+        key = None if fitted is None else fitted._gate_key(top1)
+        if key is not None:   # rows sorted by gate key: each gate group is a slice
+            order = torch.argsort(key, stable=True)
+            s, top1 = s[order], top1[order]
+            rel_rows = torch.argsort(order)[rel_rows]
+        context = None if fitted is None else fitted._sims_context(s, top1)
+        raw_hits = _count_hits(s.clone(), rel_rows, rel_cols)   # every all-zero point
+
+        def score(worker: int, s=s, top1=top1, context=context, rel=(rel_rows, rel_cols)):
+            buffer, out = torch.empty_like(s), {}
+            for i in range(worker, len(models), workers):
+                if models[i] is not None:
+                    scores = models[i]._score_sims(s, top1, out=buffer, context=context)
+                    out[i] = _count_hits(scores, *rel)
+            return out
+
+        for part in one_thread_workers(score, workers):
+            for i, h in part.items():
+                hits[i] += h
+        hits[[i for i, m in enumerate(models) if m is None]] += raw_hits
     return [{**p, "R@1": 100.0 * h / n_q} for p, h in zip(points, hits)]
+
+
+def _count_hits(scores: torch.Tensor, rel_rows: torch.Tensor, rel_cols: torch.Tensor) -> int:
+    """How many rows of ``scores`` (b, n_g) have rank 1 as ``nnn.metrics.first_relevant_rank``
+    defines it: a relevant item (the pairs ``rel_rows``, ``rel_cols``; every row has one) scores
+    strictly above every non-relevant one (ties count against the query). ``scores`` is
+    overwritten (relevant entries set to -inf)."""
+    best = torch.full((len(scores),), -math.inf, dtype=scores.dtype, device=scores.device)
+    best.scatter_reduce_(0, rel_rows, scores[rel_rows, rel_cols], "amax")
+    scores[rel_rows, rel_cols] = -math.inf
+    return int((best > scores.amax(dim=1)).sum())
 
 
 # -- tuners ------------------------------------------------------------------------------------

@@ -156,6 +156,61 @@ def test_bank_stats_bad_betas(data):
         stats.log_norm(2.0)
 
 
+@pytest.mark.parametrize("workers", [1, 2, 3])
+def test_bank_stats_cpu_chunks_and_workers_match_float64(data, workers, monkeypatch):
+    """CPU chunks capped below the memory budget (cache-sized) and dealt to 1-3 one-thread
+    workers: the same float64 references at betas 0.001 ... 400, the same activation set, the
+    caller's thread count restored, and each beta's value still that of a one-beta pass."""
+    import nnn.methods._bank_stats as bs
+
+    g, qb, _, _ = data
+    monkeypatch.setattr(bs, "_CPU_CHUNK_SCORES", 5 * N_G)     # 5-row chunks: 43 of them
+    monkeypatch.setattr(bs, "_CPU_MIN_ROWS", 1)
+    betas = (0.001, 0.02, 0.5, 3.0, 20.0, 100.0, 400.0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(workers)
+    try:
+        stats = bank_stats(qb, torch.from_numpy(g), betas=betas, activation_k=2,
+                           memory_budget_mb=64, progress=False)
+        assert torch.get_num_threads() == workers
+        alone = {b: bank_stats(qb, torch.from_numpy(g), betas=[b], activation_k=2,
+                               memory_budget_mb=64, progress=False) for b in betas}
+    finally:
+        torch.set_num_threads(threads)
+    np.testing.assert_array_equal(stats.activation, activation_ref(qb, g, 2))
+    for beta in betas:
+        np.testing.assert_allclose(stats.log_norm(beta), logsumexp(beta * sim(qb, g), axis=0),
+                                   rtol=0, atol=1e-6 + beta * dot_atol(D))
+        np.testing.assert_array_equal(alone[beta].log_norm(beta), stats.log_norm(beta))
+
+
+def test_series_terms_bound_the_truncation():
+    """Small-beta chunks sum exp's series to K terms: K is the smallest with x^K / (K+1)! <=
+    2^-26, and the series so cut is within x 2^-26 of exp - 1 on [-x, 0] (float64 check)."""
+    import math
+
+    from nnn.methods._bank_stats import _series_terms
+
+    for x in (1e-6, 0.001, 0.03, 0.1, 0.5, 0.9, 1.0):
+        k = _series_terms(x)
+        assert x**k / math.factorial(k + 1) <= 2.0**-26
+        assert k == 1 or x ** (k - 1) / math.factorial(k) > 2.0**-26
+        y = -np.linspace(0, x, 101)
+        cut = sum(y**j / math.factorial(j) for j in range(1, k + 1))
+        assert np.abs(cut - np.expm1(y)).max() <= x * 2.0**-26
+
+
+def test_activation_counts_ties_with_the_kth():
+    """A bank row equally similar to two gallery items (s = 1/sqrt(2) exactly, both) puts
+    both in the activation set, at k = 1; at k = 2 the tie for second place counts too."""
+    g = np.eye(4, dtype=np.float32)
+    bank = np.array([[0.5, 0.5, 0.0, 0.0], [0.6, 0.0, 0.3, 0.3]], dtype=np.float32)
+    act = [bank_stats(bank, torch.from_numpy(g), betas=[1.0], activation_k=k,
+                      memory_budget_mb=1, progress=False).activation for k in (1, 2)]
+    np.testing.assert_array_equal(act[0], [True, True, False, False])
+    np.testing.assert_array_equal(act[1], [True, True, True, True])
+
+
 @pytest.mark.parametrize("dynamic", [False, True])
 def test_qbnorm_with_params_equals_fresh_fit_without_a_pass(data, dynamic):
     g, qb, _, q = data

@@ -261,12 +261,13 @@ def test_qb_norm_one_pass_grid_equals_fresh_fits(sets, direction, dynamic, bank_
     assert len(set(fresh)) > 1
 
 
-@pytest.mark.parametrize("dynamic", [False, True])
+@pytest.mark.parametrize("dynamic, gate", [(False, "raw"), (True, "raw"), (True, "exp")])
 @pytest.mark.parametrize("direction", ["t2i", "i2t"])
-def test_db_norm_one_pass_grid_equals_fresh_fits(sets, direction, dynamic, bank_passes):
+def test_db_norm_one_pass_grid_equals_fresh_fits(sets, direction, dynamic, gate, bank_passes):
     tuning, refs = sets
     stages = [((0.0, 0.5, 20.0), (0.0, 0.5, 20.0)), ((0.0, 2.0, 100.0), (0.0, 30.0))]
-    res = tune_db_norm(tuning, refs, direction, stages=stages, dynamic=dynamic, progress=False)
+    res = tune_db_norm(tuning, refs, direction, stages=stages, dynamic=dynamic, gate=gate,
+                       progress=False, batch_size=29)   # blocks of 29 queries: 29, 29, 16 / 29, 8
     task = RetrievalTask.from_sets(tuning, refs, direction)
     # one pass per bank, each for all the betas > 0 of its axis
     assert bank_passes == [(len(task.query_bank), (0.5, 2.0, 20.0, 100.0)),
@@ -274,7 +275,7 @@ def test_db_norm_one_pass_grid_equals_fresh_fits(sets, direction, dynamic, bank_
     assert len(res.grid) == 3 * 3 + 3 * 2 - 1                          # (0, 0) shared
     fresh = [task.recall_at_1(task.fit(T.make_estimator(
         "db_norm", {k: p[k] for k in ("beta_query", "beta_gallery")}, dynamic=dynamic,
-        progress=False))) for p in res.grid]
+        gate=gate, progress=False)), batch_size=29) for p in res.grid]   # the same products
     np.testing.assert_allclose([p["R@1"] for p in res.grid], fresh, rtol=0, atol=1e-5)
     best = res.grid[int(np.argmax(fresh))]
     assert res.best == {"beta_query": best["beta_query"], "beta_gallery": best["beta_gallery"]}
@@ -288,6 +289,27 @@ def test_only_zero_betas_need_no_bank_pass(sets, bank_passes):
     tune_db_norm(tuning, refs, stages=[((0.0,), (0.0,))])
     tune_db_norm(tuning, refs, stages=[((0.0,), (0.0, 4.0))])         # the gallery bank only
     assert bank_passes == [(len(refs.image), (4.0,))]
+
+
+@pytest.mark.parametrize("direction", ["t2i", "i2t"])
+def test_count_hits_is_rank_one_with_ties(direction):
+    """The tuner's hit count equals ``first_relevant_rank == 1`` on scores with many ties
+    (integers in 0..3), relevant items included."""
+    import torch
+
+    from nnn.metrics import first_relevant_rank, relevant_block
+
+    rng = np.random.default_rng(3)
+    n_q, caps = 41, 3
+    c2i = rng.permutation(np.repeat(np.arange(n_q), caps)) if direction == "i2t" else (
+        rng.integers(0, 13, n_q))
+    n_g = len(c2i) if direction == "i2t" else 13
+    for _ in range(20):
+        scores = rng.integers(0, 4, (n_q, n_g)).astype(np.float32)
+        relevant = relevant_block(direction, c2i, 0, n_q, n_g)
+        rows, cols = (torch.from_numpy(x) for x in np.nonzero(relevant))
+        want = int((first_relevant_rank(scores, relevant) == 1).sum())
+        assert T._count_hits(torch.from_numpy(scores.copy()), rows, cols) == want
 
 
 @pytest.mark.parametrize("direction", ["t2i", "i2t"])

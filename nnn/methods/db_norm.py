@@ -10,7 +10,12 @@ import numpy as np
 import torch
 
 from nnn._arrays import as_tensor, check_non_negative, check_positive_int
-from nnn.methods._bank_stats import bank_stats, check_beta_grid, check_memory_budget
+from nnn.methods._bank_stats import (
+    bank_stats,
+    check_beta_grid,
+    check_memory_budget,
+    gate_groups,
+)
 from nnn.methods.base import RetrievalMethod
 from nnn.methods.grids import DB_NORM_STAGES
 
@@ -34,7 +39,8 @@ class DBNorm(RetrievalMethod):
 
     DualDIS (``dynamic=True``) gates each factor on its own: factor x is normalised for a query
     only if the query's top-1 gallery item (raw s) lies in bank x's activation set A_x (gallery
-    items in the top-``activation_k`` of some row of bank x). A gated-off factor is, by ``gate``:
+    items in the top-``activation_k`` of some row of bank x, ties with its k-th included). A
+    gated-off factor is, by ``gate``:
 
     - ``"raw"`` (default; the paper and the DBNorm reference): the raw similarity s(q, r), as
       DIS keeps s(q, r). The row then ranks by the product of its factors,
@@ -119,6 +125,10 @@ class DBNorm(RetrievalMethod):
                 memory_budget_mb=self.memory_budget_mb, desc=f"DBNorm {side} bank",
                 progress=self.progress) if betas else None
             setattr(self, f"{side}_stats_", stats)
+        # every fitted bank's activation set, whatever the current betas: the gate key
+        self._bank_activations = [None if getattr(self, f"{side}_stats_") is None else
+                                  as_tensor(getattr(self, f"{side}_stats_").activation).to(
+                                      self.device_) for side in _SIDES]
         self._set_factors()
 
     def _set_factors(self) -> None:
@@ -126,11 +136,12 @@ class DBNorm(RetrievalMethod):
 
         Scoring tables, indexed by a row's gate pattern p (bit i set: factor i is normalised):
         ``_lm_table`` (2^n, n_g) float32, the sum of the normalised factors' log-means (summed
-        in float64, then cast), ``_beta_on`` (2^n,) their summed betas, ``_n_off`` (2^n,) the
-        number of gated-off factors; n = the number of factors with beta > 0.
+        in float64, then cast), ``_beta_on`` [2^n] their summed betas, ``_n_off`` [2^n] the
+        number of gated-off factors; n = the number of factors with beta > 0, ``_present`` the
+        sides (0 query, 1 gallery) of those factors, in order.
         """
-        log_means, self._activations = [], []
-        for side in _SIDES:
+        log_means, self._present = [], []
+        for i, side in enumerate(_SIDES):
             beta, stats = getattr(self, f"beta_{side}"), getattr(self, f"{side}_stats_")
             log_norm = activation = None
             if beta > 0:
@@ -140,7 +151,7 @@ class DBNorm(RetrievalMethod):
                                      f"beta_{side}_grid")
                 log_norm, activation = stats.log_norm(beta, f"beta_{side}"), stats.activation
                 log_means.append((beta, stats.log_mean(beta, f"beta_{side}")))
-                self._activations.append(as_tensor(activation).to(self.device_))
+                self._present.append(i)
             setattr(self, f"log_norm_{side}_", log_norm)
             setattr(self, f"activation_{side}_", activation)
         patterns = range(2 ** len(log_means))
@@ -148,10 +159,8 @@ class DBNorm(RetrievalMethod):
         self._lm_table = torch.from_numpy(np.stack([
             sum((log_means[i][1] for i in idx), np.zeros(len(self.gallery_))) for idx in on
         ])).float().to(self.device_)
-        self._beta_on = torch.tensor([sum(log_means[i][0] for i in idx) for idx in on],
-                                     dtype=torch.float32, device=self.device_)
-        self._n_off = torch.tensor([len(log_means) - len(idx) for idx in on],
-                                   dtype=torch.float32, device=self.device_)
+        self._beta_on = [sum(log_means[i][0] for i in idx) for idx in on]
+        self._n_off = [len(log_means) - len(idx) for idx in on]
 
     def _set_params(self, params: dict) -> None:
         """``with_params(beta_query=, beta_gallery=)``: other betas (each 0, the fitted one or
@@ -165,28 +174,79 @@ class DBNorm(RetrievalMethod):
         s = q @ self._gallery_t.T
         return self._score_sims(s, s.argmax(dim=1))
 
-    def _score_sims(self, s: torch.Tensor, top1: torch.Tensor) -> torch.Tensor:
+    def _gate_key(self, top1: torch.Tensor) -> torch.Tensor | None:
+        """(b,) long from each query's top-1 gallery id ``top1`` (b,): bit 0 set when it lies
+        in the query bank's activation set, bit 1 in the gallery bank's (each bank that was
+        fitted, whatever the current betas: one key serves every ``with_params`` copy); None
+        without gates (``dynamic=False``)."""
+        if not self.dynamic:
+            return None
+        key = torch.zeros_like(top1)
+        for i, activation in enumerate(self._bank_activations):
+            if activation is not None:
+                key |= activation[top1].long() << i
+        return key
+
+    def _sims_context(self, s: torch.Tensor, top1: torch.Tensor) -> dict:
+        """What every (beta_query, beta_gallery)'s scores of one block share, read-only once
+        made (``nnn.tuning`` scores a block at every grid point from one, on several threads):
+        ``groups``, the rows of each gate key; ``rows``, key -> the rows of a group that is not
+        a slice (copied once); ``log``, (key, n_off) -> ``n_off log|s|`` and ``sign(s)^n_off``
+        of a group's rows for every n_off its gated-off fitted factors allow (raw gate)."""
+        context = {"groups": gate_groups(self._gate_key(top1)), "rows": {}, "log": {}}
+        fitted = [i for i, a in enumerate(self._bank_activations) if a is not None]
+        for key, rows in context["groups"]:
+            sub = s[rows]
+            if not isinstance(rows, slice):
+                context["rows"][key] = sub
+            if self.dynamic and self.gate == "raw":
+                for n_off in range(1, sum(not key >> i & 1 for i in fitted) + 1):
+                    context["log"][key, n_off] = self._sign_log_terms(sub, n_off)
+        return context
+
+    def _score_sims(self, s: torch.Tensor, top1: torch.Tensor, out: torch.Tensor | None = None,
+                    context: dict | None = None) -> torch.Tensor:
         """Scores (b, n_g) from the raw similarities s (b, n_g) of a query block and each
-        query's top-1 gallery id ``top1`` (b,) (the gates); ``s`` is not modified."""
+        query's top-1 gallery id ``top1`` (b,) (the gates); ``s`` is not modified. ``out``: a
+        (b, n_g) float32 buffer to write them into (not ``s``); ``context``: this block's
+        ``_sims_context`` (None: computed here). Each group of rows with one gate pattern is
+        scored with that pattern's (n_g,) log-mean row, broadcast, not gathered per row."""
+        out = torch.empty_like(s) if out is None else out
         beta = self.beta_query + self.beta_gallery
         if not self.dynamic:
-            return beta * s - self._lm_table[-1]       # every factor normalised
-        pattern = torch.zeros_like(top1)
-        for i, activation in enumerate(self._activations):
-            pattern += activation[top1].long() << i
-        if self.gate == "exp":
-            return beta * s - self._lm_table[pattern]
-        x = self._beta_on[pattern][:, None] * s - self._lm_table[pattern]
-        n_off = self._n_off[pattern]
-        rows = torch.nonzero(n_off > 0).squeeze(1)
-        if len(rows) == 0:
-            return x
-        # sign-log domain of P = s^n_off exp(x) on rows with gated-off factors (class docstring);
-        # |s| is clamped to the smallest normal float32 so that log stays finite, and s = 0
-        # still scores 0 through its sign
-        sub, k = s[rows], n_off[rows][:, None]
-        big = k * sub.abs().clamp_min(torch.finfo(s.dtype).tiny).log() + x[rows]
-        sign = sub.sign()
-        sign = torch.where(k > 1, sign * sign, sign)    # sign(s)^n_off, n_off in {1, 2}
-        x[rows] = sign * (big - big.amin(dim=1, keepdim=True) + 1)
-        return x
+            return torch.mul(s, beta, out=out).sub_(self._lm_table[-1])  # every factor normalised
+        context = context or self._sims_context(s, top1)
+        for key, rows in context["groups"]:
+            pattern = sum((key >> side & 1) << i for i, side in enumerate(self._present))
+            contiguous = isinstance(rows, slice)
+            if contiguous:
+                sub, dst = s[rows], out[rows]
+            else:   # the group's rows, copied once per block
+                sub = context["rows"][key]
+                dst = torch.empty_like(sub)
+            n_off = self._n_off[pattern]
+            if self.gate == "exp" or n_off == 0:
+                torch.mul(sub, beta, out=dst).sub_(self._lm_table[pattern])
+            else:
+                torch.mul(sub, self._beta_on[pattern], out=dst).sub_(self._lm_table[pattern])
+                self._sign_log(dst, context["log"][key, n_off])
+            if not contiguous:
+                out[rows] = dst
+        return out
+
+    @staticmethod
+    def _sign_log_terms(s: torch.Tensor, n_off: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n_off log|s|`` and ``sign(s)^n_off`` (n_off in {1, 2}) of rows ``s``: |s| is
+        clamped to the smallest normal float32 so that log stays finite, and s = 0 still
+        scores 0 through its sign."""
+        log_abs, sign = s.abs().clamp_min(torch.finfo(s.dtype).tiny).log(), s.sign()
+        return (log_abs, sign) if n_off == 1 else (log_abs.mul_(n_off), sign.mul_(sign))
+
+    @staticmethod
+    def _sign_log(x: torch.Tensor, terms: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """Rows with gated-off factors, in place: ``x`` (rows, n_g), the summed normalised
+        factors, becomes the sign-log score of P = s^n_off exp(x) (class docstring), from
+        those rows' ``_sign_log_terms``."""
+        log_abs, sign = terms
+        x.add_(log_abs)                                   # L = n_off log|s| + x
+        x.sub_(x.amin(dim=1, keepdim=True)).add_(1).mul_(sign)

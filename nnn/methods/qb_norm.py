@@ -5,7 +5,12 @@ from __future__ import annotations
 import torch
 
 from nnn._arrays import check_non_negative, check_positive_int
-from nnn.methods._bank_stats import bank_stats, check_beta_grid, check_memory_budget
+from nnn.methods._bank_stats import (
+    bank_stats,
+    check_beta_grid,
+    check_memory_budget,
+    gate_groups,
+)
 from nnn.methods.base import RetrievalMethod
 from nnn.methods.grids import QB_NORM_BETA_GRID
 
@@ -20,10 +25,10 @@ class QBNorm(RetrievalMethod):
     (the constant log n_b is removed before the float32 cast so that small betas stay exact:
     ``BankStats.log_mean``). With ``dynamic=True`` (dynamic inverted softmax, DIS, as the paper
     defines it) only queries whose top-1 gallery item by raw s lies in the activation set
-    (gallery items in the top-``activation_k`` of some bank query) are normalised; the other
-    rows keep the raw similarity s(q, r) (the same rule as ``DBNorm(gate="raw")`` with
-    ``beta_gallery=0``). Rows can thus be on different scales; ranking is per query, so this is
-    harmless, but do not compare scores across queries.
+    (gallery items in the top-``activation_k`` of some bank query, ties with its k-th included)
+    are normalised; the other rows keep the raw similarity s(q, r) (the same rule as
+    ``DBNorm(gate="raw")`` with ``beta_gallery=0``). Rows can thus be on different scales;
+    ranking is per query, so this is harmless, but do not compare scores across queries.
 
     The bank is streamed once, in chunks sized by ``memory_budget_mb`` (MiB of per-chunk
     temporaries); the bank x gallery matrix is never built. That pass also computes the
@@ -86,10 +91,33 @@ class QBNorm(RetrievalMethod):
         s = q @ self._gallery_t.T
         return self._score_sims(s, s.argmax(dim=1))
 
-    def _score_sims(self, s: torch.Tensor, top1: torch.Tensor) -> torch.Tensor:
+    def _gate_key(self, top1: torch.Tensor) -> torch.Tensor | None:
+        """(b,) long, 1 where a query's top-1 gallery id ``top1`` (b,) lies in the activation
+        set (the DIS gate is on); None without gates (``dynamic=False``)."""
+        return self._activation_t[top1].long() if self.dynamic else None
+
+    def _sims_context(self, s: torch.Tensor, top1: torch.Tensor) -> dict:
+        """What every beta's scores of one block share (the rows of each gate); a with_params
+        copy may reuse it (``nnn.tuning`` scores a block at every grid point from one)."""
+        return {"groups": gate_groups(self._gate_key(top1))}
+
+    def _score_sims(self, s: torch.Tensor, top1: torch.Tensor, out: torch.Tensor | None = None,
+                    context: dict | None = None) -> torch.Tensor:
         """Scores (b, n_g) from the raw similarities s (b, n_g) of a query block and each
-        query's top-1 gallery id ``top1`` (b,) (the DIS gate); ``s`` is not modified."""
-        normed = self.beta * s - self._log_mean_t
-        if not self.dynamic:
-            return normed
-        return torch.where(self._activation_t[top1][:, None], normed, s)
+        query's top-1 gallery id ``top1`` (b,) (the DIS gate); ``s`` is not modified. ``out``:
+        a (b, n_g) float32 buffer to write them into (not ``s``); ``context``: this block's
+        ``_sims_context`` (None: computed here)."""
+        out = torch.empty_like(s) if out is None else out
+        groups = (context or self._sims_context(s, top1))["groups"]
+        for gated, rows in groups:
+            normed = gated or not self.dynamic
+            if isinstance(rows, slice):
+                dst = out[rows]
+                if normed:
+                    torch.mul(s[rows], self.beta, out=dst).sub_(self._log_mean_t)
+                else:
+                    dst.copy_(s[rows])
+            else:
+                sub = s[rows]
+                out[rows] = torch.mul(sub, self.beta).sub_(self._log_mean_t) if normed else sub
+        return out
