@@ -117,7 +117,7 @@ def _tune(cfg: DictConfig, tuning: EmbeddingSet | None, reference: EmbeddingSet,
         raise ValueError(f"{TUNE_SWITCH}=true needs a tuning part, but reference.tuning_size="
                          f"{cfg.reference.tuning_size}: use reference.tuning_size={TUNING_AUTO} "
                          "(the paper's protocol), 'test' or a number of images")
-    from nnn.hubness_tuning import tune
+    from nnn.tuning import tune
 
     option, keywords = tuner_arguments(cfg)
     out = {}

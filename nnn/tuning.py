@@ -42,6 +42,10 @@ Grids (defaults: each class's ``tuning_grid``, the paper's values in ``nnn.metho
 - DN: one lambda axis (the paper fixes lambda = 0.5; tuning it is our extension).
 - CSLS: one k axis, NNN's k grid (CSLS is not in the paper's tables; tuning k is our extension),
   one fit per k.
+- MP, LS / NICDM, DSL (scikit-hubness's reductions, our extension): one k axis (their class's
+  ``tuning_grid["ks"]``), cut at the smaller of the query bank and the tuning gallery (the k
+  nearest neighbours are taken on both sides), from ONE fit with a top-k table of width
+  max(ks): each k is a ``with_params(k=)`` copy, equal to a fresh fit with that k.
 
 A beta of 0 switches a factor off; all betas 0 is the raw similarity (``Identity``). Ties
 between grid points go to the one evaluated first (grid order), so results are deterministic.
@@ -49,6 +53,7 @@ between grid points go to the one evaluated first (grid order), so results are d
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -59,9 +64,10 @@ import torch
 from tqdm.auto import tqdm
 
 from nnn._arrays import check_grid, check_non_negative, check_positive_int
+from nnn._threads import one_thread_workers
 from nnn.data.base import EmbeddingSet
-from nnn.methods import CSLS, DN, NNN, DBNorm, Identity, QBNorm, method_class
-from nnn.methods._bank_stats import one_thread_workers
+from nnn.methods import (CSLS, DN, NNN, DBNorm, DisSimLocal, Identity, LocalScaling,
+                         MutualProximity, QBNorm, method_class)
 from nnn.metrics import relevant_block
 from nnn.task import RetrievalTask
 
@@ -400,9 +406,37 @@ def tune_csls(tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i", 
     return _result("csls", direction, grid, {"k": ks}, csls_kwargs, notes)
 
 
+def tune_neighbourhood_k(method: str, tuning: EmbeddingSet, refs: EmbeddingSet,
+                         direction: str = "t2i", *, ks: Sequence[int] | None = None,
+                         batch_size: int = 1024, **kwargs) -> TuningResult:
+    """The k of MP, LS or DSL (``method``: any of their names) on the tuning part, from one fit.
+
+    ``ks`` defaults to the class's ``tuning_grid["ks"]``, cut at min(query bank, tuning gallery)
+    (noted); ``kwargs`` go to the constructor (e.g. ``variant="nicdm"``, ``device``).
+    """
+    cls = method_class(method)
+    if cls not in NEIGHBOURHOOD_METHODS:
+        raise ValueError(f"tune_neighbourhood_k tunes "
+                         f"{sorted(c.option for c in NEIGHBOURHOOD_METHODS)}, got {method!r}; "
+                         "use tune for it")
+    _check_fixed_kwargs(kwargs, (*cls.tuned_params, "k_max"), cls.__name__)
+    task = RetrievalTask.from_sets(tuning, refs, direction)
+    notes: list[str] = []
+    ks = _k_grid(ks, cls.tuning_grid["ks"], min(len(task.query_bank), len(task.gallery)), notes,
+                 method=cls.paper_name)
+    fitted = task.fit(cls(k=min(ks), k_max=max(ks), **kwargs))
+    grid = _search(cls.option, task, [{"k": k} for k in ks],
+                   lambda p: fitted.with_params(**p), batch_size)
+    return _result(cls.option, direction, grid, {"k": ks}, kwargs, notes)
+
+
+#: the methods ``tune_neighbourhood_k`` tunes
+NEIGHBOURHOOD_METHODS = (MutualProximity, LocalScaling, DisSimLocal)
 #: ``option`` of the method class -> its tuner; Identity (no hyper-parameters) is absent
 TUNERS = {NNN.option: tune_nnn, QBNorm.option: tune_qb_norm, DBNorm.option: tune_db_norm,
-          DN.option: tune_dn, CSLS.option: tune_csls}
+          DN.option: tune_dn, CSLS.option: tune_csls,
+          **{cls.option: functools.partial(tune_neighbourhood_k, cls.option)
+             for cls in NEIGHBOURHOOD_METHODS}}
 
 
 def tune(method: str, tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i",

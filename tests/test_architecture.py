@@ -30,7 +30,7 @@ LAYERS = (
     (3, ("nnn.embed",)),
     (4, ("nnn.methods",)),
     (5, ("nnn.task", "nnn.metrics", "nnn.index")),
-    (6, ("nnn.tuning", "nnn.hubness_tuning", "nnn.ablations", "nnn.gender_bias")),
+    (6, ("nnn.tuning", "nnn.ablations", "nnn.gender_bias")),
     (7, ("nnn.evaluation", "nnn.results", "nnn.plots", "nnn.loggers", "nnn.wandb_worker")),
     (8, ("nnn.reporting", "nnn.hydra_callbacks", "nnn.paper")),
     (9, ("nnn.pipeline", "nnn.settings", "nnn.index_cli")),

@@ -218,7 +218,7 @@ def test_registry_and_grids():
     ("dsl", DisSimLocal, ["method.k=3"])])
 def test_config_runs_tuned_on_the_tuning_part(tmp_path, option, cls, extra):
     """``method=mp|ls|dsl tune.enabled=true`` composes, tunes k on the tuning part (one fit per
-    direction, nnn.hubness_tuning) and evaluates the chosen k on test."""
+    direction, nnn.tuning.tune_neighbourhood_k) and evaluates the chosen k on test."""
     from nnn.pipeline import run
     from nnn.settings import build_method, compose
 
@@ -238,7 +238,7 @@ def test_config_runs_tuned_on_the_tuning_part(tmp_path, option, cls, extra):
 def test_tuning_k_with_params_equals_fresh_fits(hub_retrieval):
     """The one-fit k search scores each k as a fresh fit with that k would."""
     from nnn.data.base import EmbeddingSet
-    from nnn.hubness_tuning import tune
+    from nnn.tuning import tune
     from nnn.task import RetrievalTask
 
     gallery, queries, refs, _ = hub_retrieval(n_pairs=60, n_refs=150, d=16)

@@ -13,7 +13,6 @@ from nnn.methods import CSLS, DBNorm, DN, Identity, NNN, QBNorm
 from nnn.methods._topk import ReferenceTopK
 from nnn.methods.base import RetrievalMethod
 from nnn import tuning as T
-from nnn.hubness_tuning import NEIGHBOURHOOD_METHODS
 from nnn.methods import METHODS
 from nnn.methods import grids as G
 from nnn.task import RetrievalTask
@@ -348,9 +347,7 @@ def test_dispatcher_and_bad_inputs(sets):
     tuning, refs = sets
     res = tune("QB-Norm", tuning, refs, "t2i", betas=(1.0, 10.0), dynamic=True)
     assert res.method == "qb_norm" and res.method_kwargs == {"dynamic": True}
-    # MP, LS and DSL are tuned by nnn.hubness_tuning (whose tune the pipeline calls)
-    assert set(T.TUNERS) | set(NEIGHBOURHOOD_METHODS) == {cls.option for cls in METHODS
-                                                          if cls.tuned_params}
+    assert set(T.TUNERS) == {cls.option for cls in METHODS if cls.tuned_params}
     with pytest.raises(ValueError, match="set by the tuner"):
         tune("db_norm", tuning, refs, beta_gallery=3.0)
     assert res.estimator().dynamic is True

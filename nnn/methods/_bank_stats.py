@@ -62,19 +62,17 @@ Two things keep it exact enough for any beta:
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TypeVar
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from nnn._arrays import as_tensor, check_non_negative
+from nnn._threads import one_thread_workers
 
 _BYTES_PER_VALUE = 4  # float32
-T = TypeVar("T")
 #: the (c, n_g) float32 buffers of a chunk: similarities, and one beta's shifted exponent
 _SCORE_BUFFERS = 2
 #: CPU chunks hold at most this many similarities (4 MiB a buffer), so that the passes over a
@@ -155,31 +153,6 @@ def _series_terms(x: float) -> int:
         bound *= x / (k + 1)
     return k
 
-
-def one_thread_workers(task: Callable[[int], T], workers: int) -> list[T]:
-    """``[task(w) for w in range(workers)]``, each call in inference mode on its own thread
-    with one torch thread (``workers`` <= 1: here, with the caller's threads).
-
-    Independent one-thread workers instead of torch's own threads on each operation: a
-    two-thread pass over a cache-sized block costs more in its start and join than in its work
-    when another job holds one of the cores (a 40k-row bank pass took 20 s instead of 2.5 s on
-    a shared 2-core machine; the tuning grid's small blocks, 50x). The caller's thread count is
-    restored afterwards (torch also records it for threads it starts later)."""
-    if workers <= 1:
-        with torch.inference_mode():
-            return [task(0)]
-    threads = torch.get_num_threads()
-
-    def run(worker: int) -> T:
-        torch.set_num_threads(1)            # this pool thread only
-        with torch.inference_mode():
-            return task(worker)
-
-    try:
-        with ThreadPoolExecutor(workers) as pool:
-            return list(pool.map(run, range(workers)))
-    finally:
-        torch.set_num_threads(threads)
 
 
 class _Stream:
