@@ -207,3 +207,21 @@ def test_bound_size_for_unit_rows():
     e = blocks.e.numpy()
     # measured |x - x~| ~ u/2, bound u |r|: e ~ 1.5 u, plus ~3e-5 for float32 accumulation
     assert np.all((e > 1.0 * 2**-8) & (e < 2.5 * 2**-8)), e
+
+
+@pytest.mark.parametrize("route", list(LOW_PRECISION))
+def test_reference_chunks_use_the_running_top_k_as_a_floor(unit, route):
+    # later chunks re-score only what can still enter the top-k; copies of the same reference
+    # in different chunks (ties across chunks) must all be kept
+    x, base = unit(29, 16), unit(2001, 16)
+    refs = np.concatenate([base, base[::-1], base[:1000]])           # 5,002 rows, 4 chunks
+    def candidates(refs_part, chunk):
+        spy = mock.MagicMock(wraps=_exact._sampled_products)
+        with mock.patch.object(_exact, "_sampled_products", spy):
+            top = run(route, x, refs_part, 6, rows=8, chunk=chunk)
+        return top, sum(len(c.args[3]) for c in spy.call_args_list)
+
+    got, pruned = candidates(refs, 1500)
+    np.testing.assert_allclose(got, ref_topk(x, refs, 6), rtol=0, atol=dot_atol(16))
+    alone = sum(candidates(refs[i:i + 1500], None)[1] for i in range(0, len(refs), 1500))
+    assert pruned < 0.7 * alone          # without the floor each chunk keeps its own top-k band

@@ -36,6 +36,10 @@ ROUTES = ("auto", "float32", "float32_numpy", *LOW_PRECISION)
 #: columns per group in ``block_topk``'s pre-selection (measured on a 2-core AVX-512 CPU: 16 is
 #: the fastest of 8..128 for 118k columns and k = 128)
 _GROUP = 16
+#: at most this many scores per block of the low-precision routes (256 MiB in bfloat16:
+#: 1,134 rows of 118k references ran 7% faster than the 2,268 a 512 MiB budget allows; chunking
+#: the references, with the running top-k as a floor, was no faster at 32k-64k per chunk)
+_LOW_BLOCK_VALUES = 2**27
 #: groups per union in ``LowPrecisionBlocks``'s lower bound g_K
 _SUPER = 8
 #: x-rows x references below this finish in about a second: no progress bar for them.
@@ -102,7 +106,7 @@ def exact_topk(x: torch.Tensor, refs: torch.Tensor, k: int, *, memory_budget_mb:
             best = None                                                     # running (b, <=k)
             for r0 in range(0, n_r, chunk):
                 r1 = min(n_r, r0 + chunk)
-                top = blocks.topk(start, stop, r0, r1, min(k, r1 - r0))
+                top = blocks.topk(start, stop, r0, r1, min(k, r1 - r0), best)
                 if best is not None:
                     merged = torch.cat([best, top], dim=1)
                     top = torch.topk(merged, min(k, merged.shape[1]), dim=1, sorted=False).values
@@ -125,8 +129,10 @@ class Float32Blocks:
         if self.numpy:
             self.x_np, self.refs_np, self.buf_np = x.numpy(), refs.numpy(), self.buf.numpy()
 
-    def topk(self, start: int, stop: int, r0: int, r1: int, k: int) -> torch.Tensor:
-        """The k largest values (b, k), unordered, of each row of x[start:stop] @ refs[r0:r1].T."""
+    def topk(self, start: int, stop: int, r0: int, r1: int, k: int,
+             best: torch.Tensor | None = None) -> torch.Tensor:
+        """The k largest values (b, k), unordered, of each row of x[start:stop] @ refs[r0:r1].T
+        (``best``, the running top-k of earlier chunks, is not needed here)."""
         b, c = stop - start, r1 - r0
         if self.numpy:
             np.matmul(self.x_np[start:stop], self.refs_np[r0:r1].T, out=self.buf_np[:b, :c])
@@ -167,9 +173,13 @@ class LowPrecisionBlocks:
     The bound needs a GEMM that accumulates in float32 (AMX and AVX512-BF16 kernels do);
     ``probe_routes`` checks it and never picks a route that breaks it.
 
+    With references in chunks (``ref_batch_size``), the running top-k of the earlier chunks
+    is a floor: t32 >= its k-th value, so theta = hi^-1(max(lo(g_K) - e, floor) - e) and a
+    later chunk re-scores only what can still enter the top-k.
+
     Memory beyond the float32 route's: low-precision copies of x and of the references (half
-    their float32 size: 606 MB for 591,753 x 512), while the similarity buffer holds twice as
-    many rows in the same ``memory_budget_mb``.
+    their float32 size: 606 MB for 591,753 x 512); the similarity buffer holds at most
+    ``_LOW_BLOCK_VALUES`` scores within ``memory_budget_mb``.
 
     A row whose candidates exceed ``max(8 k, c / 16)`` (near-constant rows, duplicates: the band
     holds too many references) is computed in float32 instead, so the cost stays bounded.
@@ -188,12 +198,15 @@ class LowPrecisionBlocks:
         #: e per row of x (float64), the sum of the first three bounds of the class docstring
         self.e = (x_norm * r_err + x_err * r_low_norm
                   + gamma * (x_low_norm * r_low_norm + x_norm * r_norm) + self.d * 2.0**-126)
-        self.rows = _rows(len(x), chunk, self.x_low.element_size(), memory_budget_mb)
+        self.rows = min(_rows(len(x), chunk, self.x_low.element_size(), memory_budget_mb),
+                        max(1, _LOW_BLOCK_VALUES // chunk))
         self.buf = torch.empty(self.rows, chunk, dtype=self.low, device=x.device)
 
-    def topk(self, start: int, stop: int, r0: int, r1: int, k: int) -> torch.Tensor:
+    def topk(self, start: int, stop: int, r0: int, r1: int, k: int,
+             best: torch.Tensor | None = None) -> torch.Tensor:
         """The k largest float32 values (b, k), unordered, of each row of x[start:stop] @
-        refs[r0:r1].T.
+        refs[r0:r1].T, or -inf for values below the k-th of ``best`` (b, k), the running
+        top-k of the earlier chunks (they cannot enter the row's top-k).
 
         The GEMM uses torch's threads; the selection and re-scoring after it are many small
         or memory-bound operations, split by rows over one-thread workers (``nnn._threads``:
@@ -203,15 +216,19 @@ class LowPrecisionBlocks:
         if c // _GROUP < 4 * k:
             return block_topk(self.x[start:stop] @ self.refs[r0:r1].T, k)
         s = torch.mm(self.x_low[start:stop], self.refs_low[r0:r1].T, out=self.buf[:b, :c])
+        floor = (best.amin(dim=1).double() if best is not None and best.shape[1] == k
+                 else torch.full((b,), -torch.inf, dtype=torch.float64, device=s.device))
         workers = min(b, torch.get_num_threads()) if s.device.type == "cpu" else 1
-        cuts = [start + b * w // workers for w in range(workers + 1)]
+        cuts = [b * w // workers for w in range(workers + 1)]
         return torch.cat(one_thread_workers(
-            lambda w: self._select(s[cuts[w] - start:cuts[w + 1] - start], cuts[w], r0, r1, k),
-            workers))
+            lambda w: self._select(s[cuts[w]:cuts[w + 1]], start + cuts[w], r0, r1, k,
+                                   floor[cuts[w]:cuts[w + 1]]), workers))
 
-    def _select(self, s: torch.Tensor, start: int, r0: int, r1: int, k: int) -> torch.Tensor:
+    def _select(self, s: torch.Tensor, start: int, r0: int, r1: int, k: int,
+                floor: torch.Tensor) -> torch.Tensor:
         """The exact top-k (b, k) of rows start.. of x against refs[r0:r1] from their
-        low-precision scores ``s`` (b, c) (class docstring)."""
+        low-precision scores ``s`` (b, c), -inf below ``floor`` (b,) (a known lower bound on
+        each row's k-th largest float32 value over all references; class docstring)."""
         b, c = s.shape
         xb, rb = self.x[start:start + b], self.refs[r0:r1]
         m = c // _GROUP
@@ -222,7 +239,7 @@ class LowPrecisionBlocks:
             group_max_2 = group_max[:, :_SUPER * m2].view(b, _SUPER, m2).amax(dim=1)
         g_k = torch.topk(group_max_2 if m2 >= 4 * k else group_max, k, dim=1,
                          sorted=False).values.amin(dim=1)
-        theta = self._theta(g_k.double(), self.e[start:start + b])             # (b,) low
+        theta = self._theta(g_k.double(), self.e[start:start + b], floor)      # (b,) low
         limit = max(8 * k, c // _GROUP)
         rows, groups = (group_max >= theta[:, None]).nonzero(as_tuple=True)    # row-major
         too_many = torch.bincount(rows, minlength=b) > limit
@@ -249,12 +266,13 @@ class LowPrecisionBlocks:
             top[idx] = block_topk(xb[idx] @ rb.T, k)
         return top
 
-    def _theta(self, g_k: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        """theta = hi^-1(lo(g_K) - 2e) (class docstring), float64 (b,), as the largest value of
-        the low precision that is <= it (so that S^ is compared in its own dtype)."""
+    def _theta(self, g_k: torch.Tensor, e: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+        """theta = hi^-1(max(lo(g_K) - e, floor) - e) (class docstring), float64 (b,), as the
+        largest value of the low precision that is <= it (so that S^ is compared in its own
+        dtype)."""
         u, eta = self.u, self.eta
         lo = torch.minimum((g_k - eta) / (1 + u), (g_k - eta) / (1 - u))
-        y = lo - 2 * e
+        y = torch.maximum(lo - e, floor) - e
         theta = torch.where(y >= 0, y * (1 - u), y * (1 + u)) - eta
         low = theta.to(self.low)
         return torch.where(low.double() > theta,
