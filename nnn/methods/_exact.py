@@ -147,10 +147,10 @@ class LowPrecisionBlocks:
 
     Per block: S^ = x~ r~^T, one GEMM in the low precision (x~, r~: x and the references rounded
     to it) into a reused buffer; g_K = the k-th largest maximum of the strided column groups of
-    ``block_topk``, or on long rows of unions of ``_SUPER`` such groups (k distinct groups hold
-    a value >= g_K, so k values of S^ are >= g_K; the top-k values of a row rarely share a
-    union, so g_K stays close to the row's k-th largest S^, and the selection runs over 1/8 as
-    many maxima). Every reference whose S^ could still belong to the float32 top-k (S^ >= theta,
+    ``block_topk``, or on long rows of unions of up to ``_SUPER`` such groups, as many as leave
+    4 k unions (k distinct groups hold a value >= g_K, so k values of S^ are >= g_K; the top-k
+    values of a row rarely share a union, so g_K stays close to the row's k-th largest S^, and
+    the selection runs over up to 1/8 as many maxima). Every reference whose S^ could still belong to the float32 top-k (S^ >= theta,
     below) is re-scored in float32 (one fused sampled GEMM, ``_sampled_products``) and the exact
     top-k is taken among them.
 
@@ -234,10 +234,11 @@ class LowPrecisionBlocks:
         m = c // _GROUP
         main = s[:, :_GROUP * m].view(b, _GROUP, m)                            # strided groups
         group_max = main.amax(dim=1)                                           # (b, m)
-        m2 = m // _SUPER
-        if m2 >= 4 * k:      # maxima of _SUPER groups: a 1/_SUPER as long selection
-            group_max_2 = group_max[:, :_SUPER * m2].view(b, _SUPER, m2).amax(dim=1)
-        g_k = torch.topk(group_max_2 if m2 >= 4 * k else group_max, k, dim=1,
+        union = min(_SUPER, m // (4 * k))    # maxima of unions of groups: a shorter selection
+        if union > 1:
+            m2 = m // union
+            group_max_2 = group_max[:, :union * m2].view(b, union, m2).amax(dim=1)
+        g_k = torch.topk(group_max_2 if union > 1 else group_max, k, dim=1,
                          sorted=False).values.amin(dim=1)
         theta = self._theta(g_k.double(), self.e[start:start + b], floor)      # (b,) low
         limit = max(8 * k, c // _GROUP)
