@@ -153,6 +153,10 @@ def cmd_shards(args) -> None:
 
     argv = sys.argv
     sys.argv = [argv[0], *shard_overrides(args)]
+    # Hydra sets up logging for its run (handlers on the streams of the moment); they are
+    # removed afterwards, so that a caller of main() (a notebook, a test) keeps its own
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
     try:
         shard_app()
     except SystemExit as stop:  # Hydra exits this way after an error it reported
@@ -161,6 +165,11 @@ def cmd_shards(args) -> None:
                              "see its message above") from None
     finally:
         sys.argv = argv
+        for handler in root.handlers:
+            if handler not in handlers:
+                handler.close()
+        root.handlers[:] = handlers
+        root.setLevel(level)
     try:
         shards = read_shards(args.out, num_shards=args.num_shards)
     except (ValueError, OSError) as err:
