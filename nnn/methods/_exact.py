@@ -166,10 +166,11 @@ class LowPrecisionBlocks:
     (maxima over the references) and lo, hi increasing (``_theta``). The k entries with
     S^ >= g_K give t32 (the row's k-th largest S32) >= lo(g_K) - e, and every member of the
     float32 top-k (ties included) has hi(S^) + e >= t32, i.e. S^ >= theta = hi^-1(lo(g_K) - 2e).
-    |x - x~| is the measured rounding error of each row (also against x~ with its subnormals
-    flushed, for kernels that flush them), |r - r~| its bound u |r| (bfloat16; measured for
-    float16, whose subnormals the bound does not cover), see ``_rounded``: the band is ~0.01
-    wide for unit vectors in bfloat16 (~300 candidates per row at k = 128 of 118k references).
+    |x - x~| and |r - r~| are the measured rounding errors of each row (also against x~ with
+    its subnormals flushed, for kernels that flush them), see ``_rounded``; their worst case
+    u |x| is about twice as large and widened the band enough to cost the k = 512 table 7%.
+    The band is ~0.01 wide for unit vectors in bfloat16 (~300 candidates per row at k = 128 of
+    118k references).
     The bound needs a GEMM that accumulates in float32 (AMX and AVX512-BF16 kernels do);
     ``probe_routes`` checks it and never picks a route that breaks it.
 
@@ -190,9 +191,8 @@ class LowPrecisionBlocks:
                  memory_budget_mb: float):
         self.low, self.u, self.eta = LOW_PRECISION[route]
         self.x, self.refs, self.d = x, refs, x.shape[1]
-        self.x_low, x_norm, x_err, x_low_norm = _rounded(x, self.low, self.u, measure=True)
-        self.refs_low, *r_bounds = _rounded(refs, self.low, self.u,
-                                            measure=self.low == torch.float16)
+        self.x_low, x_norm, x_err, x_low_norm = _rounded(x, self.low)
+        self.refs_low, *r_bounds = _rounded(refs, self.low)
         r_norm, r_err, r_low_norm = (b.amax() for b in r_bounds)
         gamma = self.d * 2.0**-24 / (1 - self.d * 2.0**-24)
         #: e per row of x (float64), the sum of the first three bounds of the class docstring
@@ -285,33 +285,28 @@ def _rows(n_x: int, chunk: int, element_size: int, memory_budget_mb: float) -> i
     return max(1, min(n_x, int(memory_budget_mb * 2**20 // (chunk * element_size))))
 
 
-def _rounded(a: torch.Tensor, low: torch.dtype, u: float, *, measure: bool):
-    """``a`` (n, d) float32 in ``low`` (unit roundoff ``u``), with float64 upper bounds (n,) on
-    each row's |a|, on its rounding error |a - a~| and on |a~|.
+def _rounded(a: torch.Tensor, low: torch.dtype):
+    """``a`` (n, d) float32 in ``low``, with float64 upper bounds (n,) on each row's |a|, on its
+    rounding error |a - a~| and on |a~|.
 
-    ``measure``: the error is measured (a - a~ is exact in float32, as a~ holds a's leading
-    bits; plus what flushing a~'s float16 subnormals to zero would add). Else it is bounded by
-    u |a| (round to nearest: each entry is off by at most u times itself, the subnormals of
-    bfloat16 aside, covered by sqrt(d) 2^-126); about twice the measured value, but it costs no
-    pass over a large reference set. float32 norms of length d are within a factor
-    1 + d 2^-23 of the exact ones, so they are taken in float32 (in row blocks) and rounded up.
+    a - a~ is exact in float32 (a~ holds a's leading bits); to its norm is added what flushing
+    a~'s float16 subnormals to zero would add (bfloat16's, below 1.2e-38, are covered by
+    sqrt(d) 2^-126). float32 norms of length d are within a factor 1 + d 2^-23 of the exact
+    ones, so they are taken in float32 (in row blocks, no float64 copy) and rounded up.
     """
     a_low = a.to(low)
     d = a.shape[1]
     norm = torch.empty(len(a), dtype=torch.float32, device=a.device)
-    err = torch.empty_like(norm) if measure else None
+    err = torch.empty_like(norm)
     for i in range(0, len(a), _NORM_ROWS):
-        block = a[i:i + _NORM_ROWS]
+        block, block_low = a[i:i + _NORM_ROWS], a_low[i:i + _NORM_ROWS].float()
         norm[i:i + _NORM_ROWS] = torch.linalg.vector_norm(block, dim=1)
-        if measure:
-            block_low = a_low[i:i + _NORM_ROWS].float()
-            err[i:i + _NORM_ROWS] = torch.linalg.vector_norm(block - block_low, dim=1)
-            if low == torch.float16:
-                subnormal = torch.where(block_low.abs() < torch.finfo(low).tiny, block_low, 0)
-                err[i:i + _NORM_ROWS] += torch.linalg.vector_norm(subnormal, dim=1)
+        err[i:i + _NORM_ROWS] = torch.linalg.vector_norm(block - block_low, dim=1)
+        if low == torch.float16:
+            subnormal = torch.where(block_low.abs() < torch.finfo(low).tiny, block_low, 0)
+            err[i:i + _NORM_ROWS] += torch.linalg.vector_norm(subnormal, dim=1)
     up = 1 + (d + 2) * 2.0**-23
-    norm = norm.double() * up
-    err = (err.double() * up if measure else u * norm) + d**0.5 * 2.0**-126
+    norm, err = norm.double() * up, err.double() * up + d**0.5 * 2.0**-126
     return a_low, norm, err, norm + err
 
 
