@@ -3,12 +3,14 @@
 A reader sees either the old file or the complete new one, never a partial write. A crash
 leaves at most a hidden ``.<name>.<random>.tmp`` file beside the target. Files get the usual
 permissions (``0o666`` less the umask), so a cache shared between users stays readable.
+Folders written beside their target are put in place by ``replace_dir``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -29,6 +31,29 @@ def fsync_dir(path: str | os.PathLike) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def replace_dir(tmp: Path, target: Path, aside: Path) -> None:
+    """Rename the complete folder ``tmp`` onto ``target`` and fsync their parent.
+
+    A folder cannot be renamed onto a non-empty one, so an existing ``target`` is first moved to
+    ``aside`` (a free name beside it), put back if the rename fails, and deleted once the new
+    folder is in place: a reader finds the old folder or the new one, and a failure loses
+    neither.
+    """
+    old = None
+    if target.exists():
+        os.replace(target, aside)
+        old = aside
+    try:
+        os.replace(tmp, target)
+    except BaseException:
+        if old is not None and not target.exists():
+            os.replace(old, target)
+        raise
+    fsync_dir(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 @contextmanager

@@ -33,7 +33,7 @@ from typing import Iterator
 
 import numpy as np
 
-from nnn._atomic import atomic_write_json, fsync_dir
+from nnn._atomic import atomic_write_json, fsync_dir, replace_dir
 
 #: bump when the layout of a saved index changes; a reader refuses other formats
 FORMAT = 1
@@ -159,14 +159,7 @@ def publish_dir(target, *, overwrite: bool = False, what: str = "index") -> Iter
                 os.fsync(fh.fileno())
         fsync_dir(tmp)
         refuse_existing(target, overwrite, what)
-        old = None
-        if target.exists():  # a folder cannot be renamed onto a non-empty one: move it aside
-            old = temp_name(target)
-            os.replace(target, old)
-        os.replace(tmp, target)
-        fsync_dir(target.parent)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, target, aside=temp_name(target))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

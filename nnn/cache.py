@@ -51,7 +51,7 @@ from typing import Callable, Iterator, Mapping
 import numpy as np
 from filelock import FileLock, Timeout
 
-from nnn._atomic import atomic_save_npy, atomic_write_json, fsync_dir
+from nnn._atomic import atomic_save_npy, atomic_write_json, fsync_dir, replace_dir
 
 log = logging.getLogger(__name__)
 
@@ -416,7 +416,6 @@ class EmbeddingCache:
         tmp = tmp_root / f"{key}.{uuid.uuid4().hex[:12]}"
         tmp.mkdir()
         path = self.root / key
-        old = None
         try:
             specs = {}
             for name, arr in arrays.items():
@@ -429,18 +428,10 @@ class EmbeddingCache:
                     "compute_seconds": compute_seconds, "versions": _library_versions()}
             atomic_write_json(tmp / META_FILE, meta)  # last: without it an entry is incomplete
             fsync_dir(tmp)
-            if path.exists():  # a directory cannot be renamed onto a non-empty one
-                old = tmp_root / f"{key}.old-{uuid.uuid4().hex[:12]}"
-                os.replace(path, old)
-            os.replace(tmp, path)
-            fsync_dir(self.root)
+            replace_dir(tmp, path, aside=tmp_root / f"{key}.old-{uuid.uuid4().hex[:12]}")
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
-            if old is not None and not path.exists():
-                os.replace(old, path)
             raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
         shutil.rmtree(self.root / ".work" / key, ignore_errors=True)
         mb = sum(s["nbytes"] for s in specs.values()) / 1e6
         log.info("embedding cache %s: stored %.1f MB in %.2f s (%s)", key[:12], mb,

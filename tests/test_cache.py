@@ -466,3 +466,27 @@ def test_stale_tmp_folders_are_removed_unless_their_writer_lives(tmp_path):
     assert [p.name for p in tmp_root.iterdir()] == [f"{live}.0123456789ab"]
     cache.get_or_compute(make_identity(split="other"), CountingCompute())  # its writer is gone
     assert list(tmp_root.iterdir()) == []
+
+
+def test_replace_dir_keeps_the_old_folder_when_the_rename_fails(tmp_path, monkeypatch):
+    from nnn import _atomic
+
+    target, tmp = tmp_path / "entry", tmp_path / ".entry.tmp"
+    for folder, text in ((target, "old"), (tmp, "new")):
+        folder.mkdir()
+        (folder / "f").write_text(text)
+    real = os.replace
+
+    def fail_second(src, dst):
+        if Path(src) == tmp:
+            raise OSError("disk full")
+        real(src, dst)
+
+    monkeypatch.setattr(_atomic.os, "replace", fail_second)
+    with pytest.raises(OSError, match="disk full"):
+        _atomic.replace_dir(tmp, target, aside=tmp_path / ".entry.old")
+    assert (target / "f").read_text() == "old" and not (tmp_path / ".entry.old").exists()
+    monkeypatch.setattr(_atomic.os, "replace", real)
+    _atomic.replace_dir(tmp, target, aside=tmp_path / ".entry.old")
+    assert (target / "f").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["entry"]
