@@ -44,7 +44,8 @@ from nnn._arrays import as_matrix, check_non_negative, check_positive_int
 from nnn._atomic import atomic_save_npy, atomic_write_json
 from nnn._index_io import (FAISS_FILE, RowsDigest, array_digest, check_digest, file_digest,
                            library_versions, publish_dir, read_faiss, read_meta,
-                           remove_stale_temps, temp_name, verify_files, write_meta)
+                           refuse_existing, remove_stale_temps, temp_name, verify_files,
+                           write_meta)
 from nnn.data.rows import RowSource, as_rows
 from nnn.methods import NNN, ReferenceIndex
 from nnn.methods._topk import (_NO_GPU_FAISS, IVF_TRAIN_POINTS_PER_LIST, default_nlist,
@@ -450,12 +451,11 @@ def write_folded(path, source: RowSource, biases, *, parts=None,
                  progress: bool = True) -> Path:
     """[g, -b] (n, d + 1) float32 as a ``.npy`` file written through a memory map, chunk by
     chunk (neither the gallery nor the result is held in RAM), under a temporary name renamed
-    onto ``path`` when complete (a killed writer's temporary file is removed by the next). For a gallery whose index does not fit in RAM: any engine that
-    searches inner products from disk serves NNN from it with queries [q, 1]."""
+    onto ``path`` when complete (a killed writer's temporary file is removed by the next). For
+    a gallery whose index does not fit in RAM: any engine that searches inner products from
+    disk serves NNN from it with queries [q, 1]."""
     path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"folded gallery file {str(path)!r} already exists; pass "
-                              "overwrite=True (CLI: --overwrite) or choose another path")
+    refuse_existing(path, overwrite, "folded gallery file")
     n, d = source.shape
     remove_stale_temps(path)
     tmp = temp_name(path)

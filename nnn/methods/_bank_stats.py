@@ -154,7 +154,6 @@ def _series_terms(x: float) -> int:
     return k
 
 
-
 class _Stream:
     """One worker's share of a bank pass: reusable (c, n_g) buffers and running statistics
     (``log_norm`` (n_betas, n_g) float64, ``hits`` (n_g,): max_b s(b, r) - kth(b), >= 0 on

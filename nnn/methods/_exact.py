@@ -7,6 +7,10 @@ into a reused buffer (no per-block allocation), followed by a selection (``block
 avoids a full ``torch.topk`` over every row. With ``ref_batch_size`` the references are streamed
 in chunks and a running top-k is merged, so neither n_x x n_refs nor a full block over all
 references is held.
+
+Routes (``ROUTES``): the GEMM in torch float32 (``Float32Blocks``), in NumPy's BLAS, or in
+bfloat16 / float16 as an exact pre-selection re-scored in float32 (``LowPrecisionBlocks``, with
+its error bound); ``choose_route`` / ``probe_routes`` pick the fastest on this machine.
 """
 
 from __future__ import annotations
@@ -150,9 +154,9 @@ class LowPrecisionBlocks:
     ``block_topk``, or on long rows of unions of up to ``_SUPER`` such groups, as many as leave
     4 k unions (k distinct groups hold a value >= g_K, so k values of S^ are >= g_K; the top-k
     values of a row rarely share a union, so g_K stays close to the row's k-th largest S^, and
-    the selection runs over up to 1/8 as many maxima). Every reference whose S^ could still belong to the float32 top-k (S^ >= theta,
-    below) is re-scored in float32 (one fused sampled GEMM, ``_sampled_products``) and the exact
-    top-k is taken among them.
+    the selection runs over up to 1/8 as many maxima). Every reference whose S^ could still
+    belong to the float32 top-k (S^ >= theta, below) is re-scored in float32 (one fused sampled
+    GEMM, ``_sampled_products``) and the exact top-k is taken among them.
 
     The bound. For a row x and reference r, let S = x.r (exact), A = x~.r~ (exact), P = the
     GEMM's float32-accumulated A, S^ = P rounded to the low precision, S32 = the float32

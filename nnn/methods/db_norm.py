@@ -10,12 +10,8 @@ import numpy as np
 import torch
 
 from nnn._arrays import as_tensor, check_non_negative, check_positive_int
-from nnn.methods._bank_stats import (
-    bank_stats,
-    check_beta_grid,
-    check_memory_budget,
-    gate_groups,
-)
+from nnn.methods._bank_stats import (bank_stats, check_beta_grid, check_memory_budget,
+                                     gate_groups)
 from nnn.methods.base import RetrievalMethod
 from nnn.methods.grids import DB_NORM_STAGES
 

@@ -22,8 +22,9 @@ class LocalScaling(BankNeighbourhoodMethod):
     local scaling (Zelnik-Manor & Perona, NIPS 2005; as a hubness reduction, Schnitzer et al.,
     JMLR 2012) LS(x, y) = 1 - exp(-d(x, y)^2 / (sigma_x sigma_y)), sigma_x = distance of x
     to its k-th nearest neighbour; NICDM (Jegou et al., TPAMI 2010, "non-iterative contextual
-    dissimilarity measure"; as a hubness reduction, Schnitzer et al.) NICDM(x, y) = d(x, y) / sqrt(mu_x mu_y),
-    mu_x = mean distance of x to its k nearest neighbours.
+    dissimilarity measure"; as a hubness reduction, Schnitzer et al.)
+    NICDM(x, y) = d(x, y) / sqrt(mu_x mu_y), mu_x = mean distance of x to its k nearest
+    neighbours.
 
     Adaptation to query -> gallery retrieval: sigma_r / mu_r of a gallery item r come from its k
     nearest rows of the query bank (``neighbourhoods_``, one streamed pass, see

@@ -5,12 +5,8 @@ from __future__ import annotations
 import torch
 
 from nnn._arrays import check_non_negative, check_positive_int
-from nnn.methods._bank_stats import (
-    bank_stats,
-    check_beta_grid,
-    check_memory_budget,
-    gate_groups,
-)
+from nnn.methods._bank_stats import (bank_stats, check_beta_grid, check_memory_budget,
+                                     gate_groups)
 from nnn.methods.base import RetrievalMethod
 from nnn.methods.grids import QB_NORM_BETA_GRID
 
