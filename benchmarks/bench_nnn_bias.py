@@ -148,9 +148,11 @@ def bias_table(args, device: torch.device, gallery: np.ndarray, refs: np.ndarray
           f"best of {args.repeats}; bias error vs float64 on {len(check)} rows, and vs the "
           "float32 route on all rows")
     if device.type == "cpu" and "auto" in models:
-        probe = probe_routes(args.dim, torch.get_num_threads())
-        print(f"auto's probe: {probe['route']}; GEMM seconds "
-              f"{ {n: round(t, 5) for n, t in probe['seconds'].items()} }"
+        probe = probe_routes(args.dim, torch.get_num_threads(),
+                             1 << max(0, args.k - 1).bit_length())
+        rounded = lambda times: {n: round(t, 5) for n, t in times.items()}
+        print(f"auto's probe: {probe['route']}; GEMM seconds {rounded(probe['gemm_seconds'])}, "
+              f"block top-k seconds {rounded(probe['seconds'])}"
               + (f"; not used: {probe['rejected']}" if probe["rejected"] else ""))
     print("\n| what | best s | all rounds s | max abs bias error (float64) | vs float32 route |"
           "\n|---|---|---|---|---|")

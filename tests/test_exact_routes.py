@@ -10,6 +10,7 @@ probe are checked for what they choose, never for speed.
 
 from __future__ import annotations
 
+import math
 from unittest import mock
 
 import numpy as np
@@ -143,17 +144,24 @@ def test_nnn_bias_per_route_within_1e6_of_float32(real_flickr, route):
 def test_auto_takes_float32_for_small_problems_and_on_cuda(monkeypatch):
     probe = mock.MagicMock(side_effect=AssertionError("no probe expected"))
     monkeypatch.setattr(_exact, "probe_routes", probe)
-    assert choose_route("auto", torch.device("cpu"), 1e6, 512) == "float32"
-    assert choose_route("auto", torch.device("cuda"), 1e13, 512) == "float32"
-    assert choose_route("bfloat16", torch.device("cpu"), 1e6, 512) == "bfloat16"
+    assert choose_route("auto", torch.device("cpu"), 1e6, 512, 8) == "float32"
+    assert choose_route("auto", torch.device("cuda"), 1e13, 512, 8) == "float32"
+    assert choose_route("bfloat16", torch.device("cpu"), 1e6, 512, 8) == "bfloat16"
 
 
 def test_auto_uses_the_probe_for_large_problems(monkeypatch, unit):
     for route in EXACT_ROUTES:
-        monkeypatch.setattr(_exact, "probe_routes", lambda dim, threads, r=route: {"route": r})
-        assert choose_route("auto", torch.device("cpu"), 1e12, 512) == route
+        monkeypatch.setattr(_exact, "probe_routes", lambda dim, threads, k, r=route: {"route": r})
+        assert choose_route("auto", torch.device("cpu"), 1e12, 512, 8) == route
+    # k is rounded up to a power of two, so that nearby k share one probe
+    seen = []
+    monkeypatch.setattr(_exact, "probe_routes",
+                        lambda dim, threads, k: seen.append(k) or {"route": "float32"})
+    for k in (1, 2, 3, 100, 128, 129):
+        choose_route("auto", torch.device("cpu"), 1e12, 512, k)
+    assert seen == [1, 2, 4, 128, 128, 256]
     # NNN records the route it ran
-    monkeypatch.setattr(_exact, "probe_routes", lambda dim, threads: {"route": "bfloat16"})
+    monkeypatch.setattr(_exact, "probe_routes", lambda dim, threads, k: {"route": "bfloat16"})
     monkeypatch.setattr(_exact, "_PROBE_MIN_WORK", 0)
     g, r = unit(23, 8), unit(1100, 8)
     m = NNN(k=4).fit(g, query_bank=r)
@@ -162,11 +170,15 @@ def test_auto_uses_the_probe_for_large_problems(monkeypatch, unit):
 
 
 def test_probe_chooses_a_route_and_is_cached():
-    result = probe_routes(16, torch.get_num_threads())
+    result = probe_routes(16, torch.get_num_threads(), 4)
     assert result["route"] in EXACT_ROUTES
-    assert {"float32", "float32_numpy"} <= set(result["seconds"])
-    assert set(result["seconds"]) | set(result["rejected"]) == set(EXACT_ROUTES)
-    assert probe_routes(16, torch.get_num_threads()) is result
+    assert {"float32", "float32_numpy"} <= set(result["gemm_seconds"])
+    assert set(result["gemm_seconds"]) | set(result["rejected"]) == set(EXACT_ROUTES)
+    # stage 2 times one float32 route and every low precision that passed stage 1
+    low = set(result["gemm_seconds"]) & set(LOW_PRECISION)
+    assert len(set(result["seconds"]) - low) == 1 and low <= set(result["seconds"])
+    assert result["route"] in result["seconds"]
+    assert probe_routes(16, torch.get_num_threads(), 4) is result
 
 
 def test_probe_rejects_a_gemm_that_breaks_the_bound(monkeypatch):
@@ -181,11 +193,11 @@ def test_probe_rejects_a_gemm_that_breaks_the_bound(monkeypatch):
         return res
 
     monkeypatch.setattr(torch, "mm", sloppy_mm)
-    monkeypatch.setattr(_exact, "_LOW_SPEEDUP", 1e-9)     # any speed qualifies
-    result = probe_routes.__wrapped__(8, 1)
+    monkeypatch.setattr(_exact, "_LOW_SPEEDUP", math.inf)   # no GEMM is dropped as slow first
+    result = probe_routes.__wrapped__(8, 1, 4)
     assert result["route"] in ("float32", "float32_numpy")
     assert set(result["rejected"]) == set(LOW_PRECISION)
-    assert all("float32" in why for why in result["rejected"].values())
+    assert all("does not accumulate in float32" in why for why in result["rejected"].values())
 
 
 def test_precision_errors():

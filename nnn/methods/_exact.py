@@ -48,14 +48,20 @@ _LOW_BLOCK_VALUES = 2**27
 _SUPER = 8
 #: x-rows x references below this finish in about a second: no progress bar for them.
 _PROGRESS_MIN_SCORES = 10**9
-#: below this many multiply-adds (n_x * n_refs * d) "auto" takes torch float32 without a probe
-_PROBE_MIN_WORK = 2e10
-#: a low-precision route must run its GEMM this many times faster than float32 (see probe_routes)
+#: below this many multiply-adds (n_x * n_refs * d; ~1 s of float32 GEMM on 2 cores) "auto" takes
+#: torch float32 without a probe (the probe takes ~0.5 s)
+_PROBE_MIN_WORK = 1e11
+#: a low-precision GEMM whose warm-up is this many times slower than float32 is not timed further
 _LOW_SPEEDUP = 3.0
-#: NumPy's float32 GEMM must be this many times faster than torch's to be chosen
-_NUMPY_SPEEDUP = 1.1
-#: rows per float32 temporary when rounding errors are measured (~32 MB for d = 512)
-_NORM_ROWS = 16384
+#: NumPy must beat torch's float32 GEMM, a low precision the float32 route, by this factor
+_ROUTE_MARGIN = 1.1
+#: scores (x rows x references) in the probe's stage-2 block (~0.05 s in float32 at d = 512 on a
+#: 2-core Zen 5)
+_PROBE_SCORES = 2**22
+#: values per float32 temporary when rounding errors are measured (4 MiB, reused: fresh block-sized
+#: temporaries page-faulted, and the pass over 118k references took 224 ms instead of 63 ms on a
+#: 2-core AMD Zen 5; 1 and 16 MiB were slower)
+_NORM_VALUES = 2**20
 
 
 def block_topk(sims: torch.Tensor, k: int) -> torch.Tensor:
@@ -298,17 +304,23 @@ def _rounded(a: torch.Tensor, low: torch.dtype):
     sqrt(d) 2^-126). float32 norms of length d are within a factor 1 + d 2^-23 of the exact
     ones, so they are taken in float32 (in row blocks, no float64 copy) and rounded up.
     """
-    a_low = a.to(low)
-    d = a.shape[1]
-    norm = torch.empty(len(a), dtype=torch.float32, device=a.device)
+    n, d = a.shape
+    a_low = torch.empty(n, d, dtype=low, device=a.device)
+    norm = torch.empty(n, dtype=torch.float32, device=a.device)
     err = torch.empty_like(norm)
-    for i in range(0, len(a), _NORM_ROWS):
-        block, block_low = a[i:i + _NORM_ROWS], a_low[i:i + _NORM_ROWS].float()
-        norm[i:i + _NORM_ROWS] = torch.linalg.vector_norm(block, dim=1)
-        err[i:i + _NORM_ROWS] = torch.linalg.vector_norm(block - block_low, dim=1)
-        if low == torch.float16:
-            subnormal = torch.where(block_low.abs() < torch.finfo(low).tiny, block_low, 0)
-            err[i:i + _NORM_ROWS] += torch.linalg.vector_norm(subnormal, dim=1)
+    rows = max(1, _NORM_VALUES // d)
+    back = torch.empty(min(n, rows), d, device=a.device)     # a~ in float32, then a~ - a
+    for i in range(0, n, rows):
+        block, block_low, b = a[i:i + rows], a_low[i:i + rows], back[:min(rows, n - i)]
+        block_low.copy_(block)
+        b.copy_(block_low)
+        norm[i:i + rows] = torch.linalg.vector_norm(block, dim=1)
+        flushed = 0
+        if low == torch.float16:                            # the norm of a~'s subnormals
+            flushed = torch.linalg.vector_norm(b.masked_fill_(b.abs() >= torch.finfo(low).tiny,
+                                                              0), dim=1)
+            b.copy_(block_low)
+        err[i:i + rows] = torch.linalg.vector_norm(b.sub_(block), dim=1) + flushed
     up = 1 + (d + 2) * 2.0**-23
     norm, err = norm.double() * up, err.double() * up + d**0.5 * 2.0**-126
     return a_low, norm, err, norm + err
@@ -343,76 +355,98 @@ def _sampled_products(x: torch.Tensor, refs: torch.Tensor, rows: torch.Tensor,
     return out
 
 
-def choose_route(precision: str, device: torch.device, work: float, dim: int) -> str:
-    """The route (``ROUTES`` less "auto") for ``precision`` on ``device``, for a problem of
-    ``work`` = n_x * n_refs * d multiply-adds in dimension ``dim``.
+def choose_route(precision: str, device: torch.device, work: float, dim: int, k: int) -> str:
+    """The route (``ROUTES`` less "auto") for ``precision`` on ``device``, for a top-``k``
+    problem of ``work`` = n_x * n_refs * d multiply-adds in dimension ``dim``.
 
     An explicit route is returned as is (the caller checks that "float32_numpy" runs on the
-    CPU). "auto" is "float32"
-    below ``_PROBE_MIN_WORK`` (a fraction of a second: nothing to win, and no probe at start-up)
-    and on CUDA (the low-precision routes have not been measured on a GPU yet: ask for one
-    explicitly); otherwise the fastest route of ``probe_routes`` on this CPU.
+    CPU). "auto" is "float32" below ``_PROBE_MIN_WORK`` (a second or less: nothing to win, and
+    no probe at start-up) and on CUDA (the low-precision routes have not been measured on a GPU
+    yet: ask for one explicitly); otherwise the fastest route of ``probe_routes`` on this CPU
+    for k rounded up to a power of two.
     """
     if precision != "auto":
         return precision
     if device.type != "cpu" or work < _PROBE_MIN_WORK:
         return "float32"
-    return probe_routes(dim, torch.get_num_threads())["route"]
+    return probe_routes(dim, torch.get_num_threads(), 1 << max(0, k - 1).bit_length())["route"]
 
 
 @functools.cache
-def probe_routes(dim: int, threads: int) -> dict:
-    """Time each route's GEMM on this CPU (once per process, dimension and thread count).
+def probe_routes(dim: int, threads: int, k: int) -> dict:
+    """Time the routes on this CPU (once per process, dimension, thread count and k).
 
-    A (256 x dim) @ (dim x 8192) product of seeded unit rows, best of 3 after a warm-up, for
-    torch float32, NumPy float32 and torch bfloat16 / float16; a low precision whose warm-up is
-    already ``_LOW_SPEEDUP`` times slower than float32 is not timed further (the probe stays
-    ~0.3 s on CPUs without bf16 units). A low precision must also keep the error bound of
-    ``LowPrecisionBlocks`` on the probe (float32 accumulation), checked against float64.
-    Returns {"route": the chosen route, "seconds": {route: best time}, "rejected": {route:
-    why}}: a low-precision route is chosen when its GEMM is ``_LOW_SPEEDUP`` times faster than
-    the faster float32 one (it pays for the selection and re-scoring passes; measured, see
-    benchmarks/RESULTS.md), NumPy when its GEMM is ``_NUMPY_SPEEDUP`` times faster than torch's.
+    Seeded unit rows, two stages. (1) Each GEMM alone, a (256 x dim) @ (dim x 8192) product,
+    best of 3 after a warm-up, in torch float32, NumPy float32 and torch bfloat16 / float16. A
+    low precision is dropped when it breaks the error bound of ``LowPrecisionBlocks`` (its GEMM
+    must accumulate in float32; checked against float64) or its GEMM is slower than the faster
+    float32 one (a warm-up ``_LOW_SPEEDUP`` times slower ends its timing: the probe stays short
+    on CPUs without bf16 units). NumPy is the float32 route when its GEMM is ``_ROUTE_MARGIN``
+    times faster than torch's (the selection after it is the same). (2) That float32 route and
+    each remaining low precision on one block, ``topk`` of ``_PROBE_SCORES`` scores at this k
+    (``max(16384, 64 k)`` references; the one-off rounding of the inputs, O(n d), is left
+    out), best of 2 after a warm-up. Stage 2 decides: what a pre-selection costs besides its
+    GEMM (memory-bound passes over the scores, the re-scoring) differs between CPUs more than
+    the GEMMs do (measured: half the float32 GEMM's time on an Intel AMX VM, under a fifth on
+    an AMD Zen 5; benchmarks/RESULTS.md), so GEMM times alone pick wrongly. A low precision is
+    chosen when it is ``_ROUTE_MARGIN`` times faster than float32 there; the probe's block is
+    smaller than a real one, which favours float32 (per-call costs weigh more).
+    Returns {"route": the chosen route, "seconds": {route: stage-2 best}, "gemm_seconds":
+    {route: stage-1 best}, "rejected": {route: why}}.
     """
     gen = torch.Generator().manual_seed(0)
-    x = torch.nn.functional.normalize(torch.randn(256, dim, generator=gen), dim=1)
-    refs = torch.nn.functional.normalize(torch.randn(8192, dim, generator=gen), dim=1)
+    unit = lambda n: torch.nn.functional.normalize(torch.randn(n, dim, generator=gen), dim=1)
+    x, refs = unit(256), unit(8192)
     buf = torch.empty(len(x), len(refs))
     x_np, refs_np, buf_np = x.numpy(), refs.numpy(), buf.numpy()
     gemms = {"float32": lambda: torch.mm(x, refs.T, out=buf),
              "float32_numpy": lambda: np.matmul(x_np, refs_np.T, out=buf_np)}
-    seconds, rejected = {name: _best_time(fn) for name, fn in gemms.items()}, {}
-    fastest32 = min(seconds.values())
+    gemm_seconds, rejected = {name: _best_time(fn) for name, fn in gemms.items()}, {}
+    fastest32 = min(gemm_seconds.values())
     for name, (low, u, eta) in LOW_PRECISION.items():
         x_low, refs_low = x.to(low), refs.to(low)
         out = torch.empty(len(x), len(refs), dtype=low)
         fn = functools.partial(torch.mm, x_low, refs_low.T, out=out)
-        if _best_time(fn, repeats=1) > fastest32 * _LOW_SPEEDUP:
-            rejected[name] = "slower than float32"
+        if _best_time(fn, repeats=0) > fastest32 * _LOW_SPEEDUP:
+            rejected[name] = "its GEMM is slower than float32"
             continue
-        seconds[name] = _best_time(fn)
-        exact = x_low.double() @ refs_low.double().T
+        rows = slice(0, 32)                            # enough to catch a wrong accumulation
+        exact = x_low[rows].double() @ refs_low.double().T
         gamma = dim * 2.0**-24 / (1 - dim * 2.0**-24)
-        norms = x_low.double().norm(dim=1)[:, None] * refs_low.double().norm(dim=1)[None]
-        if ((out.double() - exact).abs() > u * exact.abs() + (1 + u) * gamma * norms * 1.01
-                + eta).any():
+        norms = x_low[rows].double().norm(dim=1)[:, None] * refs_low.double().norm(dim=1)[None]
+        if ((out[rows].double() - exact).abs() > u * exact.abs()
+                + (1 + u) * gamma * norms * 1.01 + eta).any():
             rejected[name] = "its GEMM does not accumulate in float32"
-            del seconds[name]
-    route = "float32_numpy" if seconds["float32"] > _NUMPY_SPEEDUP * seconds["float32_numpy"] \
+        elif (t := _best_time(fn)) > fastest32:
+            rejected[name] = "its GEMM is slower than float32"
+        else:
+            gemm_seconds[name] = t
+    route32 = "float32_numpy" if gemm_seconds["float32"] > _ROUTE_MARGIN * fastest32 \
         else "float32"
-    low = {n: t for n, t in seconds.items() if n in LOW_PRECISION}
-    if low and min(low.values()) * _LOW_SPEEDUP <= seconds[route]:
-        route = min(low, key=low.get)
-    logger.info("exact top-k route on this CPU (%d threads, d=%d): %s; GEMM probe seconds %s%s",
-                threads, dim, route, {n: round(t, 5) for n, t in seconds.items()},
+    refs = unit(max(16384, 64 * k))
+    x = unit(max(64, _PROBE_SCORES // len(refs)))
+    seconds = {}
+    for name in (route32, *(n for n in gemm_seconds if n in LOW_PRECISION)):
+        blocks = (LowPrecisionBlocks if name in LOW_PRECISION else Float32Blocks)(
+            x, refs, name, len(refs), memory_budget_mb=len(x) * len(refs) * 4 / 2**20)
+        seconds[name] = _best_time(functools.partial(blocks.topk, 0, len(x), 0, len(refs), k),
+                                   repeats=2)
+    route = min(seconds, key=seconds.get)
+    if seconds[route] * _ROUTE_MARGIN > seconds[route32]:
+        route = route32
+    logger.info("exact top-k route on this CPU (%d threads, d=%d, k=%d): %s; probe seconds %s%s",
+                threads, dim, k, route, {n: round(t, 5) for n, t in seconds.items()},
                 f", not used: {rejected}" if rejected else "")
-    return {"route": route, "seconds": seconds, "rejected": rejected}
+    return {"route": route, "seconds": seconds, "gemm_seconds": gemm_seconds,
+            "rejected": rejected}
 
 
 def _best_time(fn, repeats: int = 3) -> float:
-    """The fastest of ``repeats`` calls of ``fn`` after one warm-up call, in seconds."""
+    """The fastest of ``repeats`` calls of ``fn`` after one warm-up call, in seconds (with
+    ``repeats=0``: the warm-up call's time)."""
+    t0 = time.perf_counter()
     fn()
-    best = math.inf
+    best = math.inf if repeats else time.perf_counter() - t0
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()

@@ -459,16 +459,16 @@ class ReferenceTopK:
             raise ValueError(f"precision='float32_numpy' runs NumPy's BLAS on the CPU, but the "
                              f"device is {str(device)!r}; use precision='auto' or 'float32'")
 
-    def route(self, n_x: int, refs, device: torch.device) -> str:
-        """How ``run`` computes the top-k of ``n_x`` rows against ``refs`` (an (n_r, d) array or
-        a ``ReferenceIndex``) on ``device``: "faiss", or the exact route (``choose_route``;
-        "float32" also names a half-precision ``dtype``'s GEMM)."""
+    def route(self, n_x: int, refs, k: int, device: torch.device) -> str:
+        """How ``run`` computes the top-``k`` of ``n_x`` rows against ``refs`` (an (n_r, d)
+        array or a ``ReferenceIndex``) on ``device``: "faiss", or the exact route
+        (``choose_route``; "float32" also names a half-precision ``dtype``'s GEMM)."""
         if self.backend == "faiss":
             return "faiss"
         if self.dtype != "float32":
             return "float32"
         n_r, d = refs.shape
-        return choose_route(self.precision, device, float(n_x) * n_r * d, d)
+        return choose_route(self.precision, device, float(n_x) * n_r * d, d, k)
 
     def run(self, x: np.ndarray, refs, k: int, device: torch.device) -> np.ndarray:
         """Sorted top-k similarities (n_x, k) float32 of ``x`` (n_x, d) to ``refs``: an (n_r, d)
@@ -493,7 +493,7 @@ class ReferenceTopK:
         rt = as_tensor(refs).to(device=device, dtype=dt)
         top = exact_topk(xt, rt, k, memory_budget_mb=self.memory_budget_mb,
                          ref_batch_size=self.ref_batch_size, progress=self.progress,
-                         route=self.route(len(x), refs, device))
+                         route=self.route(len(x), refs, k, device))
         return top.cpu().numpy()
 
 

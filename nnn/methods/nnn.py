@@ -93,7 +93,7 @@ class NNN(RetrievalMethod):
                 raise ValueError(f"{name}={value} is larger than the number of references "
                                  f"(query_bank has {n_refs} rows); use {name} <= {n_refs} or "
                                  "a larger query bank")
-        self.route_ = self._search.route(len(gallery), query_bank, self.device_)
+        self.route_ = self._search.route(len(gallery), query_bank, k_table, self.device_)
         self.topk_sims_ = self._search.run(gallery, query_bank, k_table, self.device_)
         self.k_max_ = k_table
         self.n_references_ = n_refs
