@@ -10,6 +10,7 @@ probe are checked for what they choose, never for speed.
 
 from __future__ import annotations
 
+import functools
 import math
 from unittest import mock
 
@@ -179,6 +180,27 @@ def test_probe_chooses_a_route_and_is_cached():
     assert len(set(result["seconds"]) - low) == 1 and low <= set(result["seconds"])
     assert result["route"] in result["seconds"]
     assert probe_routes(16, torch.get_num_threads(), 4) is result
+
+
+@pytest.mark.parametrize("low_seconds, want", [(0.5, "low"), (0.95, "float32")])
+def test_probe_decides_by_the_block_top_k_not_the_gemm(monkeypatch, low_seconds, want):
+    # stage 1 (GEMMs): float32 1 s, low precision 0.1 s; stage 2 (one block's top-k): float32
+    # 1 s, low precision low_seconds. A low precision is chosen only when its whole block is
+    # _ROUTE_MARGIN times faster, however fast its GEMM alone.
+    def fake_best_time(fn, repeats=3):
+        blocks = getattr(getattr(fn, "func", None), "__self__", None)
+        if isinstance(blocks, _exact.LowPrecisionBlocks):
+            return low_seconds
+        if isinstance(blocks, _exact.Float32Blocks):
+            return 1.0
+        fn()                          # stage 1 runs its GEMM: the accuracy check reads it
+        return 0.1 if isinstance(fn, functools.partial) else 1.0
+
+    monkeypatch.setattr(_exact, "_best_time", fake_best_time)
+    result = probe_routes.__wrapped__(8, 1, 4)
+    low = set(result["gemm_seconds"]) & set(LOW_PRECISION)
+    assert low and set(result["seconds"]) == {"float32", *low}
+    assert result["route"] == want or (want == "low" and result["route"] in low)
 
 
 def test_probe_rejects_a_gemm_that_breaks_the_bound(monkeypatch):

@@ -48,8 +48,8 @@ _LOW_BLOCK_VALUES = 2**27
 _SUPER = 8
 #: x-rows x references below this finish in about a second: no progress bar for them.
 _PROGRESS_MIN_SCORES = 10**9
-#: below this many multiply-adds (n_x * n_refs * d; ~1 s of float32 GEMM on 2 cores) "auto" takes
-#: torch float32 without a probe (the probe takes ~0.5 s)
+#: below this many multiply-adds (n_x * n_refs * d; 1.5-3 s of float32 GEMM on 2 cores) "auto"
+#: takes torch float32 without a probe (the probe takes 0.7-1 s, once per process and k)
 _PROBE_MIN_WORK = 1e11
 #: a low-precision GEMM whose warm-up is this many times slower than float32 is not timed further
 _LOW_SPEEDUP = 3.0
