@@ -36,6 +36,10 @@ def one_thread_workers(task: Callable[[int], T], workers: int) -> list[T]:
 
     def run(worker: int) -> T:
         _STATE.inside = True
+        # also on this thread: OpenMP's thread count and MKL's local one are per thread, and a
+        # new thread's MKL (dynamic threads) could otherwise pick 1 or 2 threads for a GEMM
+        # from one call to the next, and so round differently (seen with 3 workers on 2 cores)
+        torch.set_num_threads(1)
         with torch.inference_mode():
             return task(worker)
 
