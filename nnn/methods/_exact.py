@@ -48,9 +48,12 @@ _LOW_BLOCK_VALUES = 2**27
 _SUPER = 8
 #: x-rows x references below this finish in about a second: no progress bar for them.
 _PROGRESS_MIN_SCORES = 10**9
-#: below this many multiply-adds (n_x * n_refs * d; 1.5-3 s of float32 GEMM on 2 cores) "auto"
-#: takes torch float32 without a probe (the probe takes 0.7-1 s, once per process and k)
-_PROBE_MIN_WORK = 1e11
+#: below this many multiply-adds (n_x * n_refs * d; ~1 s of float32 GEMM on 2 cores) "auto" takes
+#: torch float32 without a probe (the probe takes 0.7-1 s, once per process and k). Measured on a
+#: 2-core Zen 5, 5,000 x n_refs x 512, k = 128, three fits in a fresh process: at 30k references
+#: (7.7e10) probe + bfloat16 1.42, 0.91, 0.81 s vs float32 2.62, 1.65, 1.61 s; at 20k (5.1e10)
+#: 1.67, 0.46, 0.50 s vs 1.25, 1.69, 1.31 s: the probe pays from the second fit on
+_PROBE_MIN_WORK = 5e10
 #: a low-precision GEMM whose warm-up is this many times slower than float32 is not timed further
 _LOW_SPEEDUP = 3.0
 #: NumPy must beat torch's float32 GEMM, a low precision the float32 route, by this factor
