@@ -9,7 +9,8 @@ unit-norm Gaussian data, seeded. Every timed step runs once per round, rounds in
   top-k);
 - ours: ``NNN(precision=route).fit(gallery, query_bank=refs)`` from NumPy (input checks, copies,
   table, bias) for each of ``--routes`` ("auto" is what a user gets: the probe's choice, printed
-  with the probe's GEMM times); each route's bias is also compared with the float32 route's;
+  with the probe's GEMM and block top-k times); each route's bias is also compared with the
+  float32 route's;
 - theirs: ``NNNRanker(NNNRetriever(d), gallery, refs, ...)`` from NumPy, in a subprocess with
   PYTHONPATH=<parity dir> (``bash .ci/install_parity.sh``); skipped with --no-theirs.
 
@@ -38,7 +39,8 @@ import torch
 
 from machine import describe
 from nnn.methods import NNN, ReferenceIndex
-from nnn.methods._exact import DTYPES, probe_routes
+from nnn.methods._exact import DTYPES
+from nnn.methods._exact import probe as route_probe
 
 REPO = Path(__file__).resolve().parents[1]
 COCO_20PCT, COCO_FULL = 118_350, 591_753
@@ -148,8 +150,7 @@ def bias_table(args, device: torch.device, gallery: np.ndarray, refs: np.ndarray
           f"best of {args.repeats}; bias error vs float64 on {len(check)} rows, and vs the "
           "float32 route on all rows")
     if device.type == "cpu" and "auto" in models:
-        probe = probe_routes(args.dim, torch.get_num_threads(),
-                             1 << max(0, args.k - 1).bit_length())
+        probe = route_probe(args.dim, args.k)
         rounded = lambda times: {n: round(t, 5) for n, t in times.items()}
         print(f"auto's probe: {probe['route']}; GEMM seconds {rounded(probe['gemm_seconds'])}, "
               f"block top-k seconds {rounded(probe['seconds'])}"

@@ -107,8 +107,7 @@ def exact_topk(x: torch.Tensor, refs: torch.Tensor, k: int, *, memory_budget_mb:
     """
     n_x, n_r = len(x), len(refs)
     chunk = n_r if ref_batch_size is None else min(ref_batch_size, n_r)
-    blocks = (LowPrecisionBlocks if route in LOW_PRECISION else Float32Blocks)(
-        x, refs, route, chunk, memory_budget_mb)
+    blocks = _blocks(x, refs, route, chunk, memory_budget_mb)
     out = torch.empty(n_x, k, dtype=torch.float32, device=x.device)
     starts = range(0, n_x, blocks.rows)
     bar = tqdm(starts, desc="top-k reference similarities", unit="block", leave=False,
@@ -126,6 +125,13 @@ def exact_topk(x: torch.Tensor, refs: torch.Tensor, k: int, *, memory_budget_mb:
                 best = top
             out[start:stop] = torch.sort(best.float(), dim=1, descending=True).values
     return out
+
+
+def _blocks(x: torch.Tensor, refs: torch.Tensor, route: str, chunk: int,
+            memory_budget_mb: float):
+    """The block computer of ``route``: ``LowPrecisionBlocks`` or ``Float32Blocks``."""
+    return (LowPrecisionBlocks if route in LOW_PRECISION else Float32Blocks)(
+        x, refs, route, chunk, memory_budget_mb)
 
 
 class Float32Blocks:
@@ -372,7 +378,13 @@ def choose_route(precision: str, device: torch.device, work: float, dim: int, k:
         return precision
     if device.type != "cpu" or work < _PROBE_MIN_WORK:
         return "float32"
-    return probe_routes(dim, torch.get_num_threads(), 1 << max(0, k - 1).bit_length())["route"]
+    return probe(dim, k)["route"]
+
+
+def probe(dim: int, k: int) -> dict:
+    """``probe_routes`` for this process's thread count and k rounded up to a power of two (so
+    that nearby k share one probe)."""
+    return probe_routes(dim, torch.get_num_threads(), 1 << max(0, k - 1).bit_length())
 
 
 @functools.cache
@@ -430,8 +442,7 @@ def probe_routes(dim: int, threads: int, k: int) -> dict:
     x = unit(max(64, _PROBE_SCORES // len(refs)))
     seconds = {}
     for name in (route32, *(n for n in gemm_seconds if n in LOW_PRECISION)):
-        blocks = (LowPrecisionBlocks if name in LOW_PRECISION else Float32Blocks)(
-            x, refs, name, len(refs), memory_budget_mb=len(x) * len(refs) * 4 / 2**20)
+        blocks = _blocks(x, refs, name, len(refs), len(x) * len(refs) * 4 / 2**20)
         seconds[name] = _best_time(functools.partial(blocks.topk, 0, len(x), 0, len(refs), k),
                                    repeats=2)
     route = min(seconds, key=seconds.get)
