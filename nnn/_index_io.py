@@ -43,6 +43,15 @@ FAISS_FILE = "index.faiss"
 _DIGEST_BYTES = 1 << 24
 _FILE_CHUNK = 1 << 22
 
+# The folded index's kinds and default parameters (``nnn.index``) live here, with no torch
+# import, so that ``nnn-index --help`` builds its parser in a fifth of a second.
+KINDS = ("flat", "ivf", "hnsw")
+DEFAULT_CHUNK_ROWS = 65536
+#: folded rows are padded with zeros to a multiple of this many floats (``folded_width``)
+DEFAULT_ALIGN = 1
+#: IVF: lists probed by default; HNSW: graph links per node, build and search beam widths
+DEFAULT_NPROBE, DEFAULT_HNSW_M, DEFAULT_EF_CONSTRUCTION, DEFAULT_EF_SEARCH = 16, 32, 80, 64
+
 
 class RowsDigest:
     """An incremental ``array_digest`` of an (n, d) array fed in consecutive row blocks."""

@@ -42,7 +42,9 @@ from tqdm.auto import tqdm
 
 from nnn._arrays import as_matrix, check_non_negative, check_positive_int
 from nnn._atomic import atomic_save_npy, atomic_write_json
-from nnn._index_io import (FAISS_FILE, RowsDigest, array_digest, check_digest, file_digest,
+from nnn._index_io import (DEFAULT_ALIGN, DEFAULT_CHUNK_ROWS, DEFAULT_EF_CONSTRUCTION,
+                           DEFAULT_EF_SEARCH, DEFAULT_HNSW_M, DEFAULT_NPROBE, FAISS_FILE, KINDS,
+                           RowsDigest, array_digest, check_digest, file_digest,
                            library_versions, publish_dir, read_faiss, read_meta,
                            refuse_existing, remove_stale_temps, temp_name, verify_files,
                            write_meta)
@@ -53,15 +55,9 @@ from nnn.methods._topk import (_NO_GPU_FAISS, IVF_TRAIN_POINTS_PER_LIST, default
 
 log = logging.getLogger(__name__)
 
-KINDS = ("flat", "ivf", "hnsw")
 #: meta.json kinds of a saved index and of a bias shard
 INDEX_KIND, SHARD_KIND = "nnn_index", "nnn_bias_shard"
 BIASES_FILE = "biases.npy"
-DEFAULT_CHUNK_ROWS = 65536
-#: folded rows are padded with zeros to a multiple of this many floats (``folded_width``)
-DEFAULT_ALIGN = 1
-#: IVF: lists probed by default; HNSW: graph links per node, build and search beam widths
-DEFAULT_NPROBE, DEFAULT_HNSW_M, DEFAULT_EF_CONSTRUCTION, DEFAULT_EF_SEARCH = 16, 32, 80, 64
 _REBUILD = "rebuild it (NNNIndex.build(...).save(path), CLI: nnn-index build or merge)"
 
 

@@ -35,6 +35,8 @@ import sys
 import time
 from pathlib import Path
 
+from nnn._index_io import (DEFAULT_ALIGN, DEFAULT_CHUNK_ROWS, DEFAULT_EF_SEARCH, DEFAULT_HNSW_M,
+                           DEFAULT_NPROBE, KINDS, META_FILE)
 from nnn.config_dir import CONFIG_DIR
 from nnn.errors import MissingResourceError
 
@@ -226,7 +228,6 @@ def cmd_query(args) -> None:
 
 
 def cmd_info(args) -> None:
-    from nnn._index_io import META_FILE
     from nnn.index import NNNIndex
 
     index = NNNIndex.load(args.index, verify=args.verify)
@@ -301,8 +302,6 @@ def _add_bias_options(p) -> None:
 
 
 def _add_index_options(p) -> None:
-    from nnn.index import DEFAULT_ALIGN, DEFAULT_EF_SEARCH, DEFAULT_HNSW_M, DEFAULT_NPROBE, KINDS
-
     p.add_argument("--kind", choices=KINDS, default="flat", help="flat (exact), ivf or hnsw")
     p.add_argument("--nlist", type=int, default=None, help="IVF lists (default ~4 sqrt(n))")
     p.add_argument("--nprobe", type=int, default=DEFAULT_NPROBE, help="IVF lists searched")
@@ -315,8 +314,6 @@ def _add_index_options(p) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
-    from nnn.index import DEFAULT_CHUNK_ROWS
-
     top = argparse.ArgumentParser(
         prog="nnn-index", formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Build, shard, merge, query and inspect saved NNN indexes (nnn.index).",

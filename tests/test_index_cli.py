@@ -155,3 +155,15 @@ def test_shards_on_parallel_launchers(files, launcher, capsys):
     assert main(["--quiet", "merge", "--shards", str(t / "sh"), "--gallery", str(t / "g.npy"),
                  "--out", str(t / "ix")]) == 0
     _check_merged(t, t / "ix")
+
+
+@pytest.mark.parametrize("command", [[], ["build"], ["query"], ["shards"]])
+def test_help_imports_no_torch_or_faiss(tmp_path, command):
+    """``nnn-index [command] --help`` answers at once: the parser needs no torch or FAISS."""
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-m", "nnn.index_cli", *command,
+                           "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "usage: nnn-index" in proc.stdout, proc.stderr[-2000:]
+    imported = {line.split("|")[-1].strip().split(".")[0] for line in proc.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "numpy" in imported  # the check sees imports at all
+    assert not imported & {"torch", "faiss", "hydra", "scipy"}, sorted(imported)
