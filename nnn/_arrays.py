@@ -15,8 +15,6 @@ import torch
 
 log = logging.getLogger(__name__)
 
-ArrayLike = "np.ndarray | torch.Tensor"
-
 #: Rows whose norm differs from 1 by more than this count as "not L2-normalised".
 NORM_TOLERANCE = 1e-3
 #: rows checked at a time in ``as_matrix`` (bounds its temporaries to a few MB)

@@ -35,8 +35,6 @@ from nnn.errors import MissingResourceError
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
-
 
 def load_karpathy_json(path: Path) -> list[dict]:
     """The image records of a Karpathy JSON file, checked for the fields this module uses."""
