@@ -150,7 +150,7 @@ def bias_table(args, device: torch.device, gallery: np.ndarray, refs: np.ndarray
           f"best of {args.repeats}; bias error vs float64 on {len(check)} rows, and vs the "
           "float32 route on all rows")
     if device.type == "cpu" and "auto" in models:
-        probe = route_probe(args.dim, args.k)
+        probe = route_probe(args.dim, args.k, n_refs)
         rounded = lambda times: {n: round(t, 5) for n, t in times.items()}
         print(f"auto's probe: {probe['route']}; GEMM seconds {rounded(probe['gemm_seconds'])}, "
               f"block top-k seconds {rounded(probe['seconds'])}"

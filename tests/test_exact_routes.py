@@ -145,22 +145,26 @@ def test_nnn_bias_per_route_within_1e6_of_float32(real_flickr, route):
 def test_auto_takes_float32_for_small_problems_and_on_cuda(monkeypatch):
     probe = mock.MagicMock(side_effect=AssertionError("no probe expected"))
     monkeypatch.setattr(_exact, "probe_routes", probe)
-    assert choose_route("auto", torch.device("cpu"), 1e6, 512, 8) == "float32"
-    assert choose_route("auto", torch.device("cuda"), 1e13, 512, 8) == "float32"
-    assert choose_route("bfloat16", torch.device("cpu"), 1e6, 512, 8) == "bfloat16"
+    assert choose_route("auto", torch.device("cpu"), 100, 20_000, 512, 8) == "float32"
+    assert choose_route("auto", torch.device("cuda"), 10**5, 10**6, 512, 8) == "float32"
+    assert choose_route("bfloat16", torch.device("cpu"), 100, 20_000, 512, 8) == "bfloat16"
 
 
 def test_auto_uses_the_probe_for_large_problems(monkeypatch, unit):
     for route in EXACT_ROUTES:
         monkeypatch.setattr(_exact, "probe_routes", lambda dim, threads, k, r=route: {"route": r})
-        assert choose_route("auto", torch.device("cpu"), 1e12, 512, 8) == route
-    # k is rounded up to a power of two, so that nearby k share one probe
+        assert choose_route("auto", torch.device("cpu"), 10**4, 10**6, 512, 8) == route
+    # the probe runs at the same fraction of its references as the caller's k is of theirs,
+    # rounded up to a power of two, so that nearby problems share one probe
     seen = []
     monkeypatch.setattr(_exact, "probe_routes",
                         lambda dim, threads, k: seen.append(k) or {"route": "float32"})
-    for k in (1, 2, 3, 100, 128, 129):
-        choose_route("auto", torch.device("cpu"), 1e12, 512, k)
-    assert seen == [1, 2, 4, 128, 128, 256]
+    n_refs = 8 * _exact._PROBE_REFS
+    for k in (1, 8, 9, 24, 800, 1024, 1025):
+        choose_route("auto", torch.device("cpu"), 10**5, n_refs, 512, k)
+    assert seen == [1, 1, 2, 4, 128, 128, 256]
+    choose_route("auto", torch.device("cpu"), 10**6, _exact._PROBE_REFS // 4, 512, 3)
+    assert seen[-1] == 16
     # NNN records the route it ran
     monkeypatch.setattr(_exact, "probe_routes", lambda dim, threads, k: {"route": "bfloat16"})
     monkeypatch.setattr(_exact, "_PROBE_MIN_WORK", 0)
@@ -175,10 +179,12 @@ def test_probe_chooses_a_route_and_is_cached():
     assert result["route"] in EXACT_ROUTES
     assert {"float32", "float32_numpy"} <= set(result["gemm_seconds"])
     assert set(result["gemm_seconds"]) | set(result["rejected"]) == set(EXACT_ROUTES)
-    # stage 2 times one float32 route and every low precision that passed stage 1
+    # stage 2 times one float32 route and every low precision that passed stage 1, if any
     low = set(result["gemm_seconds"]) & set(LOW_PRECISION)
-    assert len(set(result["seconds"]) - low) == 1 and low <= set(result["seconds"])
-    assert result["route"] in result["seconds"]
+    assert len(set(result["seconds"]) - low) == (1 if low else 0)
+    assert low <= set(result["seconds"])
+    assert result["route"] in result["seconds"] or (not low and result["route"] in (
+        "float32", "float32_numpy"))
     assert probe_routes(16, torch.get_num_threads(), 4) is result
 
 
@@ -201,6 +207,18 @@ def test_probe_decides_by_the_block_top_k_not_the_gemm(monkeypatch, low_seconds,
     low = set(result["gemm_seconds"]) & set(LOW_PRECISION)
     assert low and set(result["seconds"]) == {"float32", *low}
     assert result["route"] == want or (want == "low" and result["route"] in low)
+
+
+def test_probe_times_nothing_when_k_is_too_large_to_pre_select(monkeypatch):
+    # at this k the pre-selection would compute in float32 (c // 16 < 4 k): no block is timed
+    timed = []
+    real_best_time = _exact._best_time
+    monkeypatch.setattr(_exact, "_best_time", lambda fn, repeats=3: timed.append(fn) or
+                        real_best_time(fn, repeats))
+    result = probe_routes.__wrapped__(8, 1, _exact._PROBE_REFS // (4 * _exact._GROUP) + 1)
+    assert result["route"] in ("float32", "float32_numpy") and result["seconds"] == {}
+    assert set(result["rejected"]) == set(LOW_PRECISION) and len(timed) == 2  # the two GEMMs
+    assert all("too large a fraction" in why for why in result["rejected"].values())
 
 
 def test_probe_rejects_a_gemm_that_breaks_the_bound(monkeypatch):

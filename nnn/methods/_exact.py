@@ -26,6 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from nnn._threads import one_thread_workers
+from nnn.methods._selection import kth_largest, sorted_descending, topk_indices, topk_values
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ _SUPER = 8
 #: x-rows x references below this finish in about a second: no progress bar for them.
 _PROGRESS_MIN_SCORES = 10**9
 #: below this many multiply-adds (n_x * n_refs * d; ~1 s of float32 GEMM on 2 cores) "auto" takes
-#: torch float32 without a probe (the probe takes 0.7-1 s, once per process and k). Measured on a
+#: torch float32 without a probe (the probe takes ~1 s, once per process and probe k). Measured on a
 #: 2-core Zen 5, 5,000 x n_refs x 512, k = 128, three fits in a fresh process: at 30k references
 #: (7.7e10) probe + bfloat16 1.42, 0.91, 0.81 s vs float32 2.62, 1.65, 1.61 s; at 20k (5.1e10)
 #: 1.67, 0.46, 0.50 s vs 1.25, 1.69, 1.31 s: the probe pays from the second fit on
@@ -58,9 +59,14 @@ _PROBE_MIN_WORK = 5e10
 _LOW_SPEEDUP = 3.0
 #: NumPy must beat torch's float32 GEMM, a low precision the float32 route, by this factor
 _ROUTE_MARGIN = 1.1
-#: scores (x rows x references) in the probe's stage-2 block (~0.05 s in float32 at d = 512 on a
-#: 2-core Zen 5)
-_PROBE_SCORES = 2**22
+#: the probe's stage-2 block: x rows and references. 1,024 rows, about as many as a real
+#: low-precision block holds at 118k references (1,134), so that the re-scoring's pass over the
+#: references is shared by as many rows; the caller's k is scaled to the same fraction of the
+#: references (``probe``). Measured on a 2-core Zen 5, where a real 5,000 x 118,350 fit at k = 128
+#: ran 2.6x faster in bfloat16 than in NumPy float32: the earlier 256 x 16,384 block at the
+#: caller's k judged it 1.07-1.12x (and picked NumPy in 2 of 3 processes), this one 2.2x; the two
+#: routes take ~0.04 and ~0.09 s on it
+_PROBE_ROWS, _PROBE_REFS = 2**10, 2**14
 #: values per float32 temporary when rounding errors are measured (4 MiB, reused: fresh block-sized
 #: temporaries page-faulted, and the pass over 118k references took 224 ms instead of 63 ms on a
 #: 2-core AMD Zen 5; 1 and 16 MiB were slower)
@@ -81,16 +87,16 @@ def block_topk(sims: torch.Tensor, k: int) -> torch.Tensor:
     b, c = sims.shape
     m = c // _GROUP
     if m < 4 * k:  # short rows: the plain selection is as fast
-        return torch.topk(sims, k, dim=1, sorted=False).values
+        return topk_values(sims, k)
     main = sims[:, :_GROUP * m].view(b, _GROUP, m)
     group_max = main.amax(dim=1)                                            # (b, m)
-    groups = torch.topk(group_max, k, dim=1, sorted=False).indices          # (b, k)
+    groups = topk_indices(group_max, k)                                     # (b, k)
     offsets = torch.arange(_GROUP, device=sims.device) * m                  # (g,)
     cols = (groups[:, None, :] + offsets[None, :, None]).reshape(b, _GROUP * k)
     candidates = sims.gather(1, cols)                                       # (b, g*k)
     if c > _GROUP * m:
         candidates = torch.cat([candidates, sims[:, _GROUP * m:]], dim=1)
-    return torch.topk(candidates, k, dim=1, sorted=False).values
+    return topk_values(candidates, k)
 
 
 def exact_topk(x: torch.Tensor, refs: torch.Tensor, k: int, *, memory_budget_mb: float,
@@ -121,9 +127,9 @@ def exact_topk(x: torch.Tensor, refs: torch.Tensor, k: int, *, memory_budget_mb:
                 top = blocks.topk(start, stop, r0, r1, min(k, r1 - r0), best)
                 if best is not None:
                     merged = torch.cat([best, top], dim=1)
-                    top = torch.topk(merged, min(k, merged.shape[1]), dim=1, sorted=False).values
+                    top = topk_values(merged, min(k, merged.shape[1]))
                 best = top
-            out[start:stop] = torch.sort(best.float(), dim=1, descending=True).values
+            out[start:stop] = sorted_descending(best.float())
     return out
 
 
@@ -257,8 +263,7 @@ class LowPrecisionBlocks:
         if union > 1:
             m2 = m // union
             group_max_2 = group_max[:, :union * m2].view(b, union, m2).amax(dim=1)
-        g_k = torch.topk(group_max_2 if union > 1 else group_max, k, dim=1,
-                         sorted=False).values.amin(dim=1)
+        g_k = kth_largest(group_max_2 if union > 1 else group_max, k)
         theta = self._theta(g_k.double(), self.e[start:start + b], floor)      # (b,) low
         limit = max(8 * k, c // _GROUP)
         rows, groups = (group_max >= theta[:, None]).nonzero(as_tuple=True)    # row-major
@@ -280,7 +285,7 @@ class LowPrecisionBlocks:
         padded[cand_rows, torch.arange(len(cand_rows), device=xb.device) - first[cand_rows]] = exact
         if c > _GROUP * m:
             padded = torch.cat([padded, xb @ rb[_GROUP * m:].T], dim=1)
-        top = torch.topk(padded, min(k, padded.shape[1]), dim=1, sorted=False).values
+        top = topk_values(padded, min(k, padded.shape[1]))
         if too_many.any():
             idx = torch.nonzero(too_many).squeeze(1)
             top[idx] = block_topk(xb[idx] @ rb.T, k)
@@ -364,27 +369,30 @@ def _sampled_products(x: torch.Tensor, refs: torch.Tensor, rows: torch.Tensor,
     return out
 
 
-def choose_route(precision: str, device: torch.device, work: float, dim: int, k: int) -> str:
-    """The route (``ROUTES`` less "auto") for ``precision`` on ``device``, for a top-``k``
-    problem of ``work`` = n_x * n_refs * d multiply-adds in dimension ``dim``.
+def choose_route(precision: str, device: torch.device, n_x: int, n_refs: int, dim: int,
+                 k: int) -> str:
+    """The route (``ROUTES`` less "auto") for ``precision`` on ``device``, for the top-``k`` of
+    ``n_x`` rows against ``n_refs`` references in dimension ``dim``.
 
     An explicit route is returned as is (the caller checks that "float32_numpy" runs on the
-    CPU). "auto" is "float32" below ``_PROBE_MIN_WORK`` (a second or less: nothing to win, and
-    no probe at start-up) and on CUDA (the low-precision routes have not been measured on a GPU
-    yet: ask for one explicitly); otherwise the fastest route of ``probe_routes`` on this CPU
-    for k rounded up to a power of two.
+    CPU). "auto" is "float32" below ``_PROBE_MIN_WORK`` multiply-adds (a second or less: nothing
+    to win, and no probe at start-up) and on CUDA (the low-precision routes have not been
+    measured on a GPU yet: ask for one explicitly); otherwise the fastest route of ``probe``.
     """
     if precision != "auto":
         return precision
-    if device.type != "cpu" or work < _PROBE_MIN_WORK:
+    if device.type != "cpu" or float(n_x) * n_refs * dim < _PROBE_MIN_WORK:
         return "float32"
-    return probe(dim, k)["route"]
+    return probe(dim, k, n_refs)["route"]
 
 
-def probe(dim: int, k: int) -> dict:
-    """``probe_routes`` for this process's thread count and k rounded up to a power of two (so
-    that nearby k share one probe)."""
-    return probe_routes(dim, torch.get_num_threads(), 1 << max(0, k - 1).bit_length())
+def probe(dim: int, k: int, n_refs: int) -> dict:
+    """``probe_routes`` for this process's thread count, at the k that is the same fraction of
+    the probe's ``_PROBE_REFS`` references as ``k`` is of ``n_refs`` (what a selection costs per
+    score depends on that fraction), rounded up to a power of two so that nearby problems share
+    one probe."""
+    scaled = max(1.0, k * _PROBE_REFS / n_refs)
+    return probe_routes(dim, torch.get_num_threads(), 1 << math.ceil(math.log2(scaled)))
 
 
 @functools.cache
@@ -398,14 +406,15 @@ def probe_routes(dim: int, threads: int, k: int) -> dict:
     float32 one (a warm-up ``_LOW_SPEEDUP`` times slower ends its timing: the probe stays short
     on CPUs without bf16 units). NumPy is the float32 route when its GEMM is ``_ROUTE_MARGIN``
     times faster than torch's (the selection after it is the same). (2) That float32 route and
-    each remaining low precision on one block, ``topk`` of ``_PROBE_SCORES`` scores at this k
-    (``max(16384, 64 k)`` references; the one-off rounding of the inputs, O(n d), is left
-    out), best of 2 after a warm-up. Stage 2 decides: what a pre-selection costs besides its
-    GEMM (memory-bound passes over the scores, the re-scoring) differs between CPUs more than
-    the GEMMs do (measured: half the float32 GEMM's time on an Intel AMX VM, under a fifth on
-    an AMD Zen 5; benchmarks/RESULTS.md), so GEMM times alone pick wrongly. A low precision is
-    chosen when it is ``_ROUTE_MARGIN`` times faster than float32 there; the probe's block is
-    smaller than a real one, which favours float32 (per-call costs weigh more).
+    each remaining low precision on one block of ``_PROBE_ROWS`` x ``_PROBE_REFS`` scores,
+    ``topk`` at this k, best of 2 after a warm-up (the one-off rounding of the inputs, O(n d), is
+    left out; with no low precision left, or k too large a fraction of the references for the
+    pre-selection, which then computes in float32, nothing is timed). Stage 2 decides: what a
+    pre-selection costs besides its GEMM (memory-bound passes over the scores, the re-scoring)
+    differs between CPUs more than the GEMMs do (measured: half the float32 GEMM's time on an
+    Intel AMX VM, under a fifth on an AMD Zen 5; benchmarks/RESULTS.md), so GEMM times alone
+    pick wrongly. A low precision is chosen when it is ``_ROUTE_MARGIN`` times faster than
+    float32 there.
     Returns {"route": the chosen route, "seconds": {route: stage-2 best}, "gemm_seconds":
     {route: stage-1 best}, "rejected": {route: why}}.
     """
@@ -419,6 +428,9 @@ def probe_routes(dim: int, threads: int, k: int) -> dict:
     gemm_seconds, rejected = {name: _best_time(fn) for name, fn in gemms.items()}, {}
     fastest32 = min(gemm_seconds.values())
     for name, (low, u, eta) in LOW_PRECISION.items():
+        if _PROBE_REFS // _GROUP < 4 * k:
+            rejected[name] = "k is too large a fraction of the references to pre-select"
+            continue
         x_low, refs_low = x.to(low), refs.to(low)
         out = torch.empty(len(x), len(refs), dtype=low)
         fn = functools.partial(torch.mm, x_low, refs_low.T, out=out)
@@ -438,18 +450,20 @@ def probe_routes(dim: int, threads: int, k: int) -> dict:
             gemm_seconds[name] = t
     route32 = "float32_numpy" if gemm_seconds["float32"] > _ROUTE_MARGIN * fastest32 \
         else "float32"
-    refs = unit(max(16384, 64 * k))
-    x = unit(max(64, _PROBE_SCORES // len(refs)))
-    seconds = {}
-    for name in (route32, *(n for n in gemm_seconds if n in LOW_PRECISION)):
-        blocks = _blocks(x, refs, name, len(refs), len(x) * len(refs) * 4 / 2**20)
-        seconds[name] = _best_time(functools.partial(blocks.topk, 0, len(x), 0, len(refs), k),
-                                   repeats=2)
-    route = min(seconds, key=seconds.get)
-    if seconds[route] * _ROUTE_MARGIN > seconds[route32]:
-        route = route32
-    logger.info("exact top-k route on this CPU (%d threads, d=%d, k=%d): %s; probe seconds %s%s",
-                threads, dim, k, route, {n: round(t, 5) for n, t in seconds.items()},
+    lows = [name for name in gemm_seconds if name in LOW_PRECISION]
+    seconds, route = {}, route32
+    if lows:
+        x, refs = unit(_PROBE_ROWS), unit(_PROBE_REFS)
+        for name in (route32, *lows):
+            blocks = _blocks(x, refs, name, len(refs), len(x) * len(refs) * 4 / 2**20)
+            seconds[name] = _best_time(
+                functools.partial(blocks.topk, 0, len(x), 0, len(refs), k), repeats=2)
+        route = min(seconds, key=seconds.get)
+        if seconds[route] * _ROUTE_MARGIN > seconds[route32]:
+            route = route32
+    logger.info("exact top-k route on this CPU (%d threads, d=%d, probe k=%d): %s; probe "
+                "seconds %s%s", threads, dim, k, route,
+                {n: round(t, 5) for n, t in seconds.items()},
                 f", not used: {rejected}" if rejected else "")
     return {"route": route, "seconds": seconds, "gemm_seconds": gemm_seconds,
             "rejected": rejected}

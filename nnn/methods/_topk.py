@@ -468,7 +468,7 @@ class ReferenceTopK:
         if self.dtype != "float32":
             return "float32"
         n_r, d = refs.shape
-        return choose_route(self.precision, device, float(n_x) * n_r * d, d, k)
+        return choose_route(self.precision, device, n_x, n_r, d, k)
 
     def run(self, x: np.ndarray, refs, k: int, device: torch.device) -> np.ndarray:
         """Sorted top-k similarities (n_x, k) float32 of ``x`` (n_x, d) to ``refs``: an (n_r, d)
