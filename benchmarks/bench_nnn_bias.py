@@ -39,8 +39,7 @@ import torch
 
 from machine import describe
 from nnn.methods import NNN, ReferenceIndex
-from nnn.methods._exact import DTYPES
-from nnn.methods._exact import probe as route_probe
+from nnn.methods._exact import DTYPES, probe as route_probe
 
 REPO = Path(__file__).resolve().parents[1]
 COCO_20PCT, COCO_FULL = 118_350, 591_753

@@ -36,14 +36,19 @@ def _as_numpy(x: torch.Tensor, k: int) -> np.ndarray | None:
     return (x if x.dtype in (torch.float32, torch.float64) else x.float()).numpy()
 
 
+def _top_part(a: np.ndarray, k: int) -> np.ndarray:
+    """A view (b, k) of ``a`` partitioned so that its last k columns hold each row's k largest
+    values, the smallest of them first."""
+    c = a.shape[1]
+    return np.partition(a, c - k, axis=1)[:, c - k:]
+
+
 def topk_values(x: torch.Tensor, k: int) -> torch.Tensor:
     """The k largest values of each row (b, k), in no particular order, in ``x``'s dtype."""
     a = _as_numpy(x, k)
     if a is None:
         return torch.topk(x, k, dim=1, sorted=False).values
-    c = a.shape[1]
-    top = np.partition(a, c - k, axis=1)[:, c - k:]
-    return torch.from_numpy(np.ascontiguousarray(top)).to(x.dtype)
+    return torch.from_numpy(np.ascontiguousarray(_top_part(a, k))).to(x.dtype)
 
 
 def kth_largest(x: torch.Tensor, k: int) -> torch.Tensor:
@@ -51,8 +56,7 @@ def kth_largest(x: torch.Tensor, k: int) -> torch.Tensor:
     a = _as_numpy(x, k)
     if a is None:
         return torch.topk(x, k, dim=1, sorted=False).values.amin(dim=1)
-    c = a.shape[1]
-    return torch.from_numpy(np.partition(a, c - k, axis=1)[:, c - k].copy()).to(x.dtype)
+    return torch.from_numpy(_top_part(a, k)[:, 0].copy()).to(x.dtype)
 
 
 def topk_indices(x: torch.Tensor, k: int) -> torch.Tensor:
