@@ -50,14 +50,17 @@ from nnn._index_io import (DEFAULT_ALIGN, DEFAULT_CHUNK_ROWS, DEFAULT_EF_CONSTRU
                            write_meta)
 from nnn.data.rows import RowSource, as_rows
 from nnn.methods import NNN, ReferenceIndex
-from nnn.methods._topk import (_NO_GPU_FAISS, IVF_TRAIN_POINTS_PER_LIST, default_nlist,
-                               faiss_to_gpu, gpu_faiss_available, import_faiss)
+from nnn.methods._topk import (_NO_GPU_FAISS, GPU_FAISS_MAX_K, IVF_TRAIN_POINTS_PER_LIST,
+                               check_gpu_search, default_nlist, faiss_to_gpu,
+                               gpu_faiss_available, import_faiss)
 
 log = logging.getLogger(__name__)
 
 #: meta.json kinds of a saved index and of a bias shard
 INDEX_KIND, SHARD_KIND = "nnn_index", "nnn_bias_shard"
 BIASES_FILE = "biases.npy"
+#: the way past GPU FAISS's limits on top_k and nprobe
+_CPU_SEARCH = "use_gpu=False (CPU FAISS)"
 _REBUILD = "rebuild it (NNNIndex.build(...).save(path), CLI: nnn-index build or merge)"
 
 
@@ -196,7 +199,9 @@ class NNNIndex:
 
     def _apply_params(self) -> None:
         if self.kind == "ivf":
-            self._searcher.nprobe = min(self.params["nprobe"], self.params["nlist"])
+            nprobe = min(self.params["nprobe"], self.params["nlist"])
+            check_gpu_search(self.use_gpu, 1, nprobe, remedy=_CPU_SEARCH)
+            self._searcher.nprobe = nprobe
         elif self.kind == "hnsw":
             self._searcher.hnsw.efSearch = self.params["ef_search"]
 
@@ -298,25 +303,29 @@ class NNNIndex:
         return fewer than ``top_k`` hits for a query, padded with id -1 and score -inf."""
         top_k = check_positive_int(top_k, "top_k", upper=self.n_items,
                                    upper_name="the gallery size")
+        check_gpu_search(self.use_gpu, top_k, k_name="top_k", remedy=_CPU_SEARCH)
         scores, ids = self._searcher.search(self._folded(queries), top_k)
         scores[ids < 0] = -np.inf
         return scores, ids
 
     def exact_search(self, queries, top_k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """The exhaustive search of the same folded vectors: every IVF list, or HNSW's flat
-        storage (on the CPU for HNSW)."""
+        storage (on the CPU for HNSW, and for IVF with more lists than GPU FAISS probes)."""
         top_k = check_positive_int(top_k, "top_k", upper=self.n_items,
                                    upper_name="the gallery size")
+        check_gpu_search(self.use_gpu, top_k, k_name="top_k", remedy=_CPU_SEARCH)
         q = self._folded(queries)
         if self.kind == "flat":
             return self._searcher.search(q, top_k)
         if self.kind == "hnsw":
             return import_faiss().downcast_index(self.faiss_index.storage).search(q, top_k)
-        self._searcher.nprobe = self.params["nlist"]
+        nlist, nprobe = self.params["nlist"], min(self.params["nprobe"], self.params["nlist"])
+        searcher = self.faiss_index if nlist > GPU_FAISS_MAX_K else self._searcher
+        searcher.nprobe = nlist
         try:
-            return self._searcher.search(q, top_k)
+            return searcher.search(q, top_k)
         finally:
-            self._apply_params()
+            searcher.nprobe = nprobe
 
     def recall_against_exact(self, queries, top_k: int = 10) -> float:
         """Recall@top_k of ``search`` against ``exact_search``: the mean fraction of each query's

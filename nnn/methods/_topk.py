@@ -86,7 +86,7 @@ def faiss_to_gpu(idx):
     """The CPU FAISS index ``idx`` copied to GPU 0 (holding the resources it needs)."""
     faiss = import_faiss()
     resources = faiss.StandardGpuResources()
-    gpu = faiss.index_cpufaiss_to_gpu(resources, 0, idx)
+    gpu = faiss.index_cpu_to_gpu(resources, 0, idx)
     gpu.gpu_resources = resources  # must outlive the GPU index
     return gpu
 
@@ -365,10 +365,11 @@ class ReferenceIndex:
         lists hold fewer than k references get their exact top-k (on ``device``). The caller
         checks ``x`` and ``k <= n_refs``.
         """
-        check_gpu_k(self.use_gpu, k)
         if self.index == "flat":
+            check_gpu_search(self.use_gpu, k)
             return faiss_topk(self.faiss_index, x, k)
         nprobe = min(self.nlist, nprobe or default_nprobe(self.n_refs, self.nlist, k))
+        check_gpu_search(self.use_gpu, k, nprobe)
         if self.use_gpu:
             self.faiss_index.nprobe = nprobe
             top = faiss_topk(self.faiss_index, x, k)
@@ -378,12 +379,19 @@ class ReferenceIndex:
                                    memory_budget_mb=memory_budget_mb)
 
 
-def check_gpu_k(use_gpu: bool, k: int) -> None:
-    """Raise ``ValueError`` when a GPU FAISS search is asked for more neighbours than it returns."""
-    if use_gpu and k > GPU_FAISS_MAX_K:
+def check_gpu_search(use_gpu: bool, k: int, nprobe: int | None = None, *, k_name: str = "k_max",
+                     remedy: str = "use_gpu_faiss=False or backend='exact'") -> None:
+    """Raise ``ValueError`` when a GPU FAISS search is asked for more neighbours, or to probe
+    more IVF lists, than GPU FAISS allows (``GPU_FAISS_MAX_K`` each); ``remedy`` names the way
+    out besides lowering the value."""
+    if not use_gpu:
+        return
+    if k > GPU_FAISS_MAX_K:
         raise ValueError(f"GPU FAISS returns at most {GPU_FAISS_MAX_K} neighbours, but "
-                         f"k_max={k} were asked for; lower k_max, use "
-                         "use_gpu_faiss=False or backend='exact'")
+                         f"{k_name}={k} were asked for; lower {k_name} or use {remedy}")
+    if nprobe is not None and nprobe > GPU_FAISS_MAX_K:
+        raise ValueError(f"GPU FAISS probes at most {GPU_FAISS_MAX_K} lists, but nprobe={nprobe} "
+                         f"was asked for; lower nprobe or use {remedy}")
 
 
 #: a saved ReferenceIndex: its meta.json kind, the references file of the IVF kinds, the remedy
@@ -483,7 +491,7 @@ class ReferenceTopK:
                 use_gpu = self.use_gpu_faiss is True or (
                     self.use_gpu_faiss == "auto" and device.type == "cuda"
                     and gpu_faiss_available())
-                check_gpu_k(use_gpu, k)  # before the (slow) build
+                check_gpu_search(use_gpu, k)  # before the (slow) build
                 refs = ReferenceIndex.from_checked(refs, index=self.index, nlist=self.nlist,
                                                    use_gpu=use_gpu)
             return refs.topk(x, k, nprobe=self.nprobe, device=device,
