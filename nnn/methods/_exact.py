@@ -267,17 +267,12 @@ class LowPrecisionBlocks:
             group_max_2 = group_max[:, :union * m2].view(b, union, m2).amax(dim=1)
         g_k = kth_largest(group_max_2 if union > 1 else group_max, k)
         theta = self._theta(g_k.double(), self.e[start:start + b], floor)      # (b,) low
-        limit = max(8 * k, c // _GROUP)
         rows, groups = (group_max >= theta[:, None]).nonzero(as_tuple=True)    # row-major
-        too_many = torch.bincount(rows, minlength=b) > limit
-        if too_many.any():
-            ok = ~too_many[rows]
-            rows, groups = rows[ok], groups[ok]
         pair, member = (main[rows, :, groups] >= theta[rows][:, None]).nonzero(as_tuple=True)
         cand_rows, cand_cols = rows[pair], groups[pair] + member * m           # row-major
         counts = torch.bincount(cand_rows, minlength=b)
-        if (counts > limit).any():
-            too_many |= counts > limit
+        too_many = counts > max(8 * k, c // _GROUP)
+        if too_many.any():
             ok = ~too_many[cand_rows]
             cand_rows, cand_cols, counts = cand_rows[ok], cand_cols[ok], counts * ~too_many
         exact = _sampled_products(xb, rb, cand_rows, cand_cols)                # (nnz,)
