@@ -143,8 +143,8 @@ def _blocks(x: torch.Tensor, refs: torch.Tensor, route: str, chunk: int,
 
 
 class Float32Blocks:
-    """Top-k of (x block) x (reference chunk) products: one GEMM into a reused buffer, then
-    ``block_topk``. ``route`` "float32": torch (in the tensors' dtype); "float32_numpy": NumPy's
+    """Top-k of (x block) x (reference chunk) products: one GEMM into a reused buffer (torch's
+    threads), then ``block_topk`` split by rows over one-thread workers (``_by_rows``). ``route`` "float32": torch (in the tensors' dtype); "float32_numpy": NumPy's
     BLAS (OpenBLAS in NumPy's wheels), which beats torch's float32 GEMM on some CPUs (measured
     93 vs 60 GFLOP/s on a 2-core AMD EPYC Zen 2)."""
 
@@ -166,7 +166,7 @@ class Float32Blocks:
             sims = self.buf[:b, :c]
         else:
             sims = torch.mm(self.x[start:stop], self.refs[r0:r1].T, out=self.buf[:b, :c])
-        return block_topk(sims, k)
+        return _by_rows(lambda i, j: block_topk(sims[i:j], k), b, sims.device)
 
 
 class LowPrecisionBlocks:
@@ -235,9 +235,8 @@ class LowPrecisionBlocks:
         refs[r0:r1].T, or -inf for values below the k-th of ``best`` (b, k), the running
         top-k of the earlier chunks (they cannot enter the row's top-k).
 
-        The GEMM uses torch's threads; the selection and re-scoring after it are many small
-        or memory-bound operations, split by rows over one-thread workers (``nnn._threads``:
-        torch's two threads ran them slower than one on a shared 2-core CPU).
+        The GEMM uses torch's threads; the selection and re-scoring after it are split by rows
+        over one-thread workers (``_by_rows``).
         """
         b, c = stop - start, r1 - r0
         if c // _GROUP < 4 * k:
@@ -245,11 +244,8 @@ class LowPrecisionBlocks:
         s = torch.mm(self.x_low[start:stop], self.refs_low[r0:r1].T, out=self.buf[:b, :c])
         floor = (best.amin(dim=1).double() if best is not None and best.shape[1] == k
                  else torch.full((b,), -torch.inf, dtype=torch.float64, device=s.device))
-        workers = min(b, torch.get_num_threads()) if s.device.type == "cpu" else 1
-        cuts = [b * w // workers for w in range(workers + 1)]
-        return torch.cat(one_thread_workers(
-            lambda w: self._select(s[cuts[w]:cuts[w + 1]], start + cuts[w], r0, r1, k,
-                                   floor[cuts[w]:cuts[w + 1]]), workers))
+        return _by_rows(lambda i, j: self._select(s[i:j], start + i, r0, r1, k, floor[i:j]),
+                        b, s.device)
 
     def _select(self, s: torch.Tensor, start: int, r0: int, r1: int, k: int,
                 floor: torch.Tensor) -> torch.Tensor:
@@ -299,6 +295,17 @@ class LowPrecisionBlocks:
         low = theta.to(self.low)
         return torch.where(low.double() > theta,
                            torch.nextafter(low, torch.full_like(low, -torch.inf)), low)
+
+
+def _by_rows(select, b: int, device: torch.device) -> torch.Tensor:
+    """``select(i, j)`` (the result for rows i..j of a block of ``b`` rows) for consecutive row
+    ranges, concatenated: on the CPU one range per torch thread, each on a one-thread worker
+    (``nnn._threads``; a selection is many small or memory-bound operations, and NumPy's runs
+    on one thread: a 1,134 x 118,350 float32 ``block_topk`` took 0.13 s on the caller's two
+    threads and 0.07 s on two workers, 2-core Zen 4), on CUDA one call."""
+    workers = min(b, torch.get_num_threads()) if device.type == "cpu" else 1
+    cuts = [b * w // workers for w in range(workers + 1)]
+    return torch.cat(one_thread_workers(lambda w: select(cuts[w], cuts[w + 1]), workers))
 
 
 def _rows(n_x: int, chunk: int, element_size: int, memory_budget_mb: float) -> int:
