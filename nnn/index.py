@@ -207,11 +207,17 @@ class NNNIndex:
 
     def set_search_params(self, *, nprobe: int | None = None,
                           ef_search: int | None = None) -> None:
-        """IVF lists probed per query / HNSW search beam (None keeps the current value)."""
+        """IVF lists probed per query / HNSW search beam (None keeps the current value; a
+        value refused leaves the index as it was)."""
+        params = dict(self.params)
         if nprobe is not None:
-            self.params["nprobe"] = check_positive_int(nprobe, "nprobe")
+            params["nprobe"] = check_positive_int(nprobe, "nprobe")
+            if self.kind == "ivf":
+                check_gpu_search(self.use_gpu, 1, min(params["nprobe"], params["nlist"]),
+                                 remedy=_CPU_SEARCH)
         if ef_search is not None:
-            self.params["ef_search"] = check_positive_int(ef_search, "ef_search")
+            params["ef_search"] = check_positive_int(ef_search, "ef_search")
+        self.params = params
         self._apply_params()
 
     # -- building ------------------------------------------------------------------------------

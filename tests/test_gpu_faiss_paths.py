@@ -154,5 +154,6 @@ def test_nnn_index_gpu_limits_are_clear_errors(gpu_faiss):
                          progress=False)
     with pytest.raises(ValueError, match="GPU FAISS probes at most 2048 lists.*nprobe=2049"):
         ivf.set_search_params(nprobe=2049)
+    assert ivf.params["nprobe"] == 8 and ivf._searcher.nprobe == 8   # left as it was
     # every list (2,100 > 2048) is probed by the CPU copy of the index instead
     np.testing.assert_array_equal(ivf.exact_search(q, 5)[1], flat.search(q, 5)[1])

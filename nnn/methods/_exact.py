@@ -144,9 +144,10 @@ def _blocks(x: torch.Tensor, refs: torch.Tensor, route: str, chunk: int,
 
 class Float32Blocks:
     """Top-k of (x block) x (reference chunk) products: one GEMM into a reused buffer (torch's
-    threads), then ``block_topk`` split by rows over one-thread workers (``_by_rows``). ``route`` "float32": torch (in the tensors' dtype); "float32_numpy": NumPy's
-    BLAS (OpenBLAS in NumPy's wheels), which beats torch's float32 GEMM on some CPUs (measured
-    93 vs 60 GFLOP/s on a 2-core AMD EPYC Zen 2)."""
+    threads), then ``block_topk`` split by rows over one-thread workers (``_by_rows``).
+    ``route`` "float32": torch (in the tensors' dtype); "float32_numpy": NumPy's BLAS (OpenBLAS
+    in NumPy's wheels), which beats torch's float32 GEMM on some CPUs (measured 93 vs 60 GFLOP/s
+    on a 2-core AMD EPYC Zen 2)."""
 
     def __init__(self, x: torch.Tensor, refs: torch.Tensor, route: str, chunk: int,
                  memory_budget_mb: float):
