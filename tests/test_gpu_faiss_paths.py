@@ -157,3 +157,22 @@ def test_nnn_index_gpu_limits_are_clear_errors(gpu_faiss):
     assert ivf.params["nprobe"] == 8 and ivf._searcher.nprobe == 8   # left as it was
     # every list (2,100 > 2048) is probed by the CPU copy of the index instead
     np.testing.assert_array_equal(ivf.exact_search(q, 5)[1], flat.search(q, 5)[1])
+
+
+def test_nnn_index_cli_gpu_flag(tmp_path, gpu_faiss, data):
+    from nnn.index_cli import main
+
+    g, r, q = data
+    for name, a in (("g", g), ("r", r), ("q", q)):
+        np.save(tmp_path / f"{name}.npy", a)
+    t = tmp_path
+    assert main(["--quiet", "build", "--gallery", str(t / "g.npy"), "--refs", str(t / "r.npy"),
+                 "--out", str(t / "ix"), "--k", str(K), "--kind", "ivf", "--nlist", "9",
+                 "--gpu"]) == 0
+    built = len(gpu_faiss)
+    assert built >= 1
+    assert main(["--quiet", "query", "--index", str(t / "ix"), "--queries", str(t / "q.npy"),
+                 "--top-k", "5", "--out", str(t / "res.npz"), "--gpu", "--recall"]) == 0
+    assert len(gpu_faiss) > built                       # the query loaded it onto the "GPU"
+    with np.load(t / "res.npz") as res:
+        np.testing.assert_array_equal(res["ids"], NNNIndex.load(t / "ix").search(q, 5)[1])
