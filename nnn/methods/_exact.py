@@ -352,15 +352,14 @@ def _sampled_products(x: torch.Tensor, refs: torch.Tensor, rows: torch.Tensor,
     torch's sampled dense-dense product (``torch.sparse.sampled_addmm``: each pair reads its two
     rows once, fused) is 2.5x faster here than gathering the reference rows and multiplying.
     The pairs are taken reference by reference (a CSR matrix over references x rows of x), so
-    that the references are read in order: 1.7x faster than row by row on one thread. On the
-    CPU the order comes from NumPy's argsort (torch's sort ran 6x slower on two threads).
+    that the references are read in order: 1.7x faster than row by row on one thread. The order
+    is a stable sort, which torch runs as a radix sort for integers on the CPU: 8 ms on one
+    thread for the 523k pairs of a 567-row block at k = 512 (118k references), against 35 ms
+    for NumPy's argsort (2-core Zen 4).
     """
     if len(cols) == 0:
         return torch.empty(0, device=x.device)
-    if cols.device.type == "cpu":
-        order = torch.from_numpy(np.argsort(cols.numpy()))
-    else:
-        order = torch.argsort(cols)
+    order = torch.sort(cols, stable=True).indices
     by_ref = cols[order]
     lo, hi = int(by_ref[0]), int(by_ref[-1]) + 1
     crow = torch.zeros(hi - lo + 1, dtype=torch.long, device=x.device)
