@@ -197,13 +197,17 @@ class NNNIndex:
                 f"k={p['k']}, alpha={p['alpha']}, n_refs={p['n_refs']}, params={self.params}, "
                 f"use_gpu={self.use_gpu})")
 
-    def _apply_params(self) -> None:
+    def _apply_params(self, params: dict | None = None) -> None:
+        """Set the searcher to ``params`` (default: the current ones), which become the index's
+        only once GPU FAISS's limits are checked."""
+        params = self.params if params is None else params
         if self.kind == "ivf":
-            nprobe = min(self.params["nprobe"], self.params["nlist"])
+            nprobe = min(params["nprobe"], params["nlist"])
             check_gpu_search(self.use_gpu, 1, nprobe, remedy=_CPU_SEARCH)
             self._searcher.nprobe = nprobe
         elif self.kind == "hnsw":
-            self._searcher.hnsw.efSearch = self.params["ef_search"]
+            self._searcher.hnsw.efSearch = params["ef_search"]
+        self.params = params
 
     def set_search_params(self, *, nprobe: int | None = None,
                           ef_search: int | None = None) -> None:
@@ -212,13 +216,9 @@ class NNNIndex:
         params = dict(self.params)
         if nprobe is not None:
             params["nprobe"] = check_positive_int(nprobe, "nprobe")
-            if self.kind == "ivf":
-                check_gpu_search(self.use_gpu, 1, min(params["nprobe"], params["nlist"]),
-                                 remedy=_CPU_SEARCH)
         if ef_search is not None:
             params["ef_search"] = check_positive_int(ef_search, "ef_search")
-        self.params = params
-        self._apply_params()
+        self._apply_params(params)
 
     # -- building ------------------------------------------------------------------------------
     @classmethod
