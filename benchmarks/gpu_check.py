@@ -123,7 +123,16 @@ NNN_VARIANTS = (
          tf32=False, bound=1e-5),
     dict(name="bfloat16 pre-selection, float32 re-score", nnn=dict(precision="bfloat16"),
          tf32=False, bound=1e-5),
+    # the same with blocks of (nearly) all 5,000 rows: fewer, larger selections per fit
+    dict(name="float16 pre-selection, 8 GiB blocks",
+         nnn=dict(precision="float16", memory_budget_mb=8192), tf32=False, bound=1e-5),
+    dict(name="bfloat16 pre-selection, 8 GiB blocks",
+         nnn=dict(precision="bfloat16", memory_budget_mb=8192), tf32=False, bound=1e-5),
+    dict(name="float32, 8 GiB blocks", nnn=dict(dtype="float32", memory_budget_mb=8192),
+         tf32=False, bound=1e-5, cuda_only=True),
 )
+#: rows of x whose low-precision GEMM is checked against its error bound (``gemm_bound_check``)
+GEMM_CHECK_ROWS = 64
 #: the issue's targets for the exact bias (reported next to the timings)
 TARGET_S, TARGET_SPEEDUP = 0.02, 5.0
 ALPHA = 0.75
@@ -364,7 +373,7 @@ def section_nnn(ctx: Context) -> None:
     from bench_nnn_bias import gemm_floor, reference_bias, unit_data
 
     from nnn.methods import NNN
-    from nnn.methods._exact import DTYPES, exact_topk
+    from nnn.methods._exact import DTYPES, LOW_PRECISION, exact_topk
 
     s, sec = ctx.sizes, "nnn"
     dev = torch.device(ctx.device)
@@ -405,6 +414,12 @@ def section_nnn(ctx: Context) -> None:
                      rounds=fmt_rounds(ranker_s), note="includes their host-to-device copy")
 
     x32, r32 = (torch.from_numpy(a).to(dev) for a in (gallery, refs))
+    for route in LOW_PRECISION:
+        with guarded(ctx, sec, f"{route} GEMM within the pre-selection's bound", kind="check"):
+            ratio, worst = gemm_bound_check(x32[:GEMM_CHECK_ROWS], r32, route)
+            ctx.emit(sec, "check", f"{route} GEMM within the pre-selection's bound "
+                     f"({GEMM_CHECK_ROWS} rows x {s.n_refs})", status_for(ratio, 1.0),
+                     error=ratio, bound=1.0, note=f"largest |S^ - A| / bound; {worst}")
     for v in variants:
         name, opts = v["name"], dict(v["nnn"])
         precision = "high" if v["tf32"] else "highest"
@@ -454,6 +469,35 @@ def section_nnn(ctx: Context) -> None:
             torch.set_float32_matmul_precision("highest")
             if ctx.cuda:
                 torch.cuda.empty_cache()
+
+
+def gemm_bound_check(x, refs, route: str) -> tuple[float, str]:
+    """The low-precision GEMM of ``route`` on this device against the bound that the exact
+    pre-selection assumes (``nnn.methods._exact.LowPrecisionBlocks``, with ``_rounding`` of the
+    device): for x~, r~ the inputs rounded to the low precision, A = x~ r~^T in float64 and S^
+    the GEMM's result in the low precision (run as the route runs it, inside ``_ieee_gemms``),
+    |S^ - A| <= u' |A| (1 + u') + (1 + u') gamma'_d |x~| |r~| + eta + d 2^-126 (u' = the
+    result's unit roundoff times the device's factor, gamma'_d from the accumulation's).
+    Returns (the largest ratio of |S^ - A| to that bound, where it is largest)."""
+    from nnn.methods._exact import LOW_PRECISION, _ieee_gemms, _rounding
+
+    low, u, eta = LOW_PRECISION[route]
+    u_acc, factor = _rounding(x.device)
+    u_out, d = u * factor, x.shape[1]
+    gamma = d * u_acc / (1 - d * u_acc)
+    x_low, refs_low = x.to(low), refs.to(low)
+    with _ieee_gemms():
+        got = (x_low @ refs_low.T).double()
+    exact = x_low.double() @ refs_low.double().T
+    norms = x_low.double().norm(dim=1)[:, None] * refs_low.double().norm(dim=1)[None]
+    bound = (u_out * exact.abs() * (1 + u_out) + (1 + u_out) * gamma * norms + eta
+             + d * 2.0**-126)
+    ratio = (got - exact).abs() / bound
+    worst = int(ratio.argmax())
+    i, j = divmod(worst, ratio.shape[1])
+    return float(ratio.max()), (f"at row {i}, reference {j}: |S^ - A| = "
+                                f"{float((got - exact).abs()[i, j]):.3g}, |A| = "
+                                f"{float(exact[i, j]):.3g}; u_acc = {u_acc:.3g}, u' = {u_out:.3g}")
 
 
 # -- section: QB-Norm / DBNorm ---------------------------------------------------------------------

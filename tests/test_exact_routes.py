@@ -277,3 +277,93 @@ def test_reference_chunks_use_the_running_top_k_as_a_floor(unit, route):
     np.testing.assert_allclose(got, ref_topk(x, refs, 6), rtol=0, atol=dot_atol(16))
     alone = sum(candidates(refs[i:i + 1500], None)[1] for i in range(0, len(refs), 1500))
     assert pruned < 0.7 * alone          # without the floor each chunk keeps its own top-k band
+
+
+@pytest.mark.parametrize("route", list(LOW_PRECISION))
+def test_cuda_rounding_model_widens_the_band_and_stays_exact(unit, route, monkeypatch):
+    # on CUDA the bound takes 2^-21 for the GEMM's accumulation and 2u for its result's
+    # rounding (tensor cores truncate); run here with those numbers: the same exact top-k,
+    # from more candidates
+    assert _exact._rounding(torch.device("cpu")) == (2.0**-24, 1.0)
+    assert _exact._rounding(torch.device("cuda")) == (2.0**-21, 2.0)
+    x, refs = unit(37, 48), unit(3001, 48)
+
+    def candidates():
+        spy = mock.MagicMock(wraps=_exact._sampled_products)
+        with mock.patch.object(_exact, "_sampled_products", spy):
+            top = run(route, x, refs, 7, rows=10)
+        return top, sum(len(c.args[3]) for c in spy.call_args_list)
+
+    cpu_top, cpu_n = candidates()
+    monkeypatch.setattr(_exact, "_rounding", lambda device: (2.0**-21, 2.0))
+    cuda_top, cuda_n = candidates()
+    np.testing.assert_allclose(cuda_top, ref_topk(x, refs, 7), rtol=0, atol=dot_atol(48))
+    np.testing.assert_array_equal(cuda_top, cpu_top)
+    assert cuda_n > cpu_n
+
+
+def _matmul_settings():
+    cuda = torch.backends.cuda.matmul
+    return (cuda.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision,
+            cuda.allow_fp16_reduced_precision_reduction,
+            cuda.allow_bf16_reduced_precision_reduction)
+
+
+@pytest.mark.parametrize("setting", ["default", "legacy", "new"])
+def test_ieee_gemms_sets_and_restores_the_process_settings(setting):
+    cuda, mkldnn = torch.backends.cuda.matmul, torch.backends.mkldnn.matmul
+    saved = _matmul_settings()
+    try:
+        if setting == "legacy":
+            torch.set_float32_matmul_precision("high")
+        elif setting == "new":
+            cuda.fp32_precision, mkldnn.fp32_precision = "tf32", "bf16"
+        before = _matmul_settings()
+        with _exact._ieee_gemms():
+            assert _matmul_settings() == ("ieee", "ieee", False, False)
+        assert _matmul_settings() == before
+        if setting != "new":          # torch refuses the legacy query after a mix of its APIs
+            assert torch.get_float32_matmul_precision() == (
+                "high" if setting == "legacy" else "highest")
+        with pytest.raises(RuntimeError, match="inside"), _exact._ieee_gemms():
+            raise RuntimeError("inside")
+        assert _matmul_settings() == before
+    finally:
+        cuda.fp32_precision, mkldnn.fp32_precision = saved[:2]
+        cuda.allow_fp16_reduced_precision_reduction = saved[2]
+        cuda.allow_bf16_reduced_precision_reduction = saved[3]
+
+
+@pytest.mark.parametrize("route", list(LOW_PRECISION))
+def test_low_precision_routes_exact_when_the_process_allows_bf16_matmuls(unit, route):
+    # a process that lets float32 matmuls run in bfloat16: the re-scoring's float32 products
+    # (here: the leftover columns and short chunks) stay float32. Where torch's CPU matmul
+    # ignores the setting (MKL's sgemm on the 2-core Zen 4 this was written on: the same
+    # product either way) this passes without the guard too; it fails without it where
+    # oneDNN honours the setting
+    mkldnn = torch.backends.mkldnn.matmul
+    saved = mkldnn.fp32_precision
+    x, refs = unit(23, 40), unit(2003, 40)
+    try:
+        mkldnn.fp32_precision = "bf16"
+        got = run(route, x, refs, 5, rows=6, chunk=1001)
+        assert mkldnn.fp32_precision == "bf16"
+    finally:
+        mkldnn.fp32_precision = saved
+    np.testing.assert_allclose(got, ref_topk(x, refs, 5), rtol=0, atol=dot_atol(40))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("route", ["float32", *LOW_PRECISION])
+@pytest.mark.parametrize("rows,chunk", [(7, None), (10, 389), (53, None)])
+def test_cuda_routes_match_float64(unit, route, rows, chunk):
+    # on the GPU: odd row blocks, reference chunks (one too short to pre-select), ties
+    x, base = unit(53, 24), unit(1013, 24)
+    refs = np.concatenate([base, base[:400]])
+    itemsize = 2 if route in LOW_PRECISION else 4
+    got = exact_topk(torch.from_numpy(x).cuda(), torch.from_numpy(refs).cuda(), 12,
+                     memory_budget_mb=budget_for_rows(rows, chunk or len(refs), itemsize),
+                     ref_batch_size=chunk, progress=False, route=route)
+    assert got.device.type == "cuda" and got.dtype == torch.float32
+    np.testing.assert_allclose(got.cpu().numpy(), ref_topk(x, refs, 12), rtol=0,
+                               atol=dot_atol(24))

@@ -15,6 +15,7 @@ its error bound); ``choose_route`` / ``probe_routes`` pick the fastest on this m
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -73,6 +74,9 @@ _PROBE_ROWS, _PROBE_REFS = 2**10, 2**14
 #: temporaries page-faulted, and the pass over 118k references took 224 ms instead of 63 ms on a
 #: 2-core AMD Zen 5; 1 and 16 MiB were slower)
 _NORM_VALUES = 2**20
+#: the same on CUDA (256 MiB): few blocks, since each costs a handful of kernel launches (blocks of
+#: 2**20 values would take ~1,700 launches for 591,753 x 512 references, ~20 ms at ~10 us each)
+_NORM_VALUES_CUDA = 2**26
 
 
 def block_topk(sims: torch.Tensor, k: int) -> torch.Tensor:
@@ -186,10 +190,12 @@ class LowPrecisionBlocks:
     GEMM's float32-accumulated A, S^ = P rounded to the low precision, S32 = the float32
     re-score of x.r. Then, for any summation order (Higham, Accuracy and Stability, 3.1),
       |A - S| <= |x| |r - r~| + |x - x~| |r~|                   (exact identity + Cauchy-Schwarz)
-      |P - A| <= gamma_d |x~| |r~| + d 2^-126,   gamma_d = d 2^-24 / (1 - d 2^-24)
-      |S32 - S| <= gamma_d |x| |r|
-      |S^ - P| <= u |P| + eta                   (u = 2^-8 bfloat16, 2^-11 float16; eta: flushed
-                                                 or subnormal results, 2^-126 / 2^-14)
+      |P - A| <= gamma'_d |x~| |r~| + d 2^-126,  gamma'_d: gamma_d with the accumulation's
+                                                 unit roundoff (2^-24 on the CPU; CUDA below)
+      |S32 - S| <= gamma_d |x| |r|,              gamma_d = d 2^-24 / (1 - d 2^-24)
+      |S^ - P| <= u |P| + eta                   (u = 2^-8 bfloat16, 2^-11 float16, twice that
+                                                 on CUDA; eta: flushed or subnormal results,
+                                                 2^-126 / 2^-14)
     so S32 lies in [lo(S^) - e, hi(S^) + e] with e = the sum of the first three bounds
     (maxima over the references) and lo, hi increasing (``_theta``). The k entries with
     S^ >= g_K give t32 (the row's k-th largest S32) >= lo(g_K) - e, and every member of the
@@ -200,7 +206,16 @@ class LowPrecisionBlocks:
     The band is ~0.01 wide for unit vectors in bfloat16 (~300 candidates per row at k = 128 of
     118k references).
     The bound needs a GEMM that accumulates in float32 (AMX and AVX512-BF16 kernels do);
-    ``probe_routes`` checks it and never picks a route that breaks it.
+    ``probe_routes`` checks it and never picks a route that breaks it. On CUDA (``_rounding``)
+    the low-precision GEMM's float32 accumulation is bounded with 2^-21 in place of 2^-24 and
+    the result's rounding with 2u: NVIDIA's tensor cores align the addends of each block of
+    products by truncation and round toward zero (Fasi, Higham, Mikaitis and Pranesh, Numerical
+    behavior of NVIDIA tensor cores, PeerJ CS 2021: V100, T4, A100), which costs at most about
+    (1 + 2 / n_b) 2^-23 per product for blocks of n_b >= 4 products, under 3 * 2^-24; 2^-21
+    leaves more than twice that for GPUs that paper did not measure, and
+    ``benchmarks/gpu_check.py`` measures the largest error on the GPU it runs on. cuBLAS's
+    reduced-precision reductions, TF32 and the like are switched off while a block runs
+    (``_ieee_gemms``), whatever the process has set.
 
     With references in chunks (``ref_batch_size``), the running top-k of the earlier chunks
     is a floor: t32 >= its k-th value, so theta = hi^-1(max(lo(g_K) - e, floor) - e) and a
@@ -208,7 +223,8 @@ class LowPrecisionBlocks:
 
     Memory beyond the float32 route's: low-precision copies of x and of the references (half
     their float32 size: 606 MB for 591,753 x 512); the similarity buffer holds at most
-    ``_LOW_BLOCK_VALUES`` scores within ``memory_budget_mb``.
+    ``memory_budget_mb``, and on the CPU at most ``_LOW_BLOCK_VALUES`` scores (a measurement of
+    CPU caches: a GPU gets the blocks its budget allows, fewer and larger).
 
     A row whose candidates exceed ``max(8 k, c / 16)`` (near-constant rows, duplicates: the band
     holds too many references) is computed in float32 instead, so the cost stays bounded.
@@ -217,17 +233,20 @@ class LowPrecisionBlocks:
 
     def __init__(self, x: torch.Tensor, refs: torch.Tensor, route: str, chunk: int,
                  memory_budget_mb: float):
-        self.low, self.u, self.eta = LOW_PRECISION[route]
+        self.low, u, self.eta = LOW_PRECISION[route]
+        u_acc, out_factor = _rounding(x.device)
+        self.u = u * out_factor
         self.x, self.refs, self.d = x, refs, x.shape[1]
         self.x_low, x_norm, x_err, x_low_norm = _rounded(x, self.low)
         self.refs_low, *r_bounds = _rounded(refs, self.low)
         r_norm, r_err, r_low_norm = (b.amax() for b in r_bounds)
-        gamma = self.d * 2.0**-24 / (1 - self.d * 2.0**-24)
+        gamma_acc, gamma = (self.d * v / (1 - self.d * v) for v in (u_acc, 2.0**-24))
         #: e per row of x (float64), the sum of the first three bounds of the class docstring
-        self.e = (x_norm * r_err + x_err * r_low_norm
-                  + gamma * (x_low_norm * r_low_norm + x_norm * r_norm) + self.d * 2.0**-126)
-        self.rows = min(_rows(len(x), chunk, self.x_low.element_size(), memory_budget_mb),
-                        max(1, _LOW_BLOCK_VALUES // chunk))
+        self.e = (x_norm * r_err + x_err * r_low_norm + gamma_acc * x_low_norm * r_low_norm
+                  + gamma * x_norm * r_norm + self.d * 2.0**-126)
+        self.rows = _rows(len(x), chunk, self.x_low.element_size(), memory_budget_mb)
+        if x.device.type == "cpu":
+            self.rows = min(self.rows, max(1, _LOW_BLOCK_VALUES // chunk))
         self.buf = torch.empty(self.rows, chunk, dtype=self.low, device=x.device)
 
     def topk(self, start: int, stop: int, r0: int, r1: int, k: int,
@@ -240,13 +259,14 @@ class LowPrecisionBlocks:
         over one-thread workers (``_by_rows``).
         """
         b, c = stop - start, r1 - r0
-        if c // _GROUP < 4 * k:
-            return block_topk(self.x[start:stop] @ self.refs[r0:r1].T, k)
-        s = torch.mm(self.x_low[start:stop], self.refs_low[r0:r1].T, out=self.buf[:b, :c])
-        floor = (best.amin(dim=1).double() if best is not None and best.shape[1] == k
-                 else torch.full((b,), -torch.inf, dtype=torch.float64, device=s.device))
-        return _by_rows(lambda i, j: self._select(s[i:j], start + i, r0, r1, k, floor[i:j]),
-                        b, s.device)
+        with _ieee_gemms():
+            if c // _GROUP < 4 * k:
+                return block_topk(self.x[start:stop] @ self.refs[r0:r1].T, k)
+            s = torch.mm(self.x_low[start:stop], self.refs_low[r0:r1].T, out=self.buf[:b, :c])
+            floor = (best.amin(dim=1).double() if best is not None and best.shape[1] == k
+                     else torch.full((b,), -torch.inf, dtype=torch.float64, device=s.device))
+            return _by_rows(lambda i, j: self._select(s[i:j], start + i, r0, r1, k, floor[i:j]),
+                            b, s.device)
 
     def _select(self, s: torch.Tensor, start: int, r0: int, r1: int, k: int,
                 floor: torch.Tensor) -> torch.Tensor:
@@ -298,6 +318,47 @@ class LowPrecisionBlocks:
                            torch.nextafter(low, torch.full_like(low, -torch.inf)), low)
 
 
+def _rounding(device: torch.device) -> tuple[float, float]:
+    """(the unit roundoff that bounds a low-precision GEMM's float32 accumulation, the factor on
+    u for the rounding of its result) on ``device``: (2^-24, 1) on the CPU, whose bfloat16 and
+    float16 kernels (AMX, AVX512-BF16, oneDNN) round to nearest; (2^-21, 2) on CUDA, whose
+    tensor cores truncate (``LowPrecisionBlocks``)."""
+    return (2.0**-24, 1.0) if device.type == "cpu" else (2.0**-21, 2.0)
+
+
+@contextlib.contextmanager
+def _ieee_gemms():
+    """While the block runs: float32 matmuls in IEEE float32 (no TF32 or bfloat16 inner
+    products, whatever the process set with ``torch.backends.*.matmul.fp32_precision`` or
+    ``torch.set_float32_matmul_precision``) and cuBLAS's half-precision GEMMs without
+    reduced-precision reductions, which torch allows by default and the bound of
+    ``LowPrecisionBlocks`` forbids. The process's settings are restored after it (through the
+    same API: torch refuses to report a setting made through a mix of its two APIs)."""
+    cuda = torch.backends.cuda.matmul
+    if hasattr(torch.backends, "fp32_precision"):                  # torch >= 2.9
+        backends = (cuda, torch.backends.mkldnn.matmul)
+        precision = [b.fp32_precision for b in backends]
+        for b in backends:
+            b.fp32_precision = "ieee"
+    else:
+        precision = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision("highest")
+    reductions = (cuda.allow_fp16_reduced_precision_reduction,
+                  cuda.allow_bf16_reduced_precision_reduction)
+    cuda.allow_fp16_reduced_precision_reduction = False
+    cuda.allow_bf16_reduced_precision_reduction = False
+    try:
+        yield
+    finally:
+        if isinstance(precision, list):
+            for b, value in zip(backends, precision):
+                b.fp32_precision = value
+        else:
+            torch.set_float32_matmul_precision(precision)
+        cuda.allow_fp16_reduced_precision_reduction = reductions[0]
+        cuda.allow_bf16_reduced_precision_reduction = reductions[1]
+
+
 def _by_rows(select, b: int, device: torch.device) -> torch.Tensor:
     """``select(i, j)`` (the result for rows i..j of a block of ``b`` rows) for consecutive row
     ranges, concatenated: on the CPU one range per torch thread, each on a one-thread worker
@@ -327,7 +388,7 @@ def _rounded(a: torch.Tensor, low: torch.dtype):
     a_low = torch.empty(n, d, dtype=low, device=a.device)
     norm = torch.empty(n, dtype=torch.float32, device=a.device)
     err = torch.empty_like(norm)
-    rows = max(1, _NORM_VALUES // d)
+    rows = max(1, (_NORM_VALUES if a.device.type == "cpu" else _NORM_VALUES_CUDA) // d)
     back = torch.empty(min(n, rows), d, device=a.device)     # a~ in float32, then a~ - a
     for i in range(0, n, rows):
         block, block_low, b = a[i:i + rows], a_low[i:i + rows], back[:min(rows, n - i)]
@@ -443,7 +504,8 @@ def probe_routes(dim: int, threads: int, k: int) -> dict:
             continue
         rows = slice(0, 32)                            # enough to catch a wrong accumulation
         exact = x_low[rows].double() @ refs_low.double().T
-        gamma = dim * 2.0**-24 / (1 - dim * 2.0**-24)
+        u_acc = _rounding(x.device)[0]
+        gamma = dim * u_acc / (1 - dim * u_acc)
         norms = x_low[rows].double().norm(dim=1)[:, None] * refs_low.double().norm(dim=1)[None]
         if ((out[rows].double() - exact).abs() > u * exact.abs()
                 + (1 + u) * gamma * norms * 1.01 + eta).any():
