@@ -338,9 +338,8 @@ def test_ieee_gemms_sets_and_restores_the_process_settings(setting):
 def test_low_precision_routes_exact_when_the_process_allows_bf16_matmuls(unit, route):
     # a process that lets float32 matmuls run in bfloat16: the re-scoring's float32 products
     # (here: the leftover columns and short chunks) stay float32. Where torch's CPU matmul
-    # ignores the setting (MKL's sgemm on the 2-core Zen 4 this was written on: the same
-    # product either way) this passes without the guard too; it fails without it where
-    # oneDNN honours the setting
+    # ignores the setting (MKL's sgemm on the 2-core Zen 4 this was written on gave the same
+    # product either way) this would pass without the guard (``_ieee_gemms``) too
     mkldnn = torch.backends.mkldnn.matmul
     saved = mkldnn.fp32_precision
     x, refs = unit(23, 40), unit(2003, 40)
