@@ -139,22 +139,61 @@ def remove_stale_temps(target: Path) -> list[Path]:
     return removed
 
 
-def refuse_existing(target: Path, overwrite: bool, what: str) -> None:
-    """``FileExistsError`` when ``target`` exists and ``overwrite`` is false."""
-    if target.exists() and not overwrite:
+def _saved_kind(target: Path) -> str | None:
+    """The kind recorded in ``target/meta.json``, or None when ``target`` is not a saved index
+    folder (a file, a foreign folder, an unreadable ``meta.json``)."""
+    try:
+        meta = json.loads((target / META_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return None
+    return meta.get("kind") if isinstance(meta, dict) else None
+
+
+def _is_npy(target: Path) -> bool:
+    try:
+        with open(target, "rb") as fh:
+            return target.is_file() and fh.read(6) == b"\x93NUMPY"
+    except OSError:
+        return False
+
+
+def refuse_existing(target: Path, overwrite: bool, what: str, kind: str | None = None) -> None:
+    """``FileExistsError`` when ``target`` exists and ``overwrite`` is false, and also when it is
+    not what ``overwrite`` may replace: a saved index folder whose ``meta.json`` says ``kind``,
+    or, with ``kind=None``, a ``.npy`` file. Anything else (a data file, a foreign folder, the
+    gallery itself) is never deleted."""
+    if not (target.exists() or target.is_symlink()):
+        return
+    if not overwrite:
         raise FileExistsError(f"{what} {str(target)!r} already exists; pass overwrite=True "
                               "(CLI: --overwrite) to replace it once the new one is complete, "
                               "or choose another path")
+    if kind is None:
+        if _is_npy(target) and not target.is_symlink():
+            return
+        found = "a folder" if target.is_dir() else "not a .npy file"
+    else:
+        found_kind = _saved_kind(target) if target.is_dir() and not target.is_symlink() else None
+        if found_kind == kind:
+            return
+        found = (f"a saved {found_kind!r}, not a {what}" if found_kind else
+                 "a folder without a saved index's meta.json" if target.is_dir() else
+                 "a file, not a saved index folder")
+    raise FileExistsError(f"{str(target)!r} exists and is {found}; overwrite replaces only a "
+                          f"{what} written by nnn, so it was left untouched; choose another "
+                          "path, or remove it yourself if it is meant to go")
 
 
 @contextmanager
-def publish_dir(target, *, overwrite: bool = False, what: str = "index") -> Iterator[Path]:
+def publish_dir(target, *, kind: str, overwrite: bool = False,
+                what: str = "index") -> Iterator[Path]:
     """Yield an empty temporary folder beside ``target``; when the block completes, fsync it and
     rename it onto ``target`` (module doc). If the block raises, the folder is deleted and
-    ``target`` is left as it was. Refuses an existing ``target`` unless ``overwrite`` (checked
-    before the block runs and again before the rename)."""
+    ``target`` is left as it was. Refuses an existing ``target`` unless ``overwrite`` and it is
+    a saved index of ``kind`` (``refuse_existing``; checked before the block runs and again
+    before the rename)."""
     target = Path(target)
-    refuse_existing(target, overwrite, what)
+    refuse_existing(target, overwrite, what, kind)
     if not target.parent.is_dir():
         raise FileNotFoundError(f"cannot write {what} {str(target)!r}: its folder "
                                 f"{str(target.parent)!r} does not exist; create it first")
@@ -167,7 +206,7 @@ def publish_dir(target, *, overwrite: bool = False, what: str = "index") -> Iter
             with open(f, "rb") as fh:
                 os.fsync(fh.fileno())
         fsync_dir(tmp)
-        refuse_existing(target, overwrite, what)
+        refuse_existing(target, overwrite, what, kind)
         replace_dir(tmp, target, aside=temp_name(target))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

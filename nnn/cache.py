@@ -271,6 +271,17 @@ class EmbeddingCache:
         # With refresh, only the entry present now is stale; one written by another process
         # while this call waits for the lock is fresh and reused.
         stale_id = self._entry_id(path) if self.refresh else None
+        # entries are published whole (renamed into place), so a valid one can be read without
+        # the lock: a hit needs no write access (a shared, read-only cache works)
+        found = None
+        if not self.refresh and path.exists():
+            try:
+                found = self._read_entry(path, ident, self.verify)
+            except InvalidEntry:
+                pass  # warned about below, under the lock
+        if found:
+            self._record(key, path, t0, 0.0, found, "hit")
+            return found[0]
         with self._locked(key) as wait_seconds:
             found = self._load_valid(path, ident, self.verify)
             reason = "hit" if found else ("invalid" if path.exists() else "miss")
@@ -285,13 +296,18 @@ class EmbeddingCache:
                 result = compute()
                 arrays = self._store_locked(key, ident, result,
                                             compute_seconds=time.perf_counter() - tc)
+        self._record(key, path, t0, wait_seconds, found, reason)
+        return arrays
+
+    def _record(self, key: str, path: Path, t0: float, wait_seconds: float, found,
+                reason: str) -> None:
+        """Set ``self.last`` and count the lookup."""
         self.last = CacheLookup(key=key, hit=bool(found), reason=reason,
                                 seconds=time.perf_counter() - t0, wait_seconds=wait_seconds,
                                 path=path)
         self.stats["hits" if found else "misses"] += 1
         if found:
             log.info("embedding cache hit %s (%s) in %.2f s", key[:12], path, self.last.seconds)
-        return arrays
 
     # -- internals ------------------------------------------------------------------------------
 
@@ -299,7 +315,12 @@ class EmbeddingCache:
     def _locked(self, key: str) -> Iterator[float]:
         """Hold the key's file lock; yields the seconds spent waiting for it."""
         lock_dir = self.root / ".locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            lock_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise OSError(f"the embedding cache {str(self.root)!r} cannot be written "
+                          f"({err.strerror or err}) and has no valid entry for key {key[:12]}; "
+                          "make it writable or point cache.dir at a writable folder") from None
         lock = FileLock(lock_dir / f"{key}.lock")
         t0 = time.perf_counter()
         try:

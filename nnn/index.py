@@ -228,15 +228,17 @@ class NNNIndex:
               nprobe: int = DEFAULT_NPROBE, hnsw_m: int = DEFAULT_HNSW_M,
               ef_construction: int = DEFAULT_EF_CONSTRUCTION, ef_search: int = DEFAULT_EF_SEARCH,
               align: int = DEFAULT_ALIGN, use_gpu: bool = False, progress: bool = True,
-              **nnn_options) -> "NNNIndex":
+              ref_options: dict | None = None) -> "NNNIndex":
         """Biases and index in one pass over ``gallery`` (an (n, d) array, a ``.npy`` /
         ``.safetensors`` path read memory-mapped, or a ``RowSource``), ``chunk_rows`` rows at
-        a time. ``refs``, ``k``, ``alpha``, ``backend``, ``normalize`` and ``nnn_options``:
-        ``BiasMaker``. IVF trains its ``nlist`` lists (None: about 4 sqrt(n)) on evenly spaced
+        a time. ``refs``, ``k``, ``alpha``, ``backend``, ``normalize``: ``BiasMaker``;
+        ``ref_options``: its top-k options over the references (e.g. ``{"index": "ivf",
+        "nprobe": 8}`` with ``backend="faiss"``), kept apart from this index's own ``nlist``,
+        ``nprobe``, ... . IVF trains its ``nlist`` lists (None: about 4 sqrt(n)) on evenly spaced
         blocks of the gallery first (their biases are computed twice). ``align``: the folded
         rows' padding (``folded_width``)."""
         maker = BiasMaker(refs, k=k, alpha=alpha, backend=backend, normalize=normalize,
-                          **nnn_options)
+                          **(ref_options or {}))
         source = as_rows(gallery)
         _check_gallery_dim(source, maker.dim)
         n = len(source)
@@ -358,7 +360,7 @@ class NNNIndex:
         and ``meta.json``. An existing ``path`` is replaced only with ``overwrite``, once the new
         index is complete. Returns the path."""
         faiss = import_faiss()
-        with publish_dir(path, overwrite=overwrite, what="NNN index") as tmp:
+        with publish_dir(path, kind=INDEX_KIND, overwrite=overwrite, what="NNN index") as tmp:
             faiss.write_index(self.faiss_index, str(tmp / FAISS_FILE))
             np.save(tmp / BIASES_FILE, self.biases, allow_pickle=False)
             write_meta(tmp, {"kind": INDEX_KIND, "index": self.kind, "dim": self.dim,
@@ -466,6 +468,9 @@ def write_folded(path, source: RowSource, biases, *, parts=None,
     a gallery whose index does not fit in RAM: any engine that searches inner products from
     disk serves NNN from it with queries [q, 1]."""
     path = Path(path)
+    if source.path is not None and path.exists() and path.resolve() == source.path.resolve():
+        raise ValueError(f"the folded gallery file {str(path)!r} is the gallery it is folded "
+                         "from; write it to another path")
     refuse_existing(path, overwrite, "folded gallery file")
     n, d = source.shape
     remove_stale_temps(path)
@@ -512,20 +517,22 @@ def compute_shard(gallery, refs, *, shard: int, num_shards: int, out, k: int = 1
     """The biases of one shard of ``gallery`` (``shard_range``), into the folder ``out``:
     ``shard-IIIII-of-NNNNN.npy`` ((rows,) float32) and then ``.json`` (row range, gallery shape
     and the digest of its rows, ``BiasMaker.provenance``, the .npy file's digest), each written
-    atomically; the .json marks the shard complete. An existing complete shard is kept unless
-    ``overwrite``. Returns the .json path."""
+    atomically; the .json marks the shard complete. Without ``overwrite``, an existing shard
+    that is intact and was made the same way (gallery shape, references, k, alpha, backend) is
+    kept (``FileExistsError``, so a rerun resumes), one whose files are damaged is recomputed,
+    and one made another way is refused (``ValueError``). Returns the .json path."""
     source = as_rows(gallery)
     start, stop = shard_range(len(source), shard, num_shards)
+    maker = BiasMaker(refs, k=k, alpha=alpha, backend=backend, normalize=normalize,
+                      **nnn_options)
+    _check_gallery_dim(source, maker.dim)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stem = shard_name(shard, num_shards)
     meta_path = out / f"{stem}.json"
-    if meta_path.exists() and not overwrite:
+    if not overwrite and _shard_is_kept(meta_path, source, maker):
         raise FileExistsError(f"shard {str(meta_path)!r} already exists; pass overwrite=True "
                               "(CLI: --overwrite) to recompute it, or use another out folder")
-    maker = BiasMaker(refs, k=k, alpha=alpha, backend=backend, normalize=normalize,
-                      **nnn_options)
-    _check_gallery_dim(source, maker.dim)
     t0 = time.perf_counter()
     biases = np.empty(stop - start, dtype=np.float32)
     digest = RowsDigest(stop - start, source.shape[1])
@@ -542,6 +549,29 @@ def compute_shard(gallery, refs, *, shard: int, num_shards: int, out, k: int = 1
         "provenance": maker.provenance, "biases_sha256": file_digest(npy),
         "seconds": round(time.perf_counter() - t0, 3), "versions": library_versions()})
     return meta_path
+
+
+def _shard_is_kept(meta_path: Path, source: RowSource, maker: BiasMaker) -> bool:
+    """Whether the shard record ``meta_path`` is complete and intact (its .npy matches the
+    recorded digest) for this gallery shape and ``maker``. False when there is none or its
+    files are damaged (recompute it); ``ValueError`` when it was made another way."""
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False  # none yet, or a damaged record: (re)compute
+    npy = meta_path.with_suffix(".npy")
+    if not isinstance(meta, dict) or not npy.is_file() \
+            or file_digest(npy) != meta.get("biases_sha256"):
+        log.warning("shard %s is incomplete or damaged; recomputing it", str(meta_path))
+        return False
+    want = {"gallery_shape": list(source.shape),
+            "provenance": json.loads(json.dumps(maker.provenance))}
+    for key, value in want.items():
+        if meta.get(key) != value:
+            raise ValueError(f"shard {str(meta_path)!r} was made with {key} {meta.get(key)}, "
+                             f"not {value}; use another out folder for these settings, or pass "
+                             "overwrite=True (CLI: --overwrite) to recompute it")
+    return True
 
 
 def read_shards(folder, *, num_shards: int | None = None) -> list[dict]:
@@ -611,11 +641,16 @@ def merge_shards(folder, gallery, *, index_out=None, biases_out=None, folded_out
             array_digest(as_matrix(expected_refs, "refs", normalize=provenance["normalize"]))
         check_digest(provenance["refs_digest"], got, f"the shards in {str(folder)!r}",
                      "the references given")
-    for target, what in ((index_out, "NNN index"), (biases_out, "biases file"),
-                         (folded_out, "folded gallery file")):
-        if target is not None and Path(target).exists() and not overwrite:
-            raise FileExistsError(f"{what} {str(target)!r} already exists; pass overwrite=True "
-                                  "(CLI: --overwrite) or choose another path")
+    inputs = {Path(p).resolve() for p in (folder, source.path) if p is not None}
+    for target, what, kind in ((index_out, "NNN index", INDEX_KIND),
+                               (biases_out, "biases file", None),
+                               (folded_out, "folded gallery file", None)):
+        if target is None:
+            continue
+        if Path(target).resolve() in inputs:
+            raise ValueError(f"the {what} {str(target)!r} is one of merge's inputs (the shards "
+                             "folder or the gallery); write it to another path")
+        refuse_existing(Path(target), overwrite, what, kind)  # before any work
     biases = np.concatenate([np.load(Path(folder) / f"{shard_name(m['shard'], len(shards))}.npy",
                                      allow_pickle=False) for m in shards])
     parts = [(m["start"], m["stop"], m["gallery_digest"], f"shard {m['shard']}") for m in shards]

@@ -52,13 +52,13 @@ def _is_user_error(err: BaseException) -> bool:
 
 
 # -- inputs ------------------------------------------------------------------------------------
-def load_refs(path, *, normalize: bool = False, verify: bool = False):
+def load_refs(path):
     """``path`` as references: a saved ``ReferenceIndex`` folder, else an (n_r, d) array file."""
     from nnn.data.precomputed import load_array
     from nnn.methods import ReferenceIndex
 
     if Path(path).is_dir():
-        return ReferenceIndex.load(path, verify=verify, use_gpu_faiss=False)
+        return ReferenceIndex.load(path, use_gpu_faiss=False)
     return load_array(path, "references", expected="(n_refs, d) float embeddings", ndim=2,
                       kinds="f")
 
@@ -72,12 +72,10 @@ def _set_threads(threads: int | None) -> None:
         faiss.omp_set_num_threads(threads)
 
 
-def _nnn_options(args) -> dict:
-    """The top-k options of ``BiasMaker`` given on the command line."""
-    out = {"backend": args.backend}
-    if args.backend == "faiss":
-        out.update(index=args.ref_index, nprobe=args.ref_nprobe)
-    return out
+def _ref_options(args) -> dict:
+    """``BiasMaker``'s top-k options over the references, from the command line's (or a shard
+    job config's) ``backend``, ``ref_index`` and ``ref_nprobe``."""
+    return {"index": args.ref_index, "nprobe": args.ref_nprobe} if args.backend == "faiss" else {}
 
 
 def _index_options(args) -> dict:
@@ -103,12 +101,15 @@ def cmd_refs(args) -> None:
 
 
 def cmd_build(args) -> None:
-    from nnn.index import NNNIndex
+    from nnn._index_io import refuse_existing
+    from nnn.index import INDEX_KIND, NNNIndex
 
-    refs = load_refs(args.refs, normalize=args.normalize)
+    refuse_existing(Path(args.out), args.overwrite, "NNN index", INDEX_KIND)  # before the work
+    refs = load_refs(args.refs)
     t0 = time.perf_counter()
     index = NNNIndex.build(args.gallery, refs, k=args.k, alpha=args.alpha,
-                           normalize=args.normalize, **_nnn_options(args), **_index_options(args))
+                           normalize=args.normalize, backend=args.backend,
+                           ref_options=_ref_options(args), **_index_options(args))
     built = time.perf_counter() - t0
     index.save(args.out, overwrite=args.overwrite)
     _print_json({"saved": str(args.out), "kind": index.kind, "n_items": index.n_items,
@@ -118,10 +119,11 @@ def cmd_build(args) -> None:
 def cmd_shard(args) -> None:
     from nnn.index import compute_shard
 
-    path = compute_shard(args.gallery, load_refs(args.refs, normalize=args.normalize),
-                         shard=args.shard, num_shards=args.num_shards, out=args.out, k=args.k,
-                         alpha=args.alpha, normalize=args.normalize, chunk_rows=args.chunk_rows,
-                         overwrite=args.overwrite, progress=not args.quiet, **_nnn_options(args))
+    path = compute_shard(args.gallery, load_refs(args.refs), shard=args.shard,
+                         num_shards=args.num_shards, out=args.out, k=args.k, alpha=args.alpha,
+                         normalize=args.normalize, backend=args.backend,
+                         chunk_rows=args.chunk_rows, overwrite=args.overwrite,
+                         progress=not args.quiet, **_ref_options(args))
     print(path)
 
 
@@ -151,7 +153,8 @@ def shard_overrides(args) -> list[str]:
 
 
 def cmd_shards(args) -> None:
-    from nnn.index import read_shards
+    from nnn.data.rows import as_rows
+    from nnn.index import BiasMaker, read_shards
 
     argv = sys.argv
     sys.argv = [argv[0], *shard_overrides(args)]
@@ -176,6 +179,17 @@ def cmd_shards(args) -> None:
         shards = read_shards(args.out, num_shards=args.num_shards)
     except (ValueError, OSError) as err:
         raise ValueError(f"{err} (the jobs' logs: {Path(args.out) / 'logs'})") from None
+    # a job refuses to replace a shard made another way and the old set may still be whole:
+    # check that the set is the one asked for
+    want = BiasMaker(load_refs(args.refs), k=args.k, alpha=args.alpha, backend=args.backend,
+                     normalize=args.normalize, **_ref_options(args)).provenance
+    made = {"provenance": shards[0]["provenance"], "gallery_shape": shards[0]["gallery_shape"]}
+    asked = {"provenance": json.loads(json.dumps(want)),
+             "gallery_shape": list(as_rows(args.gallery).shape)}
+    if made != asked:
+        raise ValueError(f"the shards in {str(args.out)!r} were made with {made}, not {asked}; "
+                         f"the jobs kept them (their logs: {Path(args.out) / 'logs'}): use "
+                         "another --out, or --overwrite")
     _print_json({"shards": len(shards), "out": str(args.out),
                  "seconds": [s["seconds"] for s in shards]})
 
@@ -209,9 +223,15 @@ def cmd_query(args) -> None:
     index.set_search_params(nprobe=args.nprobe, ef_search=args.ef_search)
     queries = load_array(args.queries, "queries", expected="(n_queries, d) float embeddings",
                          ndim=2, kinds="f")
-    if args.out is not None and Path(args.out).exists() and not args.overwrite:
-        raise FileExistsError(f"{str(args.out)!r} already exists; pass --overwrite or choose "
-                              "another path")
+    out = None if args.out is None else Path(args.out)
+    if out is not None and out.exists():
+        if not args.overwrite:
+            raise FileExistsError(f"{str(out)!r} already exists; pass --overwrite or choose "
+                                  "another path")
+        if not (out.is_file() and out.suffix == ".npz"):
+            raise FileExistsError(f"{str(out)!r} exists and is not a .npz results file; "
+                                  "--overwrite replaces only those, so it was left untouched; "
+                                  "choose another path")
     t0 = time.perf_counter()
     scores, ids = index.search(queries, args.top_k)
     seconds = time.perf_counter() - t0
@@ -249,14 +269,11 @@ def _shard_job(cfg) -> float:
     from nnn.index import compute_shard
 
     _set_threads(cfg.threads)
-    options = {"backend": cfg.backend}
-    if cfg.backend == "faiss":
-        options.update(index=cfg.ref_index, nprobe=cfg.ref_nprobe)
     try:
-        compute_shard(cfg.gallery, load_refs(cfg.refs, normalize=cfg.normalize),
-                      shard=cfg.shard, num_shards=cfg.num_shards, out=cfg.out, k=cfg.k,
-                      alpha=cfg.alpha, normalize=cfg.normalize, chunk_rows=cfg.chunk_rows,
-                      overwrite=cfg.overwrite, progress=cfg.progress, **options)
+        compute_shard(cfg.gallery, load_refs(cfg.refs), shard=cfg.shard,
+                      num_shards=cfg.num_shards, out=cfg.out, k=cfg.k, alpha=cfg.alpha,
+                      normalize=cfg.normalize, backend=cfg.backend, chunk_rows=cfg.chunk_rows,
+                      overwrite=cfg.overwrite, progress=cfg.progress, **_ref_options(cfg))
     except FileExistsError:  # a rerun resumes: complete shards are kept (read_shards checks them)
         log.info("shard %s is already complete in %s; kept (overwrite=true recomputes it)",
                  cfg.shard, cfg.out)

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -490,3 +491,29 @@ def test_replace_dir_keeps_the_old_folder_when_the_rename_fails(tmp_path, monkey
     _atomic.replace_dir(tmp, target, aside=tmp_path / ".entry.old")
     assert (target / "f").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["entry"]
+
+
+def test_a_read_only_cache_serves_its_hits_and_says_why_a_miss_fails(tmp_path, monkeypatch):
+    # a read-only file system, as root cannot be refused by permissions: mkdir fails
+    root = tmp_path / "cache"
+    EmbeddingCache(root).store({"kind": "ro"}, {"image": np.ones((3, 2), np.float32)})
+    shutil.rmtree(root / ".locks", ignore_errors=True)
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(30, "Read-only file system", str(self))
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    cache = EmbeddingCache(root)
+    hit = cache.get_or_compute({"kind": "ro"}, lambda: pytest.fail("recomputed a hit"))
+    assert cache.last.hit and hit["image"].shape == (3, 2)
+    with pytest.raises(OSError, match="cannot be written .Read-only file system. .* point "
+                                      "cache.dir at a writable"):
+        cache.get_or_compute({"kind": "other"}, lambda: {"image": np.ones((1, 1))})
+
+
+def test_a_hit_takes_no_lock(tmp_path, monkeypatch):
+    cache = EmbeddingCache(tmp_path / "cache")
+    cache.store({"kind": "h"}, {"image": np.ones((3, 2), np.float32)})
+    monkeypatch.setattr(EmbeddingCache, "_locked", lambda *a: pytest.fail("locked for a hit"))
+    assert cache.get_or_compute({"kind": "h"}, lambda: {})["image"].shape == (3, 2)
+    assert cache.last.hit and cache.last.wait_seconds == 0.0

@@ -262,8 +262,10 @@ def test_merge_refuses_incomplete_or_mixed_shards(tmp_path, data):
     compute_shard(tmp_path / "g.npy", r, shard=1, k=K + 1, **common)
     with pytest.raises(ValueError, match="shard 1 has provenance"):
         read_shards(tmp_path / "sh")
-    with pytest.raises(FileExistsError, match="already exists"):
+    with pytest.raises(ValueError, match="was made with provenance .* use another out folder"):
         compute_shard(tmp_path / "g.npy", r, shard=1, k=K, **common)
+    with pytest.raises(FileExistsError, match="already exists"):  # intact, same settings: kept
+        compute_shard(tmp_path / "g.npy", r, shard=1, k=K + 1, **common)
     compute_shard(tmp_path / "g.npy", r, shard=1, k=K, overwrite=True, **common)
     assert len(read_shards(tmp_path / "sh")) == 3
     with pytest.raises(ValueError, match="built with other references"):

@@ -110,6 +110,70 @@ def test_user_errors_are_one_line_and_overwrite_nothing(files, capsys):
         main(["--debug", "info", "--index", str(t / "bad")])
 
 
+def test_overwrite_replaces_only_what_nnn_wrote(files, capsys):
+    """--overwrite replaces a saved index of the same kind or a results/array file of ours;
+    an input, a foreign folder or another kind of index is refused and left as it was."""
+    t = files
+    gallery = (t / "g.npy").read_bytes()
+    (t / "notes").mkdir()
+    (t / "notes" / "keep.txt").write_text("mine")
+    common = ("--gallery", t / "g.npy", "--refs", t / "r.npy", "--k", K, "--overwrite")
+    for target in ("g.npy", "notes"):
+        message = _one_line_error(capsys, "build", *common, "--out", t / target)
+        assert "left untouched" in message and "choose another path" in message
+    assert _run(capsys, "build", *common, "--out", t / "ix")[0] == 0
+    assert _run(capsys, "build", *common, "--out", t / "ix", "--kind", "hnsw")[0] == 0
+    assert NNNIndex.load(t / "ix").kind == "hnsw"
+    assert "saved 'nnn_index'" in _one_line_error(
+        capsys, "refs", "--refs", t / "r.npy", "--out", t / "ix", "--overwrite")
+    assert "left untouched" in _one_line_error(
+        capsys, "query", "--index", t / "ix", "--queries", t / "q.npy", "--out", t / "g.npy",
+        "--overwrite")
+    assert _run(capsys, "shards", "--gallery", t / "g.npy", "--refs", t / "r.npy", "--num-shards",
+                2, "--out", t / "sh", "--k", K, "--launcher", "basic")[0] == 0
+    for flag in ("--biases-out", "--folded-out"):
+        assert "one of merge's inputs" in _one_line_error(
+            capsys, "merge", "--shards", t / "sh", "--gallery", t / "g.npy", flag, t / "g.npy",
+            "--overwrite")
+    assert (t / "g.npy").read_bytes() == gallery
+    assert (t / "notes" / "keep.txt").read_text() == "mine"
+    assert NNNIndex.load(t / "ix").kind == "hnsw"
+
+
+def test_build_with_the_faiss_backend_over_ivf_references(files, capsys):
+    """The references' IVF options (--ref-index, --ref-nprobe) and the index's own (--nprobe)
+    are kept apart."""
+    t = files
+    code, out, _ = _run(capsys, "build", "--gallery", t / "g.npy", "--refs", t / "r.npy",
+                        "--out", t / "ix", "--k", K, "--backend", "faiss", "--ref-index", "ivf",
+                        "--ref-nprobe", 4, "--kind", "ivf", "--nprobe", 9)
+    assert code == 0, out
+    index = NNNIndex.load(t / "ix")
+    assert index.provenance["backend"] == "faiss" and index.provenance["nprobe"] == 4
+    assert index.params["nprobe"] == 9
+
+
+def test_shards_rerun_keeps_only_intact_shards_made_the_same_way(files, capsys):
+    t = files
+    args = ("shards", "--gallery", t / "g.npy", "--refs", t / "r.npy", "--num-shards", 3,
+            "--out", t / "sh", "--launcher", "basic")
+    assert _run(capsys, *args, "--k", K)[0] == 0
+    records = sorted((t / "sh").glob("shard-*.json"))
+    before = [r.read_bytes() for r in records]
+    message = _one_line_error(capsys, *args, "--k", K + 1)  # other settings, same folder
+    assert "use another --out, or --overwrite" in message
+    assert [r.read_bytes() for r in records] == before
+    damaged = t / "sh" / "shard-00001-of-00003.npy"
+    damaged.write_bytes(damaged.read_bytes()[:-8])  # a truncated shard file is recomputed
+    assert _run(capsys, *args, "--k", K)[0] == 0
+    assert [r.read_bytes() for r in records[::2]] == before[::2]
+    assert _run(capsys, "merge", "--shards", t / "sh", "--gallery", t / "g.npy", "--out",
+                t / "ix", "--refs", t / "r.npy")[0] == 0
+    _check_merged(t, t / "ix")
+    assert _run(capsys, *args, "--k", K + 1, "--overwrite")[0] == 0
+    assert json.loads(records[0].read_text())["provenance"]["k"] == K + 1
+
+
 def test_shards_on_hydras_basic_launcher_then_merge(files, capsys):
     t = files
     code, out, _ = _run(capsys, "shards", "--gallery", t / "g.npy", "--refs", t / "r.npy",

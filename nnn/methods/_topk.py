@@ -290,7 +290,8 @@ class ReferenceIndex:
         replaced only with ``overwrite``, once the new index is complete. Returns the path."""
         faiss = import_faiss()
         idx = faiss.index_gpu_to_cpu(self.faiss_index) if self.use_gpu else self.faiss_index
-        with publish_dir(path, overwrite=overwrite, what="ReferenceIndex") as tmp:
+        with publish_dir(path, kind=_SAVED_KIND, overwrite=overwrite,
+                         what="ReferenceIndex") as tmp:
             faiss.write_index(idx, str(tmp / FAISS_FILE))
             if self.index != "flat":
                 np.save(tmp / _REFS_FILE, self.refs, allow_pickle=False)
