@@ -67,6 +67,16 @@ def as_matrix(x, name: str, *, dim: int | None = None, normalize: bool = False) 
     return out
 
 
+def owned_matrix(x, name: str, *, dim: int | None = None, normalize: bool = False) -> np.ndarray:
+    """``as_matrix(x, ...)`` in memory of its own: copied when the checked array would share
+    memory with ``x`` (a float32 C-contiguous NumPy array or CPU torch tensor), so that state
+    kept from it does not change when the caller edits ``x`` later."""
+    out = as_matrix(x, name, dim=dim, normalize=normalize)
+    if isinstance(x, torch.Tensor):
+        x = x.detach().numpy() if x.device.type == "cpu" and x.dtype == torch.float32 else None
+    return out.copy() if isinstance(x, np.ndarray) and np.shares_memory(out, x) else out
+
+
 def _checked_float32(x, name: str, dim: int | None) -> np.ndarray:
     """``as_matrix``'s type, dtype and shape checks; ``x`` as C-contiguous float32 (n, d)."""
     if isinstance(x, torch.Tensor):

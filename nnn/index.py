@@ -104,6 +104,19 @@ class BiasMaker:
         return model.gallery_, model.bias_
 
 
+def _checked_biases(biases, n: int, gallery: str) -> np.ndarray:
+    """``biases`` as (n,) float32, one finite bias per row of ``gallery`` (its name)."""
+    biases = np.asarray(biases, dtype=np.float32)
+    if biases.shape != (n,):
+        raise ValueError(f"biases have shape {biases.shape} but {gallery} has {n} rows; they "
+                         "must hold one bias per gallery item")
+    bad = np.flatnonzero(~np.isfinite(biases))
+    if len(bad):
+        raise ValueError(f"{len(bad)} biases are NaN or infinite (items {bad[:5].tolist()}); "
+                         "recompute them from finite embeddings")
+    return biases
+
+
 def _check_gallery_dim(source: RowSource, dim: int) -> None:
     if source.shape[1] != dim:
         raise ValueError(f"{source._name} has dimension {source.shape[1]} but the references "
@@ -260,10 +273,7 @@ class NNNIndex:
         ranges whose gallery rows must hash to the given digest (the shards' check that the
         gallery did not change)."""
         source = as_rows(gallery)
-        biases = np.asarray(biases, dtype=np.float32)
-        if biases.shape != (len(source),):
-            raise ValueError(f"biases have shape {biases.shape} but {source._name} has "
-                             f"{len(source)} rows; they must hold one bias per gallery item")
+        biases = _checked_biases(biases, len(source), source._name)
         return cls._assemble(source, parts or [(0, len(source), None, None)], provenance,
                              biases, kind=kind, chunk_rows=chunk_rows, nlist=nlist,
                              nprobe=nprobe, hnsw_m=hnsw_m, ef_construction=ef_construction,

@@ -114,6 +114,15 @@ def test_csls_accepts_a_reference_index(tmp_path, data):
     with pytest.raises(ValueError, match="CSLS takes a ReferenceIndex only as query_bank, of the "
                                          "gallery's dimension 8"):
         CSLS(k=K).fit(unit_rows(g[:, :8]), query_bank=loaded)
+    # an IVF index: nprobe as for NNN; all lists probed is exact
+    ivf = ReferenceIndex(r, index="ivf", nlist=9)
+    for nprobe in (1, 9):
+        got = CSLS(k=K, nprobe=nprobe).fit(g, query_bank=ivf).neighbourhood_
+        nnn = NNN(k=K, alpha=1.0, backend="faiss", nprobe=nprobe).fit(g, query_bank=ivf).bias_
+        np.testing.assert_allclose(got, nnn, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(got, from_array.neighbourhood_, atol=dot_atol(D))
+    with pytest.raises(ValueError, match="nprobe"):
+        CSLS(k=K, nprobe=0)
 
 
 # -- NNNIndex -----------------------------------------------------------------------------------
@@ -279,3 +288,15 @@ def test_merge_refuses_incomplete_or_mixed_shards(tmp_path, data):
                      progress=False)
     assert not (tmp_path / "ix").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_non_finite_biases_are_refused(data):
+    g, r, _ = data
+    biases = NNN(k=K, alpha=ALPHA).fit(g, query_bank=r).bias_.copy()
+    for bad in (np.nan, np.inf):
+        broken = biases.copy()
+        broken[[3, 700]] = bad
+        with pytest.raises(ValueError, match=r"2 biases are NaN or infinite \(items \[3, 700\]\)"):
+            NNNIndex.from_biases(g, broken, {"k": K}, progress=False)
+    with pytest.raises(ValueError, match="biases have shape"):
+        NNNIndex.from_biases(g, biases[:-1], {"k": K}, progress=False)

@@ -105,12 +105,17 @@ def test_inputs_not_mutated(data, make, normalize):
         np.testing.assert_array_equal(x, x0)
 
 
+@pytest.mark.parametrize("as_torch", [False, True], ids=["numpy", "torch"])
 @pytest.mark.parametrize("make", MAKERS)
-def test_fitted_state_does_not_alias_the_callers_gallery(data, make):
+def test_fitted_state_does_not_alias_the_callers_arrays(data, make, as_torch):
+    """Neither the gallery nor a bank (DisSimLocal keeps its query bank) is kept by reference:
+    a CPU float32 tensor shares memory with its NumPy view, so it is copied like an array."""
     g, qb, gb, q = (x.copy() for x in data)
-    m = _fit(make(), g, qb, gb)
+    wrap = torch.from_numpy if as_torch else (lambda x: x)
+    m = _fit(make(), wrap(g), wrap(qb), wrap(gb))
     before = m.score(q)
-    g[:] = 0.0  # the caller reuses its buffer
+    for x in (g, qb, gb):
+        x[:] = 0.0  # the caller reuses its buffers
     np.testing.assert_array_equal(m.score(q), before)
 
 

@@ -266,10 +266,11 @@ def test_prebuilt_index_input_checks(data, unit):
     np.testing.assert_array_equal(r2, 2 * r)
     np.testing.assert_allclose(NNN(k=5, backend="faiss").fit(g, query_bank=scaled).bias_,
                                ref_bias(g, r, 5, 0.75), atol=1e-5)
-    r3 = r.copy()
-    kept = ReferenceIndex(r3, index="flat")
-    r3[:] = 0
-    np.testing.assert_allclose(kept.refs, r)
+    for wrap in (np.asarray, torch.from_numpy):  # a CPU tensor shares memory like an array
+        r3 = r.copy()
+        kept = ReferenceIndex(wrap(r3), index="ivf", nlist=4)
+        r3[:] = 0
+        np.testing.assert_allclose(kept.refs, r)
 
 
 def ivf_lists(idx):

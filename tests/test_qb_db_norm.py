@@ -331,6 +331,26 @@ def test_dis_gating_constructed_case():
     assert_orders_like(raw.score(q), product, rtol=1e-6)   # (s = 0 ties abound here)
 
 
+def test_sign_log_rows_with_zero_similarities_keep_their_resolution():
+    """A zero similarity (P = 0) scores 0 and does not set the row's minimum: the other items'
+    scores start at 1, as without it (log|0| clamped to -87 would add 87 to them, where float32
+    resolves ~1e-5 instead of ~1e-7), and a row of zeros scores 0 throughout."""
+    import torch
+
+    s = torch.tensor([[0.3, 0.0, -0.2, 0.3 + 1e-6], [0.0, 0.0, 0.0, 0.0]])
+    x = torch.tensor([[1.0, 2.0, 0.5, 1.0], [1.0, 2.0, 3.0, 4.0]])
+    for n_off in (1, 2):
+        out = x.clone()
+        DBNorm._sign_log(out, DBNorm._sign_log_terms(s, n_off))
+        s64, x64 = s.double().numpy(), x.double().numpy()
+        L = n_off * np.log(np.abs(s64[0, [0, 2, 3]])) + x64[0, [0, 2, 3]]
+        sign = np.sign(s64[0, [0, 2, 3]]) ** n_off
+        np.testing.assert_allclose(out[0, [0, 2, 3]].numpy(), sign * (L - L.min() + 1),
+                                   rtol=0, atol=1e-6)
+        assert out[0, 1] == 0 and (out[1] == 0).all()
+        assert out[0, 3] > out[0, 0]      # 1e-6 apart in s: still ordered
+
+
 # -- DBNorm ------------------------------------------------------------------------------------
 @pytest.mark.parametrize("bq,bg", [(20.0, 10.0), (1.0, 30.0), (0.5, 0.05)])
 @pytest.mark.parametrize("dynamic", [False, True])

@@ -9,8 +9,11 @@ r_B(q)). ``bank_neighbourhoods`` computes the gallery side in one pass over the 
 
 - ``sims`` (n_g, k) float32, descending: the k largest s(b, r) = b . r over b in B_q;
 - ``ids`` (n_g, k) int64 (``ids=True``): the bank rows holding them (DSL's centroids);
-- ``dist_sum`` / ``dist_sq_sum`` (n_g,) float64 (``moments=True``): the sums over the WHOLE bank
-  of d(b, r) and d(b, r)^2, with d^2 = max(2 - 2 s, 0) (Gaussian MP over all bank rows).
+- ``dist_mean`` / ``dist_var`` (n_g,) float64 (``moments=True``): the mean and population
+  variance over the WHOLE bank of d(b, r), with d^2 = max(2 - 2 s, 0) (Gaussian MP over all bank
+  rows). They are accumulated about a per-row shift c (the first chunk's mean): sums of d - c
+  and (d - c)^2, so that the variance is not the difference of two large, nearly equal sums
+  (E[d^2] - E[d]^2 loses every digit when the spread is small against the mean).
 
 The bank is read in chunks of ``bank_chunk_rows`` rows, so that the (n_g, c) similarity buffer
 (and, with ``moments``, a second (n_g, c) buffer of distances) fits ``memory_budget_mb`` MiB; a
@@ -30,7 +33,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from nnn._arrays import as_tensor, check_positive_int
+from nnn._arrays import as_tensor, check_positive_int, owned_matrix
 from nnn.methods._bank_stats import check_memory_budget
 from nnn.methods.base import RetrievalMethod
 
@@ -61,8 +64,8 @@ class Neighbourhoods:
 
     sims: np.ndarray
     ids: np.ndarray | None
-    dist_sum: np.ndarray | None
-    dist_sq_sum: np.ndarray | None
+    dist_mean: np.ndarray | None
+    dist_var: np.ndarray | None
     n_bank: int
 
 
@@ -84,8 +87,9 @@ def bank_neighbourhoods(gallery: torch.Tensor, bank: np.ndarray, k: int, *, ids:
     dist_buf = torch.empty((n_g, step), dtype=torch.float32, device=dev) if moments else None
     vals = torch.full((n_g, 2 * k), -torch.inf, dtype=torch.float32, device=dev)
     idx = torch.full((n_g, 2 * k), -1, dtype=torch.int64, device=dev)
-    dist_sum = torch.zeros(n_g, dtype=torch.float64, device=dev)
-    dist_sq_sum = torch.zeros(n_g, dtype=torch.float64, device=dev)
+    shift = None                                  # (n_g, 1): the first chunk's mean distance
+    dev_sum = torch.zeros(n_g, dtype=torch.float64, device=dev)      # sum of d - shift
+    dev_sq_sum = torch.zeros(n_g, dtype=torch.float64, device=dev)   # sum of (d - shift)^2
     rows = _selection_rows(step + k, memory_budget_mb)
     bar = tqdm(range(0, n_b, step), desc=desc, unit="chunk", leave=False,
                disable=not progress or n_b * n_g < _PROGRESS_MIN_SCORES)
@@ -94,11 +98,13 @@ def bank_neighbourhoods(gallery: torch.Tensor, bank: np.ndarray, k: int, *, ids:
             xb = as_tensor(bank[start:start + step]).to(dev)
             s = torch.mm(gallery, xb.T, out=sims_buf[:, :len(xb)])           # (n_g, c)
             if moments:
-                sq = torch.mul(s, -2, out=dist_buf[:, :len(xb)]).add_(2).clamp_(min=0)
+                dist = torch.mul(s, -2, out=dist_buf[:, :len(xb)]).add_(2).clamp_(min=0).sqrt_()
+                if shift is None:
+                    shift = dist.mean(dim=1, keepdim=True)
                 # float32 (pairwise) sums per chunk, merged in float64: a dtype=float64 sum
                 # would first copy the whole (n_g, c) block to float64
-                dist_sq_sum += sq.sum(dim=1).double()
-                dist_sum += sq.sqrt_().sum(dim=1).double()
+                dev_sum += dist.sub_(shift).sum(dim=1).double()
+                dev_sq_sum += dist.square_().sum(dim=1).double()
             kk = min(k, len(xb))
             for r0 in range(0, n_g, rows):
                 r1 = min(n_g, r0 + rows)
@@ -111,9 +117,13 @@ def bank_neighbourhoods(gallery: torch.Tensor, bank: np.ndarray, k: int, *, ids:
         best, best_ids = vals[:, :k], idx[:, :k]
         order = torch.argsort(best, dim=1, descending=True, stable=True)
         best, best_ids = best.gather(1, order), best_ids.gather(1, order)
-    return Neighbourhoods(best.cpu().numpy(), best_ids.cpu().numpy() if ids else None,
-                          dist_sum.cpu().numpy() if moments else None,
-                          dist_sq_sum.cpu().numpy() if moments else None, n_b)
+    mean = var = None
+    if moments:
+        mean_dev = dev_sum / n_b
+        mean = (shift[:, 0].double() + mean_dev).cpu().numpy()
+        var = (dev_sq_sum / n_b - mean_dev ** 2).clamp_(min=0).cpu().numpy()
+    return Neighbourhoods(best.cpu().numpy(), best_ids.cpu().numpy() if ids else None, mean,
+                          var, n_b)
 
 
 def _selection_rows(width: int, memory_budget_mb: float) -> int:
@@ -155,6 +165,13 @@ class BankNeighbourhoodMethod(RetrievalMethod):
                              f"spread of at least {self._min_k} neighbours; use {name} >= "
                              f"{self._min_k}")
         return k
+
+    def _check_bank(self, bank, name: str, dim: int):
+        """DSL keeps the query bank for its centroids: in memory of its own (``owned_matrix``);
+        the others read it during ``fit`` only."""
+        if self._needs_ids and name == "query_bank":
+            return owned_matrix(bank, name, dim=dim, normalize=self.normalize)
+        return super()._check_bank(bank, name, dim)
 
     def _table_width(self) -> int:
         """The width of the top-k table to fit (at least 1)."""

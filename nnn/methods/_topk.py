@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nnn._arrays import as_matrix, as_tensor, check_positive_int
+from nnn._arrays import as_matrix, as_tensor, check_positive_int, owned_matrix
 from nnn._index_io import (FAISS_FILE, array_digest, check_digest, library_versions,
                            publish_dir, read_faiss, read_meta, verify_files, write_meta)
 from nnn._threads import one_thread_workers
@@ -241,9 +241,8 @@ class ReferenceIndex:
         gpu_ok = gpu_faiss_available()
         if use_gpu_faiss is True and not gpu_ok:
             raise ValueError(_NO_GPU_FAISS)
-        checked = as_matrix(refs, "refs", normalize=normalize)
-        if isinstance(refs, np.ndarray) and np.shares_memory(checked, refs):
-            checked = checked.copy()  # the index must not change when the caller edits its array
+        # the index must not change when the caller edits its array
+        checked = owned_matrix(refs, "refs", normalize=normalize)
         self._build(checked, index=index, nlist=nlist, use_gpu=use_gpu_faiss is True or (
             use_gpu_faiss == "auto" and gpu_ok))
 

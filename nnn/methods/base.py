@@ -21,7 +21,8 @@ import copy
 import numpy as np
 import torch
 
-from nnn._arrays import as_matrix, as_tensor, check_positive_int, parse_device, resolve_device
+from nnn._arrays import (as_matrix, as_tensor, check_positive_int, owned_matrix, parse_device,
+                         resolve_device)
 
 
 class RetrievalMethod:
@@ -51,9 +52,8 @@ class RetrievalMethod:
     # -- fitting -------------------------------------------------------------------------------
     def fit(self, gallery, query_bank=None, gallery_bank=None):
         """Check the inputs, store the gallery and compute what the method needs. Returns self."""
-        g = as_matrix(gallery, "gallery", normalize=self.normalize)
-        if isinstance(gallery, np.ndarray) and np.shares_memory(g, gallery):
-            g = g.copy()  # the fitted state must not change when the caller edits its array
+        # the fitted state must not change when the caller edits its array
+        g = owned_matrix(gallery, "gallery", normalize=self.normalize)
         banks = {}
         for name, bank in (("query_bank", query_bank), ("gallery_bank", gallery_bank)):
             if bank is None:

@@ -17,7 +17,8 @@ class CSLS(RetrievalMethod):
     r_B(r) = ``neighbourhood_`` (n_g,) float32: mean of the k largest similarities of gallery item
     r to the query bank (NNN's top-k machinery, exact backend, with its ``precision`` routes; or
     the FAISS search of a prebuilt ``ReferenceIndex`` passed as ``query_bank``, e.g. one loaded
-    with ``ReferenceIndex.load``). r_B(q): mean of the k largest similarities of query q to the
+    with ``ReferenceIndex.load``; ``nprobe``: the IVF lists it probes, None for
+    ``default_nprobe``). r_B(q): mean of the k largest similarities of query q to the
     gallery, computed per query block. r_B(q) is constant per query, so CSLS ranks like NNN with
     alpha = 0.5 and the same k.
     """
@@ -27,12 +28,13 @@ class CSLS(RetrievalMethod):
     tuned_params = ("k",)
     tuning_grid = {"ks": K_GRID}
 
-    def __init__(self, *, k: int = 10, dtype: str = "float32", precision: str = "auto",
-                 memory_budget_mb: float = 512.0,
+    def __init__(self, *, k: int = 10, nprobe: int | None = None, dtype: str = "float32",
+                 precision: str = "auto", memory_budget_mb: float = 512.0,
                  ref_batch_size: int | None = None, progress: bool = True,
                  batch_size: int = 4096, device: str = "cpu", normalize: bool = False):
         super().__init__(batch_size=batch_size, device=device, normalize=normalize)
         self.k = check_positive_int(k, "k")
+        self.nprobe = None if nprobe is None else check_positive_int(nprobe, "nprobe")
         self.dtype, self.memory_budget_mb, self.ref_batch_size = dtype, memory_budget_mb, ref_batch_size
         self.precision, self.progress = precision, progress
         self._search = ReferenceTopK(dtype=dtype, precision=precision,
@@ -58,7 +60,7 @@ class CSLS(RetrievalMethod):
                 raise ValueError(f"k={self.k} is larger than the {what} ({n} rows); CSLS averages "
                                  f"the k nearest neighbours on both sides: use k <= {n}")
         if isinstance(query_bank, ReferenceIndex):
-            top = query_bank.topk(gallery, self.k, device=self.device_,
+            top = query_bank.topk(gallery, self.k, nprobe=self.nprobe, device=self.device_,
                                   memory_budget_mb=self.memory_budget_mb)         # (n_g, k)
         else:
             top = self._search.run(gallery, query_bank, self.k, self.device_)   # (n_g, k)

@@ -44,7 +44,8 @@ class DBNorm(RetrievalMethod):
       n_off = the number of gated-off factors (the gates depend on q only, so n_off is fixed
       along a row). With n_off = 0 the score is x; otherwise P may be <= 0 (s can be negative
       or 0) and exp(x) under- or overflows, so the row is scored in the sign-log domain:
-      ``L = n_off log|s| + x`` and ``score = sign(P) * (L - min_row L + 1)`` (0 where P = 0),
+      ``L = n_off log|s| + x`` and ``score = sign(P) * (L - min_row L + 1)`` (0 where P = 0;
+      the minimum is over the row's P != 0, so a zero similarity costs no resolution),
       which orders the row exactly as P does (positive products above 0 above negative ones,
       by |P| within each sign). With both factors off, P = s^2: a large negative similarity
       ranks high, as in the paper's product (it needs s < 0, rare for CLIP-like models).
@@ -187,8 +188,8 @@ class DBNorm(RetrievalMethod):
         """What every (beta_query, beta_gallery)'s scores of one block share, read-only once
         made (``nnn.tuning`` scores a block at every grid point from one, on several threads):
         ``groups``, the rows of each gate key; ``rows``, key -> the rows of a group that is not
-        a slice (copied once); ``log``, (key, n_off) -> ``n_off log|s|`` and ``sign(s)^n_off``
-        of a group's rows for every n_off its gated-off fitted factors allow (raw gate)."""
+        a slice (copied once); ``log``, (key, n_off) -> ``_sign_log_terms`` of a group's rows
+        for every n_off its gated-off fitted factors allow (raw gate)."""
         context = {"groups": gate_groups(self._gate_key(top1)), "rows": {}, "log": {}}
         fitted = [i for i, a in enumerate(self._bank_activations) if a is not None]
         for key, rows in context["groups"]:
@@ -231,18 +232,27 @@ class DBNorm(RetrievalMethod):
         return out
 
     @staticmethod
-    def _sign_log_terms(s: torch.Tensor, n_off: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``n_off log|s|`` and ``sign(s)^n_off`` (n_off in {1, 2}) of rows ``s``: |s| is
-        clamped to the smallest normal float32 so that log stays finite, and s = 0 still
-        scores 0 through its sign."""
+    def _sign_log_terms(s: torch.Tensor, n_off: int) -> tuple:
+        """``n_off log|s|``, ``sign(s)^n_off`` (n_off in {1, 2}) and the mask of s = 0 (None
+        when the rows have none) of rows ``s``: |s| is clamped to the smallest normal float32
+        so that log stays finite, and s = 0 still scores 0 through its sign."""
         log_abs, sign = s.abs().clamp_min(torch.finfo(s.dtype).tiny).log(), s.sign()
-        return (log_abs, sign) if n_off == 1 else (log_abs.mul_(n_off), sign.mul_(sign))
+        zero = sign == 0
+        zero = zero if bool(zero.any()) else None
+        return (log_abs, sign, zero) if n_off == 1 else (log_abs.mul_(n_off), sign.mul_(sign),
+                                                        zero)
 
     @staticmethod
-    def _sign_log(x: torch.Tensor, terms: tuple[torch.Tensor, torch.Tensor]) -> None:
+    def _sign_log(x: torch.Tensor, terms: tuple) -> None:
         """Rows with gated-off factors, in place: ``x`` (rows, n_g), the summed normalised
         factors, becomes the sign-log score of P = s^n_off exp(x) (class docstring), from
-        those rows' ``_sign_log_terms``."""
-        log_abs, sign = terms
+        those rows' ``_sign_log_terms``. The row minimum leaves out P = 0 (log|s| clamped to
+        about -87 there would set it and coarsen the row's float32 scores ~100x)."""
+        log_abs, sign, zero = terms
         x.add_(log_abs)                                   # L = n_off log|s| + x
-        x.sub_(x.amin(dim=1, keepdim=True)).add_(1).mul_(sign)
+        if zero is None:
+            low = x.amin(dim=1, keepdim=True)
+        else:
+            low = x.masked_fill(zero, torch.inf).amin(dim=1, keepdim=True)
+            low.masked_fill_(low.isinf(), 0.0)            # a row of zeros scores 0 throughout
+        x.sub_(low).add_(1).mul_(sign)

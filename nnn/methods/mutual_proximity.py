@@ -71,8 +71,7 @@ class MutualProximity(BankNeighbourhoodMethod):
             self._sorted_t = self._to_device(self.sorted_sims_)
             return
         if k is None:
-            mean = nb.dist_sum / nb.n_bank
-            var = np.maximum(nb.dist_sq_sum / nb.n_bank - mean ** 2, 0.0)
+            mean, var = nb.dist_mean, nb.dist_var
         else:
             dist = distance(torch.from_numpy(nb.sims[:, :k]).double()).numpy()
             mean, var = dist.mean(axis=1), dist.var(axis=1)
