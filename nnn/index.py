@@ -50,6 +50,7 @@ from nnn._index_io import (DEFAULT_ALIGN, DEFAULT_CHUNK_ROWS, DEFAULT_EF_CONSTRU
                            write_meta)
 from nnn.data.rows import RowSource, as_rows
 from nnn.methods import NNN, ReferenceIndex
+from nnn.methods.nnn import fold, fold_queries
 from nnn.methods._topk import (_NO_GPU_FAISS, GPU_FAISS_MAX_K, IVF_TRAIN_POINTS_PER_LIST,
                                check_gpu_search, default_nlist, faiss_to_gpu,
                                gpu_faiss_available, import_faiss)
@@ -137,23 +138,6 @@ def folded_width(d: int, align: int = DEFAULT_ALIGN) -> int:
     """
     align = check_positive_int(align, "align")
     return -(-(d + 1) // align) * align
-
-
-def fold(rows: np.ndarray, biases: np.ndarray, width: int | None = None) -> np.ndarray:
-    """[rows, -biases, 0 ...] (b, ``width``) float32 (``width`` >= d + 1, default d + 1): the
-    gallery side of NNN as an inner product."""
-    d = rows.shape[1]
-    width = d + 1 if width is None else width
-    out = np.zeros((len(rows), width), dtype=np.float32) if width > d + 1 else \
-        np.empty((len(rows), width), dtype=np.float32)
-    out[:, :d] = rows
-    out[:, d] = -biases
-    return out
-
-
-def fold_queries(queries: np.ndarray, width: int | None = None) -> np.ndarray:
-    """[q, 1, 0 ...] (n_q, ``width``) float32: the query side."""
-    return fold(queries, -np.ones(len(queries), dtype=np.float32), width)
 
 
 # -- the index ----------------------------------------------------------------------------------

@@ -154,10 +154,25 @@ class NNN(RetrievalMethod):
         ``faiss.IndexFlatIP``) over gallery_aug returns NNN's ranking.
         """
         self._require_fitted()
-        gallery_aug = np.concatenate([self.gallery_, -self.bias_[:, None]], axis=1)
-        return np.ascontiguousarray(gallery_aug, dtype=np.float32), self.fold_queries
+        return fold(self.gallery_, self.bias_), self.fold_queries
 
     def fold_queries(self, queries) -> np.ndarray:
         """Queries (n_q, d) -> [q, 1] (n_q, d+1) float32, for an index over ``fold()``'s gallery."""
-        q = self._check_queries(queries)
-        return np.concatenate([q, np.ones((len(q), 1), dtype=np.float32)], axis=1)
+        return fold_queries(self._check_queries(queries))
+
+
+def fold(rows: np.ndarray, biases: np.ndarray, width: int | None = None) -> np.ndarray:
+    """[rows, -biases, 0 ...] (b, ``width``) float32 (``width`` >= d + 1, default d + 1): the
+    gallery side of NNN as an inner product."""
+    d = rows.shape[1]
+    width = d + 1 if width is None else width
+    out = np.zeros((len(rows), width), dtype=np.float32) if width > d + 1 else \
+        np.empty((len(rows), width), dtype=np.float32)
+    out[:, :d] = rows
+    out[:, d] = -biases
+    return out
+
+
+def fold_queries(queries: np.ndarray, width: int | None = None) -> np.ndarray:
+    """[q, 1, 0 ...] (n_q, ``width``) float32: the query side."""
+    return fold(queries, -np.ones(len(queries), dtype=np.float32), width)
