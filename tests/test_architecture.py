@@ -2,8 +2,9 @@
 
 Edges come from every ``import`` statement of a module, function-level (lazy) ones included,
 read with ``ast`` (nothing is imported). ``from nnn.a import b`` is an edge to ``nnn.a.b`` when
-that is a module, else to ``nnn.a``; a package's ``__init__`` is a module of its own (importing
-``nnn.a.b`` runs it, but that is Python's doing, not an edge the code chose).
+that is a module, else to ``nnn.a`` (relative imports are resolved first); a package's
+``__init__`` is a module of its own (importing ``nnn.a.b`` runs it, but that is Python's doing,
+not an edge the code chose).
 
 The layers, bottom first, are README's "Layout": the data flow config -> pipeline ->
 data/encoders -> cache -> embed -> methods -> task/metrics -> tuning/analyses -> results ->
@@ -47,17 +48,42 @@ def modules() -> dict[str, Path]:
     return {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
 
 
+def _absolute(node: ast.ImportFrom, path: Path) -> str | None:
+    """The absolute module of a ``from`` import in ``path`` (relative ones resolved)."""
+    if node.level == 0:
+        return node.module
+    package = module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    base = package[:len(package) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def imports(path: Path, known: set[str]) -> set[str]:
     """The ``nnn`` modules that ``path`` imports anywhere in its code."""
     out = set()
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             out.update(a.name for a in node.names if a.name.split(".")[0] == "nnn")
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
-                and node.module.split(".")[0] == "nnn":
-            subs = {f"{node.module}.{a.name}" for a in node.names} & known
-            out.update(subs or {node.module})
+        elif isinstance(node, ast.ImportFrom):
+            module = _absolute(node, path)
+            if module and module.split(".")[0] == "nnn":
+                subs = {f"{module}.{a.name}" for a in node.names} & known
+                out.update(subs or {module})
     return out
+
+
+def test_relative_imports_are_resolved():
+    init = PACKAGE / "methods" / "__init__.py"
+    nnn_py = PACKAGE / "methods" / "nnn.py"
+    known = set(modules())
+    for source, path, want in (("from . import grids", init, {"nnn.methods.grids"}),
+                               ("from .base import X", nnn_py, {"nnn.methods.base"}),
+                               ("from ..index import X", nnn_py, {"nnn.index"})):
+        node = ast.parse(source).body[0]
+        module = _absolute(node, path)
+        subs = {f"{module}.{a.name}" for a in node.names} & known
+        assert (subs or {module}) == want, source
 
 
 @functools.cache
