@@ -26,6 +26,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from nnn.task import DIRECTIONS
+
 #: config name of an encoder (conf/model/*.yaml) -> the paper's model name
 MODEL_ALIASES = {"clip": "CLIP", "siglip": "SigLIP", "blip_flickr": "BLIP ft.Flickr",
                  "blip_coco": "BLIP ft.COCO", "albef_flickr": "ALBEF ft.Flickr",
@@ -102,7 +104,7 @@ def read_paper_numbers(path: str | Path = PAPER_CSV) -> list[dict]:
                    for row in reader]
     for n, r in enumerate(records, start=2):
         for column, allowed in (("table", TABLES), ("method", METHODS), ("dataset", DATASETS),
-                                ("direction", ("t2i", "i2t"))):
+                                ("direction", DIRECTIONS)):
             if r[column] not in allowed:
                 raise ValueError(f"{str(path)!r} line {n}: {column} {r[column]!r} is not one of "
                                  f"{list(allowed)}; correct the row")
