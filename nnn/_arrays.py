@@ -33,6 +33,11 @@ class NotNormalizedWarning(UserWarning):
 _norm_warned_under: list = []
 
 
+#: where the ``normalize=True`` of the library is set from the command line
+_NORMALIZE_ELSEWHERE = ("run.py: method.normalize=true, or dataset.normalize=true for "
+                        "precomputed embeddings; nnn-index: --normalize")
+
+
 def as_matrix(x, name: str, *, dim: int | None = None, normalize: bool = False) -> np.ndarray:
     """Return ``x`` as a C-contiguous float32 ``(n, d)`` NumPy array, checked.
 
@@ -59,11 +64,12 @@ def as_matrix(x, name: str, *, dim: int | None = None, normalize: bool = False) 
         row = int(norms.argmax())
         raise ValueError(f"{name} row {row} has norm {norms[row]:.4g}; dot products of rows "
                          f"with norms above {MAX_ROW_NORM:.3g} overflow float32 to inf. Pass "
-                         "normalize=True, or scale the embeddings down")
+                         f"normalize=True ({_NORMALIZE_ELSEWHERE}), or scale the embeddings "
+                         "down")
     _warn_not_normalised(f"{name}: {int(off.sum())} of {len(out)} rows are not L2-normalised "
                          f"(norms in [{norms.min():.4g}, {norms.max():.4g}]); pass "
-                         "normalize=True to normalise them (shown once; other inputs may be "
-                         "affected too)")
+                         f"normalize=True ({_NORMALIZE_ELSEWHERE}) to normalise them (shown "
+                         "once; other inputs may be affected too)")
     return out
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from nnn.errors import MissingResourceError
 from nnn.methods import NNN, Identity, ReferenceIndex
 from nnn.methods._exact import block_topk, exact_topk
 from nnn.methods._topk import (default_nlist, default_nprobe, faiss_index, gpu_faiss_available,
@@ -486,3 +487,4 @@ def test_missing_faiss_names_the_extra(monkeypatch, unit):
     with pytest.raises(ImportError, match=r"nnn-hubness\[cpu\].*nnn-hubness\[gpu\]") as err:
         NNN(k=2, backend="faiss").fit(g, query_bank=r)
     assert "\n" not in str(err.value)
+    assert isinstance(err.value, MissingResourceError)  # a user error: run.py prints one line

@@ -41,8 +41,9 @@ def test_unnormalised_rows_that_would_overflow_scores_raise_naming_the_row():
     g[3] *= np.float32(1e20)
     with pytest.raises(ValueError, match=r"^gallery row 3 has norm [0-9.e+]+; dot products of "
                                          r"rows with norms above 1.84e\+19 overflow float32 to "
-                                         r"inf. Pass normalize=True, or scale the embeddings "
-                                         r"down$"):
+                                         r"inf. Pass normalize=True \(run.py: "
+                                         r"method.normalize=true, .*nnn-index: --normalize\), or "
+                                         r"scale the embeddings down$"):
         Identity().fit(g)
     # just below the bound: accepted (with the usual warning), and every score is finite
     g[3] = g[3] / np.linalg.norm(g[3].astype(np.float64)) * (MAX_ROW_NORM * 0.99)

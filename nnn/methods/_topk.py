@@ -32,6 +32,7 @@ from nnn._arrays import as_matrix, as_tensor, check_positive_int, owned_matrix
 from nnn._index_io import (FAISS_FILE, array_digest, check_digest, library_versions,
                            publish_dir, read_faiss, read_meta, verify_files, write_meta)
 from nnn._threads import one_thread_workers
+from nnn.errors import MissingDependencyError
 from nnn.methods._exact import DTYPES, ROUTES, choose_route, exact_topk
 
 BACKENDS = ("exact", "faiss")
@@ -92,12 +93,12 @@ def faiss_to_gpu(idx):
 
 
 def import_faiss():
-    """The ``faiss`` module (imported lazily: only the FAISS backend needs it), or ImportError
-    saying which extra installs it."""
+    """The ``faiss`` module (imported lazily: only the FAISS backend needs it), or
+    ``MissingDependencyError`` (an ImportError, a user error) saying which extra installs it."""
     try:
         import faiss
     except ImportError as e:
-        raise ImportError(f"the FAISS backend needs the 'faiss' package ({e}); install "
+        raise MissingDependencyError(f"the FAISS backend needs the 'faiss' package ({e}); install "
                           "nnn-hubness[cpu] (faiss-cpu) or, for GPU FAISS, nnn-hubness[gpu] "
                           "(faiss-gpu-cu12) instead, or use backend='exact'") from e
     return faiss
