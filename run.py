@@ -4,7 +4,10 @@
 ``nnn.pipeline.run``; this file only turns a user error (``nnn.errors``: a bad
 setting, a missing dataset, file or model, a failed download) into its one-line message and exit
 code 1 (the full traceback with ``HYDRA_FULL_ERROR=1``), and returns the sweep objective. In a
-sweep such a job is recorded as failed (results.json, sweep_summary) and the others still run.
+grid sweep such a job is recorded as failed (results.json, sweep_summary) and the others still
+run. A config Hydra cannot compose (``method=nnnn``, ``method.kk=3``) and what the checks before
+the first job refuse (``nnn.hydra_callbacks.Preflight``) end with one line too, and Ctrl-C with
+"Interrupted" and exit code 130.
 
 Heavy modules (torch, scipy, matplotlib, W&B) are imported only once a job runs, so ``--help``
 and config mistakes answer at once.
@@ -12,6 +15,8 @@ and config mistakes answer at once.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import os
 import sys
@@ -22,7 +27,7 @@ from hydra.errors import InstantiationException
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-import nnn.config_dir  # noqa: F401  registers ${nnn.repo_root:} before Hydra composes
+import nnn.config_dir  # registers ${nnn.repo_root:} before Hydra composes
 from nnn.errors import MissingResourceError
 
 log = logging.getLogger("nnn.run")
@@ -41,28 +46,101 @@ def user_error(err: BaseException) -> BaseException | None:
         else None
 
 
+def full_error() -> bool:
+    """Whether ``HYDRA_FULL_ERROR=1`` asks for the traceback of a user error too."""
+    return os.environ.get(FULL_ERROR_ENV) == "1"
+
+
+def one_line(err: BaseException) -> str:
+    """``err``'s message on one line, as ``Error: ...`` prints it."""
+    return str(err).replace("\n", " ")
+
+
+def entry_error(err: BaseException, args: list[str]) -> str | None:
+    """The line for an error that reached the entry point (``args``: the command line): a
+    composition error (``nnn.config_dir.composition_error``) or a user error (``user_error``,
+    e.g. of a trial that stopped an Optuna sweep); None for a bug."""
+    message = nnn.config_dir.composition_error(err, args)
+    cause = user_error(err) if message is None else None
+    return message if cause is None else one_line(cause)
+
+
+def _exit_if_known(err: BaseException, args: list[str]) -> None:
+    """Print ``err``'s line (``entry_error``) and exit 1; return when it is a bug."""
+    message = entry_error(err, args)
+    if message is not None:
+        print(f"Error: {message}", file=sys.stderr)
+        sys.exit(1)
+
+
+def _reraise(err: BaseException):
+    raise err
+
+
+@contextlib.contextmanager
+def one_line_errors(args: list[str]):
+    """While the block runs, an error that ``entry_error`` knows ends with its one line on
+    stderr and exit code 1, raised in the block or in Hydra's app (composing the config, a
+    sweep stopped by a failed job).
+
+    Hydra's app reports what escapes it itself (``hydra._internal.utils.run_and_report``: a
+    traceback or its multi-line message, then exit 1), so that function is wrapped meanwhile;
+    a bug still gets Hydra's report, and ``HYDRA_FULL_ERROR=1`` leaves it all to Hydra.
+    """
+    from hydra._internal import utils as hydra_utils
+
+    # Hydra has no public hook for how an app's errors are reported; its private reporter is
+    # wrapped, and where a Hydra version lacks it its own (multi-line) report is kept
+    hydra_report = getattr(hydra_utils, "run_and_report", None)
+    if hydra_report is None:
+        yield
+        return
+
+    def report(func):
+        if full_error():
+            return hydra_report(func)
+        try:
+            return func()
+        except Exception as err:
+            _exit_if_known(err, args)
+            return hydra_report(functools.partial(_reraise, err))
+
+    hydra_utils.run_and_report = report
+    try:
+        yield
+    except Exception as err:
+        if not full_error():
+            _exit_if_known(err, args)
+        raise
+    finally:
+        hydra_utils.run_and_report = hydra_report
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float:
-    """Returns the objective (``cfg.objective`` of the method) for sweepers such as Optuna; NaN
-    for a sweep job that failed with a user error (Optuna records the trial as failed)."""
+    """Returns the objective (``cfg.objective`` of the method) for sweepers such as Optuna.
+
+    A job of a grid sweep that fails with a user error returns NaN: the sweep goes on and ends
+    with its summary, which lists the job. A selecting sweeper (Optuna) gets the error itself,
+    records the trial as failed and stops the sweep (unless ``hydra.sweeper.max_failure_rate``
+    allows failures; Optuna 2 refuses a NaN objective); run.py then prints its one line.
+    """
     from nnn import pipeline, reporting  # numpy, torch, ...: not for --help or a config error
+    from nnn.settings import selecting_sweeper
 
     try:
         results = pipeline.run(cfg)
     except Exception as err:
         cause = user_error(err)
-        if cause is None:
-            raise  # a bug: Hydra prints its traceback
-        if os.environ.get(FULL_ERROR_ENV) == "1":
+        if cause is None or full_error():
+            raise  # a bug (or HYDRA_FULL_ERROR=1): Hydra prints the traceback
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            print(f"Error: {one_line(cause)}", file=sys.stderr)
+            sys.exit(1)
+        log.error("job failed: %s", one_line(cause))
+        if selecting_sweeper() is not None:
             raise
-        message = str(cause).replace("\n", " ")
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            # the job is recorded as failed; the sweep goes on and ends with its summary, which
-            # lists this job (nnn.hydra_callbacks.SweepSummary)
-            log.error("job failed: %s", message)
-            return float("nan")
-        print(f"Error: {message}", file=sys.stderr)
-        sys.exit(1)
+        return float("nan")
     return reporting.objective_value(results)
 
 
@@ -92,20 +170,18 @@ def exit_fast(code) -> None:
 
 
 if __name__ == "__main__":
-    sys.argv[1:] = nnn.config_dir.translate_overrides(sys.argv[1:])  # method.tune=: tune.enabled=
-    if nnn.config_dir.is_plain_help(sys.argv[1:]):  # Hydra's own help takes ~2 s (app_help)
-        from hydra.errors import HydraException
-        from omegaconf.errors import OmegaConfBaseException
-
-        try:
-            print(nnn.config_dir.app_help(sys.argv[1:]))
-            exit_fast(0)
-        except (HydraException, OmegaConfBaseException) as err:  # e.g. an unknown option
-            if os.environ.get(FULL_ERROR_ENV) != "1":  # else Hydra's help raises it in full
-                print(err, file=sys.stderr)  # as Hydra reports it for a run
-                exit_fast(1)
     try:
-        main()
-    except SystemExit as stop:  # Hydra exits this way after an error it reported
+        with one_line_errors(sys.argv[1:]):
+            sys.argv[1:] = nnn.config_dir.translate_overrides(sys.argv[1:])  # method.tune=
+            if nnn.config_dir.is_plain_help(sys.argv[1:]) and not full_error():
+                print(nnn.config_dir.app_help(sys.argv[1:]))  # Hydra's own help takes ~2 s
+                exit_fast(0)
+            main()
+    except SystemExit as stop:  # after an error reported (by Hydra, here or nnn.hydra_callbacks)
         exit_fast(stop.code)
+    except KeyboardInterrupt:  # Ctrl-C: the run's files are whole (atomic writes); no traceback
+        if full_error():
+            raise
+        print("Interrupted", file=sys.stderr)
+        exit_fast(130)
     exit_fast(0)

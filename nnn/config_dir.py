@@ -1,6 +1,7 @@
 """Where the Hydra configs of a source checkout live, the resolver they use for paths, the
-spelling of command-line overrides (``translate_overrides``: the old ``method.tune`` switch) and
-the text of ``run.py --help`` built from them (``app_help``, without Hydra's slow group listing).
+spelling of command-line overrides (``translate_overrides``: the old ``method.tune`` switch), the
+text of ``run.py --help`` built from them (``app_help``, without Hydra's slow group listing) and
+Hydra's composition errors said in one line (``composition_error``).
 
 Importing this module registers ``${nnn.repo_root:}`` (the checkout that holds ``conf/``), so
 that default paths beside the checkout (``paths.shared_data``) do not depend on the current
@@ -21,6 +22,9 @@ REPO_ROOT_RESOLVER = "nnn.repo_root"
 OmegaConf.register_new_resolver(REPO_ROOT_RESOLVER, lambda: str(CONFIG_DIR.parent), replace=True)
 
 
+#: what to do when the output folder (conf/paths: ``paths.output_root``) cannot be written
+OUTPUT_DIR_REMEDY = ("set NNN_OUTPUT_DIR (paths.output_root) to a folder you can write and that "
+                     "has space, or choose one with hydra.run.dir= / hydra.sweep.dir=")
 #: the flags that ask run.py for help
 HELP_FLAGS = ("--help", "-h")
 #: the tuning switch (conf/config.yaml ``tune``) and its older spelling, still accepted
@@ -31,12 +35,98 @@ TUNE_ALIAS = "method.tune"
 def translate_overrides(args: list[str]) -> list[str]:
     """Command-line ``args`` with ``[+]method.tune=VALUE`` spelled ``tune.enabled=VALUE`` (a
     sweep's ``method.tune=true,false`` included); every other argument unchanged. Used by
-    ``run.py`` and ``nnn.settings.compose``, so both accept the alias."""
-    out = []
+    ``run.py`` and ``nnn.settings.compose``, so both accept the alias. ``ValueError`` when the
+    alias and ``tune.enabled`` are both given with different values."""
+    out, given = [], {}
     for arg in args:
         key, eq, value = arg.lstrip("+").partition("=")
-        out.append(f"{TUNE_SWITCH}={value}" if eq and key == TUNE_ALIAS else arg)
+        if eq and key in (TUNE_ALIAS, TUNE_SWITCH):
+            given.setdefault(value.lower(), arg)
+            arg = f"{TUNE_SWITCH}={value}"
+        out.append(arg)
+    if len(given) > 1:
+        raise ValueError(f"{' and '.join(given.values())} contradict each other ({TUNE_ALIAS} is "
+                         f"the older name of {TUNE_SWITCH}): give {TUNE_SWITCH} once")
     return out
+
+
+def _parse(args: list[str]) -> list[tuple[str, object]]:
+    """(argument, its parsed Hydra ``Override``, or the ``OverrideParseException`` that Hydra's
+    grammar raised for it) for each of ``args`` but flags (``-m``, ``--help``)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser, out = OverridesParser.create(), []
+    for arg in args:
+        if not arg.startswith("-"):
+            try:
+                out.extend((arg, o) for o in parser.parse_overrides([arg]))
+            except OverrideParseException as err:
+                out.append((arg, err))
+    return out
+
+
+def _values(override) -> list[str]:
+    """The values of a parsed ``Override``: one, or each of a sweep's."""
+    return list(override.sweep_string_iterator()) if override.is_sweep_override() \
+        else [override.get_value_element_as_str()]
+
+
+def _given(args: list[str], wanted, fallback: str) -> str:
+    """The first of ``args`` whose parsed override satisfies ``wanted``, else ``fallback``."""
+    return next((arg for arg, o in _parse(args) if not isinstance(o, Exception) and wanted(o)),
+                fallback)
+
+
+def _unknown_option(err, args: list[str]) -> str:
+    """``group=name``, an option that no file of ``conf/<group>/`` holds (``err``: Hydra's
+    ``MissingConfigException``), with the options there."""
+    group, _, name = err.missing_cfg_file.rpartition("/")
+    override = _given(args, lambda o: o.key_or_group == group and name in _values(o),
+                      f"{group}={name}")
+    return (f"{override}: {group} has no option {name!r}; choose one of "
+            f"{', '.join(err.options)}")
+
+
+def _unknown_key(cause, args: list[str]) -> str:
+    """``a.b.key=VALUE`` for a key that the config node ``a.b`` does not have (``cause``:
+    OmegaConf's error, whose ``parent_node`` is that node), with the keys it has."""
+    node, _, key = cause.full_key.rpartition(".")
+    override = _given(args, lambda o: o.key_or_group == cause.full_key, f"{cause.full_key}=VALUE")
+    keys = [str(k) for k in cause.parent_node.keys() if not str(k).startswith("_")
+            and k != "hydra"]
+    has = f"its keys are {', '.join(keys)}" if keys else "it is empty"
+    return (f"{override}: {node or 'the config'} has no key {key!r} ({has}); correct the name, "
+            f"or add a new key with +{override.lstrip('+')}")
+
+
+def _unparsable(err, args: list[str]) -> str:
+    """The first of ``args`` that Hydra's override grammar cannot read, with its reason."""
+    arg, err = next(((a, o) for a, o in _parse(args) if isinstance(o, Exception)),
+                    ("an override", err))
+    return (f"{arg}: {str(err).splitlines()[0]}; quote values with commas or brackets (see "
+            "https://hydra.cc/docs/advanced/override_grammar/basic/)")
+
+
+def composition_error(err: BaseException, args: list[str]) -> str | None:
+    """One line for a Hydra composition error ``err`` of the command line ``args``: an unknown
+    option of a group (``method=nnnn``: the group's options), an unknown key (``method.kk=3``:
+    the node's keys), an override Hydra cannot parse (which one), else Hydra's own message on
+    one line; None when ``err`` is not a composition error."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, \
+        OverrideParseException
+
+    cause = err.__cause__
+    if isinstance(err, MissingConfigException) and err.options and err.missing_cfg_file:
+        return _unknown_option(err, args)
+    if isinstance(err, OverrideParseException):
+        return _unparsable(err, args)
+    if not isinstance(err, ConfigCompositionException):
+        return None
+    if getattr(cause, "full_key", None) and getattr(cause, "parent_node", None) is not None:
+        return _unknown_key(cause, args)
+    first = str(cause).splitlines()[0] if cause is not None else ""
+    return " ".join(f"{err} {first}".split())
 
 
 def is_plain_help(args: list[str]) -> bool:

@@ -1,29 +1,42 @@
-"""Hydra callback that summarises a multirun sweep.
+"""Hydra callbacks: the checks before the first job (``Preflight``) and the summary of a sweep
+(``SweepSummary``).
 
-After every job (``on_job_end``) and once more at the end (``on_multirun_end``) it reads each
-job's ``.hydra/overrides.yaml`` and ``results.json`` under the sweep directory and writes
-``sweep_summary.csv`` / ``sweep_summary.json`` there: one row per job with the swept parameters,
-its status (a failed job is listed with its error), the objective and baseline/method/delta of
-each summary metric. For every swept parameter named in ``plot_params`` (by its last dotted
-part: ``method.alpha``, ``method.k``, ``reference.fraction``) it also plots each metric against
-it (one line per setting of the other swept parameters), e.g. ``t2i_R1_vs_alpha.png`` or
-``t2i_R1_vs_fraction.png`` (R@1 against the reference-set size).
+``Preflight`` refuses, before any job runs, a run or sweep that cannot work: an output folder
+that cannot be created or written (``paths.output_root``, ``NNN_OUTPUT_DIR``), a sweeper that
+selects parameters (Optuna) without a tuning part, the SLURM launcher where SLURM is absent. It
+ends the process with the user error's one line (Hydra would only warn about an exception).
+
+``SweepSummary`` summarises a multirun sweep: after every job (``on_job_end``) and once more
+at the end (``on_multirun_end``) it reads each job's ``.hydra/overrides.yaml`` and
+``results.json`` under the sweep directory and writes ``sweep_summary.csv`` /
+``sweep_summary.json`` there: one row per job with the swept parameters, its status (a failed
+job is listed with its error), the objective and baseline/method/delta of each summary metric.
+For every swept parameter named in ``plot_params`` (by its last dotted part: ``method.alpha``,
+``method.k``, ``reference.fraction``) it also plots each metric against it (one line per
+setting of the other swept parameters, their values rounded to 3 significant digits; one that
+takes more than ``MAX_SERIES`` values, such as an Optuna interval, makes no lines of its own),
+e.g. ``t2i_R1_vs_alpha.png`` or ``t2i_R1_vs_fraction.png`` (R@1 against the reference-set size).
 
 At the end of the sweep the summary table and these plots also go to the experiment logger
 (``cfg.logger``) as one extra run, ``<name>-summary``, in the W&B group of the sweep's jobs.
 
 Summarising after every job (under a file lock, as joblib workers run jobs in parallel) keeps
 the summary complete even when Hydra stops the sweep with a failed job's exception, in which
-case ``on_multirun_end`` is never called. A job that fails with a user error does not stop the
-sweep (``run.py`` records it and returns NaN): the sweep then ends with the summary and one
-line naming the failed jobs, exit code 1.
+case ``on_multirun_end`` is never called. A job that fails with a user error does not stop a
+grid sweep (``run.py`` records it and returns NaN): the sweep then ends with the summary and one
+line naming the failed jobs, exit code 1. A selecting sweeper (Optuna) records the failed trial
+and stops, unless its ``max_failure_rate`` allows failures.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import re
+import shutil
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -35,12 +48,83 @@ from omegaconf import DictConfig, OmegaConf
 
 from hydra.utils import instantiate
 
+from nnn.config_dir import OUTPUT_DIR_REMEDY
+from nnn.errors import explained_os_errors
 from nnn.loggers import sweep_group
 from nnn.reporting import create_logger
 from nnn.results import (RESULTS_JSON, SWEEP_CSV, format_sweep_table, read_results, sweep_rows,
                          write_sweep_summary)
 
 log = logging.getLogger(__name__)
+
+#: the SLURM commands that ``hydra/launcher=submitit_slurm`` (submitit) runs
+SLURM_COMMANDS = ("sbatch", "srun")
+
+
+def selecting_sweeper(hydra_cfg: DictConfig) -> str | None:
+    """The class of the sweeper of ``hydra_cfg`` (Hydra's config) when it *selects* parameters
+    by the objective (Optuna, Nevergrad, ...: any but Hydra's grid, ``BasicSweeper``)."""
+    target = str(OmegaConf.select(hydra_cfg, "sweeper._target_", default="") or "")
+    return None if not target or target.endswith(".BasicSweeper") else target
+
+
+def check_tuning_part(sweeper: str | None, tuning_size) -> None:
+    """``ValueError`` when a selecting ``sweeper`` would measure its objective on the test
+    split: ``reference.tuning_size=0`` holds no tuning part out."""
+    from nnn.data.assemble import TUNING_AUTO
+
+    if sweeper is not None and tuning_size in (0, "0"):
+        raise ValueError(f"the sweeper {sweeper} chooses parameters by the objective, which must "
+                         "not be measured on the test split, but reference.tuning_size=0: use "
+                         f"reference.tuning_size={TUNING_AUTO} (default), 'test' or a number")
+
+
+def check_launcher(launcher_cfg: DictConfig) -> None:
+    """``ValueError`` when the launcher is submitit's SLURM one and SLURM's commands are not on
+    this machine (submitit would fail with a traceback)."""
+    if not str(launcher_cfg.get("_target_", "")).endswith(".SlurmLauncher"):
+        return
+    missing = [c for c in SLURM_COMMANDS if shutil.which(c) is None]
+    if missing:
+        raise ValueError(f"hydra/launcher=submitit_slurm submits the jobs to SLURM, but no "
+                         f"{' or '.join(missing)} is found on this machine (PATH): run from a "
+                         "SLURM login node, or use hydra/launcher=joblib (parallel jobs here) "
+                         "or hydra/launcher=submitit_local")
+
+
+def make_output_dir(path: str | Path) -> None:
+    """Create the output folder ``path`` of a run or sweep (as Hydra would next) and check that
+    it can be written; else an ``OSError`` naming it and what to do."""
+    with explained_os_errors("create or write the output folder", path, OUTPUT_DIR_REMEDY):
+        Path(path).mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+
+
+def _refuse_unless(check, *args) -> None:
+    """``check(*args)``; a user error it raises ends the process with its one line, exit code 1
+    (``HYDRA_FULL_ERROR=1``: after its traceback). As ``SystemExit``: Hydra turns an exception
+    of a callback into a warning and goes on."""
+    try:
+        check(*args)
+    except (ValueError, OSError) as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            traceback.print_exc()
+        raise SystemExit(f"Error: {err}") from err
+
+
+class Preflight(Callback):
+    """The checks before the first job (module docstring): a refusal ends the process with one
+    line on stderr and exit code 1, before anything runs."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _refuse_unless(make_output_dir, config.hydra.run.dir)
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _refuse_unless(make_output_dir, config.hydra.sweep.dir)
+        _refuse_unless(check_tuning_part, selecting_sweeper(config.hydra),
+                       config.reference.tuning_size)
+        _refuse_unless(check_launcher, config.hydra.launcher)
 
 
 def _job_sort_key(path: Path):
@@ -64,6 +148,41 @@ def collect_jobs(sweep_dir: Path) -> list[dict[str, Any]]:
     return jobs
 
 
+#: a swept parameter with more values than this makes no lines of its own in the sweep plots
+#: (an Optuna interval: every trial another value); its points share the other parameters' lines
+MAX_SERIES = 8
+
+
+def _label_value(value) -> str:
+    """A swept value (the text of its override) as a line's label shows it: a fraction to 3
+    significant digits (an Optuna alpha of 0.6354821990083570 reads 0.635), whole numbers and
+    words as they are."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return str(value)
+    return f"{number:g}" if number.is_integer() else f"{number:.3g}"
+
+
+def sweep_series(rows: Sequence[dict], param: str, others: Sequence[str], metric: str
+                 ) -> dict[str, tuple[list[float], list[float]]]:
+    """{label: (values of ``param``, ``metric`` of the method)} over the summary ``rows``: one
+    series per setting of the ``others`` swept parameters (``_label_value``), leaving out those
+    with more than ``MAX_SERIES`` settings; rows without the value or the metric are skipped."""
+    settings = {o: {_label_value(r.get(o)) for r in rows} for o in others}
+    grouped = [o for o in others if len(settings[o]) <= MAX_SERIES]
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    for r in rows:
+        y, x = r.get(f"{metric} method"), r.get(param)
+        if y is None or x is None:
+            continue
+        label = ", ".join(f"{o}={_label_value(r.get(o))}" for o in grouped) or metric
+        xs, ys = series.setdefault(label, ([], []))
+        xs.append(float(x))
+        ys.append(float(y))
+    return series
+
+
 def _plot_against(param: str, columns: Sequence[str], rows: Sequence[dict], metrics: Sequence[str],
                   sweep_dir: Path) -> list[Path]:
     from nnn.plots import metric_vs_param  # matplotlib: only when a sweep is plotted
@@ -71,23 +190,14 @@ def _plot_against(param: str, columns: Sequence[str], rows: Sequence[dict], metr
     others = [c for c in columns[2:columns.index("objective")] if c != param]
     paths = []
     for metric in metrics:
-        series: dict[str, tuple[list[float], list[float]]] = {}
-        baselines = []
-        for r in rows:
-            y, x = r.get(f"{metric} method"), r.get(param)
-            if y is None or x is None:
-                continue
-            label = ", ".join(f"{o}={r.get(o)}" for o in others) or metric
-            series.setdefault(label, ([], []))
-            series[label][0].append(float(x))
-            series[label][1].append(float(y))
-            if r.get(f"{metric} baseline") is not None:
-                baselines.append(r[f"{metric} baseline"])
+        series = sweep_series(rows, param, others, metric)
         if not series:
             continue
+        baselines = {r[f"{metric} baseline"] for r in rows
+                     if r.get(f"{metric} baseline") is not None}
         stem = f"{metric.replace('@', '')}_vs_{param.rsplit('.', 1)[-1]}"  # t2i_R1_vs_alpha
         name = re.sub(r"[^A-Za-z0-9]+", "_", stem).strip("_")
-        baseline = baselines[0] if baselines and len(set(baselines)) == 1 else None
+        baseline = baselines.pop() if len(baselines) == 1 else None
         paths.append(metric_vs_param(series, sweep_dir / f"{name}.png",
                                      xlabel=param, ylabel=metric, baseline=baseline,
                                      title=f"{metric} against {param} ({sweep_dir.name})"))

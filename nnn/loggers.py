@@ -174,8 +174,8 @@ class WandbLogger(NullLogger):
                  tags: Sequence[str] = (), job_type: str | None = None, notes: str | None = None,
                  init_timeout: float = 15.0, settings: Mapping[str, Any] | None = None):
         if mode not in _MODES:
-            raise ValueError(f"W&B mode must be one of {_MODES}, got {mode!r}; use "
-                             "logger.mode=offline (default, no account) or online")
+            raise ValueError(f"logger.mode={mode!r} is not a W&B mode; use one of "
+                             f"{', '.join(_MODES)} (offline, the default, needs no account)")
         if isinstance(init_timeout, bool) or not isinstance(init_timeout, (int, float)) \
                 or not init_timeout > 0:
             raise ValueError(f"logger.init_timeout must be a number of seconds > 0, got "
@@ -193,17 +193,27 @@ class WandbLogger(NullLogger):
         self._run_dir: Path | None = None
         self.active = False
 
+    def _hint(self, what: str, answer: dict) -> str:
+        """What to do about the failure ``answer`` of the call ``what``: install W&B, log in
+        (online mode without an API key: W&B's ``UsageError`` says so), else, for an online
+        start, wait longer for the server."""
+        if answer["import_error"]:
+            return " (install it: pip install wandb, or use logger=none)"
+        if what != "init" or self.mode != "online":
+            return ""
+        if answer["error"] == "UsageError" and "api key" in answer["message"].lower():
+            return (" (no W&B API key is set: run `wandb login` or set WANDB_API_KEY, or use "
+                    "logger.mode=offline)")
+        return (f" (gave up after logger.init_timeout={self.init_timeout:g} s; raise it for a "
+                "slow server)")
+
     def _fail(self, what: str, answer: dict, *, finish: bool = True) -> None:
         """Warn once, turn the logger off and end the worker (``finish``: finishing the run as
         failed first; not when the worker itself gave no answer)."""
-        hint = " (install it: pip install wandb, or use logger=none)" \
-            if answer["import_error"] else ""
-        if what == "init" and self.mode == "online":
-            hint += (f" (gave up after logger.init_timeout={self.init_timeout:g} s; raise it "
-                     "for a slow server)")
         log.warning("W&B %s failed (%s: %s)%s; the run goes on without W&B and its local "
                     "results are unaffected", what, answer["error"],
-                    " ".join(answer["message"].split()), hint)  # W&B's messages span lines
+                    " ".join(answer["message"].split()),  # W&B's messages span lines
+                    self._hint(what, answer))
         self.active = False
         if finish:
             self._end(exit_code=1)  # already failing; the warning above says what happened

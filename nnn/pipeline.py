@@ -30,15 +30,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from nnn._timing import timed
-from nnn.config_dir import TUNE_SWITCH
+from nnn.config_dir import OUTPUT_DIR_REMEDY, TUNE_SWITCH
 from nnn.data.base import EmbeddingSet
 from nnn.loggers import sweep_group
-from nnn.reporting import create_logger, flatten, log_to_logger, write_run_files
+from nnn.errors import explained_os_errors
+from nnn.reporting import flatten, log_to_logger, write_run_files
 from nnn.results import format_table, write_results
-from nnn.settings import (analysis_nnn_keywords, build_method, check_config, hydra_job,
-                          method_description, needs_tuning_part, reference_dataset_config,
-                          reference_dataset_name, tune_switch, tuner_arguments, tuning_requested,
-                          used_parameters)
+from nnn.settings import (analysis_nnn_keywords, build_logger, build_method, check_config,
+                          hydra_job, method_description, needs_tuning_part,
+                          reference_dataset_config, reference_dataset_name, tune_switch,
+                          tuner_arguments, tuning_requested, used_parameters)
 
 if TYPE_CHECKING:
     from nnn.evaluation import EvalSettings
@@ -276,7 +277,8 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         raise
     finally:
         results["timings_s"]["total"] = time.perf_counter() - t0
-        write_results(out, results)
+        with explained_os_errors("write the run's results in", out, OUTPUT_DIR_REMEDY):
+            write_results(out, results)
     pngs, tables = write_run_files(results, counts, out, hubness_k=cfg.eval.hubness_k)
     log.info("results in %s\n%s", out, format_table(results))
     log_to_logger(logger, results, pngs, tables)
@@ -284,9 +286,9 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
 
 
 def _start_logger(cfg: DictConfig, results: dict[str, Any], out: Path):
-    """``cfg.logger`` (``NullLogger`` if it cannot be created), its run started in the
-    background with the run's config. Jobs of a sweep share a W&B group (``sweep_group``)."""
-    logger = create_logger(lambda: instantiate(cfg.logger), out)
+    """``cfg.logger`` (a setting it refuses is a user error), its run started in the background
+    with the run's config. Jobs of a sweep share a W&B group (``sweep_group``)."""
+    logger = build_logger(cfg)
     hc = hydra_job()
     group, name = cfg.name, cfg.name
     if hc is not None:

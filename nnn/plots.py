@@ -104,7 +104,9 @@ def _log_axis(xs: np.ndarray) -> bool:
 def metric_vs_param(series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
                     path: str | Path, *, xlabel: str, ylabel: str, title: str = "",
                     baseline: float | None = None, xscale: str = "auto") -> Path:
-    """Line plot: ``series`` maps a label to ``(x values, y values)``; points sorted by x.
+    """Line plot: ``series`` maps a label to ``(x values, y values)``; points sorted by x. A
+    series that repeats an x value (runs that differ in a parameter the labels leave out) is
+    drawn as points only.
 
     ``baseline`` draws a dashed horizontal reference line (e.g. the uncorrected R@1).
     ``xscale``: "linear", "log" (base 2, ticks at the values) or "auto": log when every x is
@@ -117,9 +119,10 @@ def metric_vs_param(series: Mapping[str, tuple[Sequence[float], Sequence[float]]
     fig, ax = _subplots(figsize=(6.4, 4.0))
     all_x = np.concatenate([np.asarray(xs, dtype=float) for xs, _ in series.values()])
     for label, (xs, ys) in series.items():
-        order = np.argsort(np.asarray(xs, dtype=float))
-        ax.plot(np.asarray(xs, dtype=float)[order], np.asarray(ys, dtype=float)[order],
-                marker="o", label=label)
+        x = np.asarray(xs, dtype=float)
+        order = np.argsort(x)
+        ax.plot(x[order], np.asarray(ys, dtype=float)[order], marker="o", label=label,
+                linestyle="-" if len(np.unique(x)) == len(x) else "none")
     if baseline is not None:
         ax.axhline(baseline, color="gray", linestyle="--",
                    label=f"uncorrected baseline ({baseline:.2f})")

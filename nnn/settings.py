@@ -10,6 +10,7 @@ outside ``run.py`` (notebooks, tests).
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +27,8 @@ if TYPE_CHECKING:
 
 #: the Hydra choice key of the reference set's own dataset (``dataset@reference.dataset=coco``)
 REFERENCE_DATASET_CHOICE = "dataset@reference.dataset"
+#: the config node of the reference set's own dataset, which its messages name (``config_key``)
+REFERENCE_DATASET_KEY = "reference.dataset"
 
 
 def hydra_job() -> DictConfig | None:
@@ -54,7 +57,10 @@ def compose(overrides: list[str] = (), *, config_dir: str | Path = CONFIG_DIR) -
 def reference_dataset_config(cfg: DictConfig) -> DictConfig | None:
     """The config of the dataset the references come from (``reference.dataset``, chosen with
     ``dataset@reference.dataset=NAME``), or None when they come from the evaluation dataset:
-    ``reference.dataset`` is null, the same option as ``dataset``, or an identical config."""
+    ``reference.dataset`` is null, the same option as ``dataset``, or an identical config.
+
+    A dataset whose messages name its config node (its config has ``config_key``, e.g. "set
+    dataset.root") gets ``config_key=reference.dataset``, the node the user must set."""
     ref = cfg.reference.get("dataset")
     if ref is None:
         return None
@@ -63,7 +69,13 @@ def reference_dataset_config(cfg: DictConfig) -> DictConfig | None:
         choices = hc.runtime.choices
         if choices.get(REFERENCE_DATASET_CHOICE) == choices.get("dataset"):
             return None
-    return None if ref == cfg.dataset else ref
+    if ref == cfg.dataset:
+        return None
+    if "config_key" in ref:
+        ref = ref.copy()
+        with open_dict(ref):
+            ref.config_key = REFERENCE_DATASET_KEY
+    return ref
 
 
 def reference_dataset_name(cfg: DictConfig, dataset_name: str) -> str:
@@ -79,12 +91,20 @@ def reference_dataset_name(cfg: DictConfig, dataset_name: str) -> str:
 
 def selecting_sweeper() -> str | None:
     """The sweeper's class when this job belongs to a sweep whose sweeper *selects* parameters
-    by the objective (Optuna, Nevergrad, ...: any but Hydra's grid, ``BasicSweeper``)."""
+    by the objective (``nnn.hydra_callbacks.selecting_sweeper``: Optuna, Nevergrad, ...)."""
+    from nnn.hydra_callbacks import selecting_sweeper as of_hydra
+
     hc = hydra_job()
-    if hc is None or hc.mode != RunMode.MULTIRUN:
-        return None
-    target = str(OmegaConf.select(hc, "sweeper._target_", default="") or "")
-    return None if not target or target.endswith(".BasicSweeper") else target
+    return None if hc is None or hc.mode != RunMode.MULTIRUN else of_hydra(hc)
+
+
+def has_tuning_part(cfg: DictConfig) -> bool:
+    """Whether the run holds a tuning part out (``reference.tuning_size``: a number > 0,
+    "test", or "auto" when ``needs_tuning_part``), where the objective is then measured."""
+    from nnn.data.assemble import TUNING_AUTO
+
+    size = cfg.reference.tuning_size
+    return needs_tuning_part(cfg) if size == TUNING_AUTO else size not in (0, "0")
 
 
 def needs_tuning_part(cfg: DictConfig) -> bool:
@@ -102,8 +122,31 @@ def method_params(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg.method, resolve=True)
 
 
+def _checked(node: str, params: dict[str, Any]) -> dict[str, Any]:
+    """``params`` (the config node ``node`` as keywords, with ``_target_``), once it is checked
+    that the target takes every key: else ``ValueError`` naming the first it does not (e.g.
+    ``+method.kk=3``) and the keys it takes."""
+    from hydra.utils import get_object
+
+    taken = inspect.signature(get_object(params["_target_"])).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in taken.values()):
+        return params
+    bad = [k for k in params if not k.startswith("_") and k not in taken]
+    if bad:
+        raise ValueError(f"{node}.{bad[0]}: {params['_target_'].rsplit('.', 1)[-1]} has no "
+                         f"parameter {bad[0]!r} (it takes {', '.join(taken)}); remove the key or "
+                         "correct its name")
+    return params
+
+
 def build_method(cfg: DictConfig):
-    return instantiate(method_params(cfg))
+    return instantiate(_checked("method", method_params(cfg)))
+
+
+def build_logger(cfg: DictConfig):
+    """``cfg.logger`` instantiated; a setting it refuses (``logger.mode=bogus``) or does not
+    take is a ``ValueError``, like any other config mistake."""
+    return instantiate(_checked("logger", OmegaConf.to_container(cfg.logger, resolve=True)))
 
 
 def tune_switch(cfg: DictConfig) -> bool:
@@ -177,27 +220,94 @@ def _check_directions(names) -> None:
         raise ValueError(f"eval.directions={list(names)}: each must be one of {list(DIRECTIONS)}")
 
 
+def _check_seed(key: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{key}={value!r}: a seed must be an integer >= 0, e.g. {key}=0")
+
+
+def _test_metric_names(settings: EvalSettings) -> list[str]:
+    """The metrics a direction reports on the evaluation split (``R@1``, ``median_rank``,
+    ``hubness/skewness``, ...): the keys of the real summaries, of a stand-in of two queries."""
+    import numpy as np
+
+    from nnn.metrics import hubness_stats, rank_summary
+    from nnn.results import is_ci_key
+
+    names = [*rank_summary(np.array([1, 2]), ks=list(settings.ks), n_boot=1),
+             *(f"hubness/{n}" for n in hubness_stats(np.array([1, 1]), k=settings.hubness_k))]
+    return [n for n in names if not is_ci_key(n)]
+
+
+def _check_objective(cfg: DictConfig, settings: EvalSettings) -> None:
+    """``objective`` names a metric the run measures (``nnn.evaluation.objective``): a recall
+    ``DIRECTION/R@k`` on the tuning part when there is one, else a metric of an evaluated
+    direction on the test split."""
+    from nnn.task import DIRECTIONS
+
+    metric = str(cfg.objective)
+    direction, _, name = metric.partition("/")
+    if has_tuning_part(cfg):
+        if direction not in DIRECTIONS or not name.startswith("R@") or not name[2:].isdigit():
+            raise ValueError(f"objective={metric!r}: on the tuning part the objective is a "
+                             f"recall DIRECTION/R@k with a direction of {list(DIRECTIONS)}, "
+                             "e.g. t2i/R@1 or i2t/R@5")
+        return
+    names = _test_metric_names(settings)
+    if direction not in cfg.eval.directions or name not in names:
+        raise ValueError(f"objective={metric!r}: use DIRECTION/METRIC with a direction of "
+                         f"eval.directions {list(cfg.eval.directions)} and a metric of "
+                         f"{names}, e.g. t2i/R@1")
+
+
+def _check_tune_grid(cfg: DictConfig) -> None:
+    """Each key of ``tune.grid`` is a grid of the method's tuner (``nnn.tuning.grid_keywords``)."""
+    from nnn.tuning import grid_keywords
+
+    if not tuning_requested(cfg):
+        return
+    grids = grid_keywords(method_name(cfg))
+    bad = [k for k in (cfg.tune.grid or {}) if k not in grids]
+    if bad:
+        raise ValueError(f"tune.grid.{bad[0]}: the tuner of {method_name(cfg)} has no grid "
+                         f"{bad[0]!r}; its grids are {', '.join(grids)} (e.g. "
+                         f"+tune.grid.{grids[0]}=[...]); fixed settings belong in method.*")
+
+
+def _check_extraction(cfg: DictConfig) -> None:
+    """``extract=ddp`` (Lightning on GPUs) needs CUDA where a model may encode."""
+    import torch
+
+    lightning = OmegaConf.select(cfg, "extract.lightning")
+    if not lightning or "_target_" not in (cfg.get("model") or {}):
+        return
+    if lightning.get("accelerator") in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(f"extract=ddp encodes on CUDA GPUs (extract.lightning.accelerator="
+                         f"{lightning.accelerator}), but this machine has none: use the default "
+                         "extract (drop extract=ddp; it encodes in this process, on device=cpu "
+                         "here), or run on a machine with GPUs")
+
+
 def check_config(cfg: DictConfig) -> EvalSettings:
-    """Config mistakes that need no data (missing values, directions, a selecting sweeper
-    without a tuning part, the method's parameters, ``cfg.eval``); returns the evaluation's
-    settings."""
-    from nnn.data.assemble import TUNING_AUTO
+    """Config mistakes that need no data (missing values, seeds, directions, a selecting sweeper
+    without a tuning part, the method's parameters, the tuner's grids, the objective, DDP
+    without GPUs, ``cfg.eval``); returns the evaluation's settings."""
     from nnn.evaluation import EvalSettings
+    from nnn.hydra_callbacks import check_tuning_part
 
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise ValueError(f"{', '.join(missing)} must be set (??? in the config): add "
                          f"{missing[0]}=VALUE to the command line")
+    _check_seed("seed", cfg.seed)
+    _check_seed("reference.seed", cfg.reference.seed)
     _check_directions(cfg.eval.directions)
-    sweeper = selecting_sweeper()
-    if sweeper is not None and cfg.reference.tuning_size in (0, "0"):
-        raise ValueError(f"the sweeper {sweeper} chooses parameters by the objective, which must "
-                         "not be measured on the test split, but reference.tuning_size=0: use "
-                         f"reference.tuning_size={TUNING_AUTO} (default), 'test' or a number")
+    check_tuning_part(selecting_sweeper(), cfg.reference.tuning_size)
     build_method(cfg)
+    _check_tune_grid(cfg)
+    _check_extraction(cfg)
     e = cfg.eval
-    return EvalSettings(ks=tuple(e.ks), n_boot=e.n_boot, ci_level=e.ci_level,
-                        resample=e.get("resample", "image"), batch_size=e.batch_size,
-                        hubness_k=e.hubness_k, seed=cfg.seed, device=cfg.device)
-
-
+    settings = EvalSettings(ks=tuple(e.ks), n_boot=e.n_boot, ci_level=e.ci_level,
+                            resample=e.get("resample", "image"), batch_size=e.batch_size,
+                            hubness_k=e.hubness_k, seed=cfg.seed, device=cfg.device)
+    _check_objective(cfg, settings)
+    return settings

@@ -54,6 +54,7 @@ between grid points go to the one evaluated first (grid order), so results are d
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import math
 from collections.abc import Mapping, Sequence
@@ -437,6 +438,17 @@ TUNERS = {NNN.option: tune_nnn, QBNorm.option: tune_qb_norm, DBNorm.option: tune
           DN.option: tune_dn, CSLS.option: tune_csls,
           **{cls.option: functools.partial(tune_neighbourhood_k, cls.option)
              for cls in NEIGHBOURHOOD_METHODS}}
+
+
+def grid_keywords(method: str) -> tuple[str, ...]:
+    """The grids that ``tune`` takes for ``method`` (any name ``method_class`` knows; NNN:
+    ``alphas``, ``ks``): its tuner's keyword-only parameters but ``batch_size``; () for a method
+    without hyper-parameters."""
+    tuner = TUNERS.get(method_class(method).option)
+    if tuner is None:
+        return ()
+    return tuple(p.name for p in inspect.signature(tuner).parameters.values()
+                 if p.kind is p.KEYWORD_ONLY and p.name != "batch_size")
 
 
 def tune(method: str, tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i",

@@ -137,10 +137,16 @@ def test_which_help_run_py_answers_itself(args, plain):
 
 
 def test_old_tune_switch_is_an_alias_of_tune_enabled():
-    assert translate_overrides(["-m", "method.tune=true,false", "+method.tune=1", "method.k=4",
-                                "method.tuned=x", "tune.enabled=false"]) == [
-        "-m", "tune.enabled=true,false", "tune.enabled=1", "method.k=4", "method.tuned=x",
-        "tune.enabled=false"]
+    assert translate_overrides(["-m", "method.tune=true,false", "method.k=4", "method.tuned=x",
+                                "tune.enabled=true,false"]) == [
+        "-m", "tune.enabled=true,false", "method.k=4", "method.tuned=x", "tune.enabled=true,false"]
+    assert translate_overrides(["+method.tune=1"]) == ["tune.enabled=1"]
     cfg = compose(["method=dn", "method.tune=true"])
     assert cfg.tune.enabled is True and "tune" not in cfg.method
     assert compose([]).tune.enabled is False
+
+
+def test_tune_switch_and_its_alias_must_agree():
+    with pytest.raises(ValueError, match=r"method\.tune=true and tune\.enabled=false contradict "
+                                         r"each other.*give tune\.enabled once"):
+        translate_overrides(["method.tune=true", "tune.enabled=false"])

@@ -179,8 +179,10 @@ def test_without_lavis_the_error_points_to_its_own_environment(monkeypatch):
     monkeypatch.setitem(sys.modules, "lavis", None)  # makes `import lavis` fail
     monkeypatch.delitem(sys.modules, "lavis.models", raising=False)
     with pytest.raises(ImportError,
-                       match=r"(?s)timm==0\.4\.12.*separate environment.*docs/lavis\.md"):
+                       match=r"(?s)pip install salesforce-lavis.*timm==0\.4\.12.*separate "
+                             r"environment.*docs/lavis\.md") as err:
         LavisEncoder(device="cpu").load()
+    assert isinstance(err.value, MissingResourceError)  # a user error: run.py prints one line
 
 
 def _url_error(*args, **kwargs):

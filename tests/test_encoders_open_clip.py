@@ -236,3 +236,13 @@ def test_unreachable_hub_fails_fast_without_offline_mode(monkeypatch, tmp_path):
     with pytest.raises(MissingResourceError, match="cannot be reached"):
         enc.load()
     assert time.perf_counter() - t0 < 10
+
+
+def test_a_missing_encoder_package_is_a_user_error_saying_how_to_install_it():
+    from nnn.encoders.torch_model import import_or_explain
+    from nnn.errors import MissingDependencyError
+
+    with pytest.raises(MissingDependencyError, match=r"needs the 'no_such_package_x' package.*"
+                                                     r"install it with: pip install x") as err:
+        import_or_explain("no_such_package_x", "pip install x")
+    assert isinstance(err.value, ImportError)

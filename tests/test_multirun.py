@@ -10,11 +10,12 @@ import csv
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from nnn.hydra_callbacks import summarise_sweep
+from nnn.hydra_callbacks import MAX_SERIES, summarise_sweep, sweep_series
 from nnn.config_dir import CONFIG_DIR
-from nnn.results import SWEEP_CSV, read_results, sweep_rows
+from nnn.results import SWEEP_CSV, read_results, sweep_rows, write_results
 
 REPO = CONFIG_DIR.parent
 
@@ -89,3 +90,41 @@ def test_old_tune_switch_sweeps_as_tune_enabled(tmp_path, run_py):
     assert "tune.enabled=True" in tuned["overrides"] and tuned["tuning"]  # as Hydra sweeps it
     assert tuned["config"]["tune"]["enabled"] is True and "tune" not in tuned["config"]["method"]
     assert "tune.enabled=False" in plain["overrides"] and not plain["tuning"]
+
+
+def _optuna_like_rows(n: int = 20) -> list[dict]:
+    """Summary rows of an Optuna sweep: alpha from an interval (a new float each trial), k from
+    a choice of three."""
+    rng = np.random.default_rng(0)
+    return [{"job": str(i), "status": "completed", "method.alpha": str(rng.uniform(0, 1.5)),
+             "method.k": str([1, 4, 8][i % 3]), "objective": 50.0,
+             "t2i/R@1 baseline": 40.0, "t2i/R@1 method": 40.0 + i} for i in range(n)]
+
+
+def test_sweep_plots_group_by_few_rounded_settings():
+    rows = _optuna_like_rows()
+    by_k = sweep_series(rows, "method.k", ["method.alpha"], "t2i/R@1")
+    assert list(by_k) == ["t2i/R@1"]  # 20 alphas: no line each, one series of all trials
+    assert sorted(by_k["t2i/R@1"][0]) == sorted(float(r["method.k"]) for r in rows)
+    by_alpha = sweep_series(rows, "method.alpha", ["method.k"], "t2i/R@1")
+    assert sorted(by_alpha) == ["method.k=1", "method.k=4", "method.k=8"]
+    grid = [{**r, "method.alpha": a, "method.k": k} for r, (a, k) in
+            zip(rows, [("0.5", "8"), ("0.6354821990083570", "8"), ("1.0", "64")])]
+    labels = sweep_series(grid, "method.k", ["method.alpha"], "t2i/R@1")
+    assert sorted(labels) == ["method.alpha=0.5", "method.alpha=0.635", "method.alpha=1"]
+    assert MAX_SERIES < len(rows)
+
+
+def test_optuna_like_sweep_summary_plots(tmp_path):
+    for row in _optuna_like_rows():
+        job = tmp_path / row["job"]
+        (job / ".hydra").mkdir(parents=True)
+        (job / ".hydra" / "overrides.yaml").write_text(
+            f"- method.alpha={row['method.alpha']}\n- method.k={row['method.k']}\n")
+        write_results(job, {"status": "completed", "objective": {"value": 50.0},
+                            "metrics": {"baseline": {"t2i/R@1": 40.0},
+                                        "method": {"t2i/R@1": row["t2i/R@1 method"]},
+                                        "delta": {}}})
+    columns, rows = summarise_sweep(tmp_path, metrics=["t2i/R@1"])
+    assert len(rows) == 20
+    assert (tmp_path / "t2i_R1_vs_k.png").is_file() and (tmp_path / "t2i_R1_vs_alpha.png").is_file()

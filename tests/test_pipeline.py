@@ -143,6 +143,33 @@ def test_missing_data_root_exits_cleanly(tmp_path, run_py, capsys):
     assert read_results(tmp_path / "run")["status"] == "failed"
 
 
+def test_missing_reference_data_names_the_reference_datasets_root(tmp_path):
+    from fixtures_karpathy import make_karpathy_fixture
+
+    from nnn.pipeline import load_sets
+
+    make_karpathy_fixture(tmp_path / "data", "flickr30k")  # the evaluation data, but no COCO
+    cfg = compose(["model=clip", "dataset=flickr30k", "dataset@reference.dataset=coco",
+                   "logger=none", f"paths.data_root={tmp_path / 'data'}"])
+    with pytest.raises(MissingResourceError, match=r"coco: .* Point reference\.dataset\.root at "
+                                                   r".*reference\.dataset\.download=true") as err:
+        load_sets(cfg, {})
+    assert " dataset.root" not in str(err.value)
+
+
+def test_unwritable_results_say_what_failed_where_and_what_to_do(tmp_path, monkeypatch):
+    def refused(out, results):
+        raise PermissionError(13, "Permission denied", str(out / "results.json"))
+
+    monkeypatch.setattr("nnn.pipeline.write_results", refused)
+    with pytest.raises(OSError) as err:
+        run(compose(["debug=tiny", "logger=none"]), output_dir=tmp_path)
+    message = str(err.value)
+    assert message.startswith(f"could not write the run's results in '{tmp_path}' "
+                              "(Permission denied): ") and "NNN_OUTPUT_DIR" in message
+    assert "[Errno" not in message
+
+
 def test_missing_precomputed_file_names_it(tmp_path):
     cfg = compose(["dataset=precomputed", "logger=none",
                    f"dataset.image_path={tmp_path / 'nope.npy'}"])

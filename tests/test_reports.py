@@ -114,6 +114,19 @@ def test_report_says_in_one_line_when_the_paper_has_no_row_and_flags_override(tm
     assert "No paper numbers" not in (out / "tables.md").read_text()
 
 
+def test_unknown_paper_model_is_refused_with_the_valid_names(tmp_path, capsys):
+    _fake_run(tmp_path / "runs" / "0", experiment="paper_table1")
+    with pytest.raises(SystemExit) as exit_info:  # argparse: usage and one error line
+        make_tables_main([str(tmp_path / "runs"), "--paper-model", "CLIPP"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "invalid choice: 'CLIPP'" in err
+    assert "'CLIP'" in err and "'SigLIP'" in err and "'BLIP ft.COCO'" in err
+    with pytest.raises(ValueError, match=r"--paper-model must be one of \[.*'CLIP'.*\], "
+                                         r"got 'clip'"):
+        make_report([tmp_path / "runs"], tmp_path / "report", paper_model="clip")
+    assert not (tmp_path / "report").exists()
+
+
 def test_report_lists_sweep_jobs_in_numeric_order(tmp_path):
     sweep = tmp_path / "sweep"
     for job in range(12):

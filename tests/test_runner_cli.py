@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 
 import pytest
 
 from nnn.config_dir import CONFIG_DIR
+from nnn.results import read_results
 
 REPO = CONFIG_DIR.parent
 HEAVY = ("torch", "scipy", "matplotlib", "wandb")
@@ -72,7 +75,7 @@ def test_user_errors_are_told_from_bugs():
     from hydra.errors import InstantiationException
 
     from nnn.data.download import ChecksumError
-    from nnn.errors import MissingResourceError
+    from nnn.errors import MissingDependencyError, MissingResourceError
 
     spec = importlib.util.spec_from_file_location("nnn_run_script", REPO / "run.py")
     script = importlib.util.module_from_spec(spec)
@@ -81,8 +84,136 @@ def test_user_errors_are_told_from_bugs():
     wrapped = InstantiationException("Error in call to target 'nnn.methods.NNN'")
     wrapped.__cause__ = refused
     assert script.user_error(wrapped) is refused
-    for err in (MissingResourceError("x"), FileNotFoundError("x"), OSError("download"),
-                ChecksumError("x")):
+    for err in (MissingResourceError("x"), MissingDependencyError("x"), FileNotFoundError("x"),
+                OSError("download"), ChecksumError("x")):
         assert script.user_error(err) is err
     assert script.user_error(RuntimeError("a bug")) is None
     assert script.user_error(KeyError("a bug")) is None
+
+
+# -- config mistakes Hydra finds while composing: one line naming the override -----------------
+@pytest.mark.parametrize("args, words", [
+    (["method=nnnn"], ["method=nnnn", "no option 'nnnn'", "csls", "qb_norm"]),
+    (["-m", "method=nnn,nnnn"], ["method=nnn,nnnn", "no option 'nnnn'", "dn"]),
+    (["dataset@reference.dataset=cocoo"], ["dataset@reference.dataset=cocoo", "coco, flickr30k"]),
+    (["method.kk=3"], ["method.kk=3", "no key 'kk'", "alpha", "+method.kk=3"]),
+    (["method.k=[1,"], ["method.k=[1,", "quote"]),
+    (["method.tune=true", "tune.enabled=false"], ["contradict", "tune.enabled once"]),
+    (["--help", "method=nnnn"], ["method=nnnn", "csls"]),
+])
+def test_composition_error_is_one_line_naming_the_override(tmp_path, args, words):
+    proc = _run(tmp_path, *args)
+    lines = _error_lines(proc)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr[-2000:]
+    assert all(w in lines[0] for w in words), lines[0]
+
+
+def test_composition_error_in_full_with_hydra_full_error(tmp_path):
+    proc = _run(tmp_path, "method=nnnn", env={"HYDRA_FULL_ERROR": "1"})
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "Available options in 'method'" in proc.stderr
+
+
+# -- mistakes found in the job or before it: one line (in this process: fast) ------------------
+def _one_line_error(run_py, capsys, *args) -> str:
+    """The single stderr line of ``run.py *args``, which must exit with code 1."""
+    assert run_py(*args) == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), lines
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["seed=abc"], ["seed='abc'", "integer >= 0"]),
+    (["reference.seed=-1"], ["reference.seed=-1", "integer >= 0"]),
+    (["tune.enabled=true", "+tune.grid.foo=[1]"], ["tune.grid.foo", "no grid 'foo'", "alphas, ks"]),
+    (["+method.kk=3"], ["method.kk", "no parameter 'kk'", "alpha"]),
+    (["logger=wandb", "logger.mode=bogus"], ["logger.mode='bogus'", "offline, online, disabled"]),
+])
+def test_job_config_error_is_one_line(run_py, capsys, tmp_path, args, words):
+    line = _one_line_error(run_py, capsys, "debug=tiny", f"hydra.run.dir={tmp_path / 'run'}",
+                           *(["logger=none"] if "logger=wandb" not in args else []), *args)
+    assert all(w in line for w in words), line
+
+
+def test_objective_is_checked_before_the_evaluation(run_py, capsys, tmp_path):
+    line = _one_line_error(run_py, capsys, "debug=tiny", "logger=none", "objective=foo",
+                           f"hydra.run.dir={tmp_path / 'run'}")
+    assert "objective='foo'" in line and "t2i/R@1" in line and "hubness/skewness" in line
+    results = read_results(tmp_path / "run")
+    assert results["status"] == "failed" and results["metrics"] == {}
+    assert not any("evaluate" in stage for stage in results["timings_s"])
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="needs a machine without CUDA")
+def test_ddp_extraction_without_gpus_is_one_line(run_py, capsys, tmp_path):
+    line = _one_line_error(run_py, capsys, "model=clip", "dataset=coco", "extract=ddp",
+                           "logger=none", f"paths.data_root={tmp_path / 'data'}",
+                           f"hydra.run.dir={tmp_path / 'run'}")
+    assert "extract=ddp" in line and "CUDA GPUs" in line and "default extract" in line
+
+
+def test_missing_lavis_is_one_line_saying_how_to_install_it(run_py, capsys, tmp_path,
+                                                            monkeypatch):
+    from fixtures_karpathy import make_karpathy_fixture
+
+    monkeypatch.setitem(sys.modules, "lavis", None)  # `import lavis` fails, as where it is absent
+    make_karpathy_fixture(tmp_path / "data", "coco")
+    monkeypatch.setenv("NNN_CACHE_DIR", str(tmp_path / "cache"))
+    line = _one_line_error(run_py, capsys, "model=albef_coco", "dataset=coco", "logger=none",
+                           f"paths.data_root={tmp_path / 'data'}",
+                           f"hydra.run.dir={tmp_path / 'run'}")
+    assert "pip install salesforce-lavis" in line and "docs/lavis.md" in line
+
+
+@pytest.mark.skipif(shutil.which("sbatch") is not None, reason="SLURM is installed here")
+def test_slurm_launcher_without_slurm_is_one_line_before_any_job(run_py, capsys, tmp_path):
+    sweep = tmp_path / "sweep"
+    line = _one_line_error(run_py, capsys, "-m", "hydra/launcher=submitit_slurm", "debug=tiny",
+                           "logger=none", f"hydra.sweep.dir={sweep}")
+    assert "no sbatch" in line and "hydra/launcher=joblib" in line and "submitit_local" in line
+    assert not any(p.is_dir() for p in sweep.iterdir())  # no job ran
+
+
+@pytest.mark.parametrize("sweep", [False, True])
+def test_unwritable_output_folder_is_one_line_naming_it(run_py, capsys, tmp_path, monkeypatch,
+                                                        sweep):
+    blocker = tmp_path / "a_file"  # a folder below a file cannot be made, also by root
+    blocker.write_text("")
+    monkeypatch.setenv("NNN_OUTPUT_DIR", str(blocker / "outputs"))
+    line = _one_line_error(run_py, capsys, *(["-m"] if sweep else []), "debug=tiny",
+                           "logger=none")
+    assert f"could not create or write the output folder '{blocker / 'outputs'}" in line
+    assert "NNN_OUTPUT_DIR" in line and "[Errno" not in line
+
+
+def test_optuna_sweep_without_a_tuning_part_is_one_line_before_any_trial(run_py, capsys,
+                                                                        tmp_path):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper",
+                        reason="the [sweep] extra (hydra-optuna-sweeper) is not installed")
+    sweep = tmp_path / "sweep"
+    line = _one_line_error(run_py, capsys, "sweep=optuna_nnn", "debug=tiny",
+                           "reference.tuning_size=0", "hydra.sweeper.n_trials=2",
+                           f"hydra.sweep.dir={sweep}")
+    assert "OptunaSweeper" in line and "reference.tuning_size=0" in line
+    assert not any(p.is_dir() for p in sweep.iterdir())  # no trial ran
+
+
+def test_ctrl_c_is_one_line_exit_130_and_leaves_whole_files(tmp_path):
+    environment = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
+    environment["PYTHONPATH"] = str(REPO)
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(REPO / "run.py"), "debug=tiny", "logger=none",
+                             "eval.n_boot=1000000", f"hydra.run.dir={run_dir}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=environment, cwd=tmp_path)
+    for line in proc.stdout:  # the data are loaded: the evaluation (long bootstrap) runs
+        if "[nnn.pipeline][INFO] - data:" in line:
+            break
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert [line for line in err.splitlines() if line.strip()] == ["Interrupted"]
+    assert read_results(run_dir)["status"] == "failed"  # complete, and says why
+    assert not [p for p in run_dir.rglob("*") if p.name.endswith(".tmp")]

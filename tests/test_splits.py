@@ -1,5 +1,7 @@
 """Tests of nnn.data.splits: seeded, disjoint image splits; captions follow their images."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -46,6 +48,27 @@ def test_no_tuning_part():
 def test_reference_and_tuning_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         reference_and_tuning_split(100, seed=0, **kwargs)
+
+
+@pytest.mark.parametrize("n_images, fraction, tuning_size", [
+    (100, 0.5, 60), (2000, 0.2, 1999), (2000, 1.0, 1), (100000, 0.5, 99990)])
+def test_advice_when_the_parts_do_not_fit_is_a_fraction_that_fits(n_images, fraction,
+                                                                   tuning_size):
+    with pytest.raises(ValueError, match="do not fit") as err:
+        reference_and_tuning_split(n_images, fraction=fraction, tuning_size=tuning_size)
+    advised = float(re.search(r"lower fraction to at most ([\d.e-]+) ", str(err.value))[1])
+    assert 0 < advised < fraction
+    ref, tune = reference_and_tuning_split(n_images, fraction=advised, tuning_size=tuning_size)
+    assert len(ref) >= 1 and len(tune) == tuning_size
+
+
+@pytest.mark.parametrize("tuning_size", [2, 25])
+def test_advice_when_the_tuning_part_takes_every_image(tuning_size):
+    with pytest.raises(ValueError, match="do not fit into 2 training images") as err:
+        reference_and_tuning_split(2, fraction=0.5, tuning_size=tuning_size)
+    message = str(err.value)
+    assert "lower tuning_size to at most 1" in message
+    assert "lower fraction" not in message and not re.search(r"-\d", message)  # no -11.5
 
 
 def test_train_test_split():

@@ -449,3 +449,10 @@ def test_tuned_params_apply_to_test():
     assert (fitted.k, fitted.alpha) == (res.best["k"], res.best["alpha"])
     assert task.recall_at_1(fitted) == pytest.approx(
         nnn_r1(test, refs, "t2i", res.best["k"], res.best["alpha"]))
+
+
+@pytest.mark.parametrize("method, grids", [("nnn", ("alphas", "ks")), ("qb_norm", ("betas",)),
+                                           ("dual_dis", ("stages",)), ("dn", ("lams",)),
+                                           ("csls", ("ks",)), ("mp", ("ks",)), ("none", ())])
+def test_grid_keywords_are_the_tuners_grids(method, grids):
+    assert T.grid_keywords(method) == grids

@@ -61,6 +61,31 @@ def test_init_timeout_defaults_short_and_reaches_wandb(tmp_path, monkeypatch):
         WandbLogger(init_timeout=0)
 
 
+@pytest.mark.parametrize("error, hint, not_hint", [
+    (wandb.errors.UsageError("No API key configured. Use `wandb login` to log in."),
+     "no W&B API key is set: run `wandb login` or set WANDB_API_KEY, or use logger.mode=offline",
+     "init_timeout"),
+    (wandb.errors.CommError("Timed out while retrying"), "logger.init_timeout=2 s; raise it",
+     "API key"),
+])
+def test_an_online_start_that_fails_says_what_to_do(tmp_path, monkeypatch, caplog, error, hint,
+                                                    not_hint):
+    def failing_init(**kwargs):
+        raise error
+
+    monkeypatch.setattr(wandb, "init", failing_init)
+    with caplog.at_level("WARNING", logger="nnn.loggers"):
+        WandbLogger(mode="online", init_timeout=2).start({}, dir=tmp_path)
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "nnn.loggers"]
+    assert "W&B init failed" in warning and hint in warning and not_hint not in warning
+
+
+def test_an_unknown_mode_is_refused_with_the_modes():
+    with pytest.raises(ValueError, match=r"logger\.mode='bogus' is not a W&B mode; use one of "
+                                         r"offline, online, disabled"):
+        WandbLogger(mode="bogus")
+
+
 UNREACHABLE_SCRIPT = """
     import logging, sys
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")

@@ -103,7 +103,9 @@ class KarpathyDataset(ABC):
 
     root: the data root; download: fetch (checksummed) what a requested split needs when it is
     missing; on_bad_image: "error" | "skip" (applied during extraction, see nnn.data.images);
-    captions_per_image: keep the first n sentences of each image (None keeps all).
+    captions_per_image: keep the first n sentences of each image (None keeps all); config_key:
+    the config node of these settings, which messages name ("dataset", or "reference.dataset"
+    for the references' own dataset).
     """
 
     name: ClassVar[str]
@@ -114,10 +116,10 @@ class KarpathyDataset(ABC):
     expected_images: ClassVar[dict[str, int]]
 
     def __init__(self, root: str | Path, *, download: bool = False, on_bad_image: str = "error",
-                 captions_per_image: int | None = 5):
+                 captions_per_image: int | None = 5, config_key: str = "dataset"):
         if root is None or str(root) == "":
             raise ValueError(f"{type(self).__name__}: root must be a directory path (the data "
-                             "root, e.g. dataset.root=/data), see docs/data.md")
+                             f"root, e.g. {config_key}.root=/data), see docs/data.md")
         if captions_per_image is not None and (isinstance(captions_per_image, bool) or
                                                not isinstance(captions_per_image, int) or
                                                captions_per_image < 1):
@@ -127,6 +129,7 @@ class KarpathyDataset(ABC):
         self.download = bool(download)
         self.on_bad_image = check_bad_image_policy(on_bad_image)
         self.captions_per_image = captions_per_image
+        self.config_key = config_key
         self._records: list[dict] | None = None
 
     def __repr__(self) -> str:
@@ -160,9 +163,9 @@ class KarpathyDataset(ABC):
 
     def missing(self, path: Path, what: str) -> MissingResourceError:
         return MissingResourceError(
-            f"{self.name}: {what} not found at {path}. Point dataset.root at a data root laid out "
-            f"as in docs/data.md (now dataset.root={self.root}), or set dataset.download=true to "
-            "fetch it (checksummed).")
+            f"{self.name}: {what} not found at {path}. Point {self.config_key}.root at a data "
+            f"root laid out as in docs/data.md (now {self.config_key}.root={self.root}), or set "
+            f"{self.config_key}.download=true to fetch it (checksummed).")
 
     # -- splits -----------------------------------------------------------------------------------
     def records(self) -> list[dict]:

@@ -12,6 +12,8 @@ Row arrays are sorted, so subsets keep the data's order.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from nnn._arrays import check_positive_int
@@ -31,6 +33,19 @@ def _fraction_size(n: int, fraction: float, name: str) -> int:
         raise ValueError(f"{name}={fraction} of {n} images is less than one image; "
                          f"use a larger {name} or more images")
     return size
+
+
+def _fit_advice(n_images: int, n_ref: int, tuning_size: int) -> str:
+    """How to make a reference part of ``n_ref`` images and a tuning part of ``tuning_size`` fit
+    into ``n_images``: a smaller tuning part, or, while the tuning part leaves an image, a
+    fraction whose references fit beside it (rounded down, so that it does fit)."""
+    smaller_tuning = f"lower tuning_size to at most {n_images - n_ref}"
+    room = n_images - tuning_size
+    if room < 1:  # the tuning part alone takes every image: no fraction helps
+        return f"tuning_size must leave images for the references: {smaller_tuning}"
+    digits = 2 - math.floor(math.log10(room / n_images))  # 3 significant digits
+    fraction = math.floor(room / n_images * 10 ** digits) / 10 ** digits
+    return f"lower fraction to at most {fraction:g} or {smaller_tuning}"
 
 
 def _disjoint_rows(n_images: int, sizes: list[int], seed: int) -> list[np.ndarray]:
@@ -56,9 +71,7 @@ def reference_and_tuning_split(n_images: int, *, fraction: float, tuning_size: i
     if n_ref + tuning_size > n_images:
         raise ValueError(f"a reference part of fraction={fraction} ({n_ref} images) and a tuning "
                          f"part of tuning_size={tuning_size} images do not fit into "
-                         f"{n_images} training images; lower fraction to at most "
-                         f"{(n_images - tuning_size) / n_images:.3g} or tuning_size to at most "
-                         f"{n_images - n_ref}")
+                         f"{n_images} training images; {_fit_advice(n_images, n_ref, tuning_size)}")
     tuning, reference = _disjoint_rows(n_images, [int(tuning_size), n_ref], seed)
     return reference, tuning
 

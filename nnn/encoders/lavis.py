@@ -30,6 +30,7 @@ import torch
 
 from nnn.encoders.sources import hub_access
 from nnn.encoders.torch_model import TorchModelEncoder, installed_version
+from nnn.errors import MissingDependencyError
 
 LAVIS_ENV_HINT = ("LAVIS (salesforce-lavis 1.0.2) pins timm==0.4.12 and transformers<4.27, so it "
                   "cannot be installed beside open_clip 3.x. Create a separate environment for it "
@@ -38,11 +39,13 @@ LAVIS_ENV_HINT = ("LAVIS (salesforce-lavis 1.0.2) pins timm==0.4.12 and transfor
 
 
 def import_lavis_models():
-    """``lavis.models``, or ImportError explaining that LAVIS needs its own environment."""
+    """``lavis.models``, or ``MissingDependencyError`` (an ImportError) saying to install
+    salesforce-lavis in an environment of its own."""
     try:
         return importlib.import_module("lavis.models")
     except ImportError as e:
-        raise ImportError(f"could not import LAVIS ({e}). {LAVIS_ENV_HINT}") from e
+        raise MissingDependencyError(f"this model needs LAVIS (pip install salesforce-lavis), "
+                                     f"which could not be imported ({e}). {LAVIS_ENV_HINT}") from e
 
 
 class LavisEncoder(TorchModelEncoder):

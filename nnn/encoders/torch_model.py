@@ -24,17 +24,20 @@ import torch
 
 from nnn._arrays import check_positive_int, resolve_device
 from nnn.encoders.base import Encoder
+from nnn.errors import MissingDependencyError
 
 _HALF_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def import_or_explain(module: str, install: str):
-    """``importlib.import_module(module)``, or ImportError saying how to install it."""
+    """``importlib.import_module(module)``, or ``MissingDependencyError`` (an ImportError)
+    saying how to install it."""
     try:
         return importlib.import_module(module)
     except ImportError as e:
-        raise ImportError(f"this encoder needs the '{module}' package, which is not installed "
-                          f"in this environment ({e}); install it with: {install}") from e
+        raise MissingDependencyError(f"this encoder needs the '{module}' package, which is not "
+                                     f"installed in this environment ({e}); install it with: "
+                                     f"{install}") from e
 
 
 def installed_version(distribution: str) -> str | None:

@@ -20,7 +20,7 @@ import argparse
 import logging
 from typing import Sequence
 
-from nnn.paper.numbers import DATASETS
+from nnn.paper.numbers import DATASETS, PAPER_MODELS
 from nnn.paper.registry import ALL_TABLES
 from nnn.paper.report import make_report
 
@@ -40,10 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--tables", nargs="+", default=list(ALL_TABLES), choices=ALL_TABLES,
                         metavar="NAME", help=f"tables to build (default: all with runs): "
                         f"{', '.join(ALL_TABLES)}")
-    parser.add_argument("--paper-model", default=None,
-                        help="compare every run with this model of the paper, e.g. CLIP "
-                             "(default: each run's own, from its config: model=clip, siglip, "
-                             "blip_*, albef_*, or their checkpoints; none for model=none)")
+    parser.add_argument("--paper-model", default=None, choices=PAPER_MODELS, metavar="MODEL",
+                        help="compare every run with this model of the paper: "
+                             f"{', '.join(PAPER_MODELS)} (default: each run's own, from its "
+                             "config: model=clip, siglip, blip_*, albef_*, or their checkpoints; "
+                             "none for model=none)")
     parser.add_argument("--paper-dataset", default=None, choices=DATASETS,
                         help="compare every run with the paper's numbers on this evaluation "
                              "set (default: each run's dataset=coco / flickr30k; none for "

@@ -115,6 +115,8 @@ def read_paper_numbers(path: str | Path = PAPER_CSV) -> list[dict]:
 RECORDS: list[dict] = read_paper_numbers()
 _INDEX = {(r["table"], r["model"], r["dataset"], r["direction"], r["method"], r["refs"],
            r["param"], r["metric"]): r["value"] for r in RECORDS}
+#: the paper's model names (``--paper-model``), as its numbers name them
+PAPER_MODELS = tuple(sorted({r["model"] for r in RECORDS}))
 
 
 def paper_value(table: str, model: str | None, dataset: str | None, direction: str,

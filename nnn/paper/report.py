@@ -18,7 +18,7 @@ from typing import Sequence
 from nnn._atomic import atomic_write_text
 from nnn.paper.comparison import (COMPARE_COLUMNS, Comparison, comparison_markdown,
                                    comparison_png, rows_markdown, sweep_plots)
-from nnn.paper.numbers import DATASET_LABELS, DATASETS, TYPICAL_R1_CI_HALF_WIDTH
+from nnn.paper.numbers import DATASET_LABELS, DATASETS, PAPER_MODELS, TYPICAL_R1_CI_HALF_WIDTH
 from nnn.paper.registry import ALL_TABLES, TABLES, Table
 from nnn.paper.runs import Run, load_runs
 from nnn.results import write_table_csv
@@ -92,6 +92,8 @@ def make_report(paths: Sequence[str | Path], out: str | Path, *,
         raise ValueError(f"unknown tables {bad}; choose from {list(ALL_TABLES)}")
     if paper_dataset is not None and paper_dataset not in DATASETS:
         raise ValueError(f"--paper-dataset must be one of {list(DATASETS)}, got {paper_dataset!r}")
+    if paper_model is not None and paper_model not in PAPER_MODELS:
+        raise ValueError(f"--paper-model must be one of {list(PAPER_MODELS)}, got {paper_model!r}")
     runs = load_runs(paths, paper_model=paper_model, paper_dataset=paper_dataset)
     if not runs:
         raise FileNotFoundError(f"no completed runs (results.json with status 'completed') "
