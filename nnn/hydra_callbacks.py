@@ -284,7 +284,7 @@ class SweepSummary(Callback):
                             "measure it on a held-out tuning part: reference.tuning_size=test "
                             "(or N images; a selecting sweeper such as Optuna gets one by "
                             "default)", on_test)
-            logger = create_logger(lambda: instantiate(config.logger), sweep_dir,
+            logger = create_logger(lambda: instantiate(config.logger, _convert_="all"), sweep_dir,
                                    "the sweep summary is")
             log_sweep_summary(logger, str(config.name), sweep_dir, columns, rows)
             if failed:  # the sweep ends with its summary and this one line, exit code 1

@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from hydra.types import RunMode
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from nnn._timing import timed
@@ -36,7 +35,7 @@ from nnn.loggers import sweep_group
 from nnn.errors import explained_os_errors
 from nnn.reporting import flatten, log_to_logger, write_run_files
 from nnn.results import format_table, write_results
-from nnn.settings import (analysis_nnn_keywords, build_logger, build_method, check_config,
+from nnn.settings import (analysis_nnn_keywords, build, build_logger, build_method, check_config,
                           hydra_job, method_description, needs_tuning_part,
                           reference_dataset_config, reference_dataset_name, tune_switch,
                           tuner_arguments, tuning_requested, used_parameters)
@@ -58,8 +57,8 @@ def _encode(cfg: DictConfig, parts: dict[str, tuple[Any, str, Any, Any]],
     from nnn.embed import embed_dataset_split  # encoders and image IO: only for raw datasets
 
     with timed(timings, "load"):
-        encoder = instantiate(cfg.model)  # not loaded: the extraction loads it on a cache miss
-        cache = instantiate(cfg.cache)
+        encoder = build(cfg.model)  # not loaded: the extraction loads it on a cache miss
+        cache = build(cfg.cache)
     options = OmegaConf.to_container(cfg.extract, resolve=True)
     with timed(timings, "embed"):
         return {key: embed_dataset_split(encoder, dataset, name, cache, rows=rows, subset=subset,
@@ -81,8 +80,8 @@ def load_sets(cfg: DictConfig, timings: dict[str, float], info: dict[str, Any] |
     r = cfg.reference
     ref_cfg = reference_dataset_config(cfg)
     with timed(timings, "load"), _shared_data_hint(cfg):
-        splits = load_splits(instantiate(cfg.dataset), eval_split=cfg.eval.split, source=r.source,
-                             ref_dataset=None if ref_cfg is None else instantiate(ref_cfg))
+        splits = load_splits(build(cfg.dataset), eval_split=cfg.eval.split, source=r.source,
+                             ref_dataset=None if ref_cfg is None else build(ref_cfg))
     n_tuning, how = tuning_size(r.tuning_size, n_images(splits.test), n_images(splits.source),
                                 r.fraction, auto=needs_tuning_part(cfg))
     if info is not None:
@@ -138,7 +137,8 @@ def _alpha_k_analysis(cfg: DictConfig, task: RetrievalTask,
     from nnn.ablations import alpha_k_analysis
 
     with timed(timings, f"{task.direction}/analysis_alpha_k"):
-        return alpha_k_analysis(task, alphas=cfg.analysis.alphas, ks=cfg.analysis.ks,
+        axes = OmegaConf.to_container(cfg.analysis, resolve=True)  # lists, not ListConfigs
+        return alpha_k_analysis(task, alphas=axes["alphas"], ks=axes["ks"],
                                 split=cfg.eval.split, batch_size=cfg.eval.batch_size,
                                 **analysis_nnn_keywords(cfg))
 

@@ -139,14 +139,20 @@ def _checked(node: str, params: dict[str, Any]) -> dict[str, Any]:
     return params
 
 
+def build(node):
+    """The object a config node (or a dict with ``_target_``) describes, given plain Python
+    values: lists and dicts, never OmegaConf's ``ListConfig`` / ``DictConfig``."""
+    return instantiate(node, _convert_="all")
+
+
 def build_method(cfg: DictConfig):
-    return instantiate(_checked("method", method_params(cfg)))
+    return build(_checked("method", method_params(cfg)))
 
 
 def build_logger(cfg: DictConfig):
     """``cfg.logger`` instantiated; a setting it refuses (``logger.mode=bogus``) or does not
     take is a ``ValueError``, like any other config mistake."""
-    return instantiate(_checked("logger", OmegaConf.to_container(cfg.logger, resolve=True)))
+    return build(_checked("logger", OmegaConf.to_container(cfg.logger, resolve=True)))
 
 
 def tune_switch(cfg: DictConfig) -> bool:

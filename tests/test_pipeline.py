@@ -190,3 +190,15 @@ def test_missing_weights_offline_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(MissingResourceError) as err:
         run(cfg, output_dir=tmp_path / "run")
     assert "clip" in str(err.value).lower() or "ViT" in str(err.value)
+
+
+def test_config_nodes_are_built_with_plain_values():
+    """The library never receives OmegaConf containers: lists and dicts arrive as such."""
+    from omegaconf import OmegaConf
+
+    from nnn.settings import build
+
+    node = OmegaConf.create({"_target_": "builtins.dict", "axes": [1, 2], "opts": {"a": [3]}})
+    built = build(node)
+    assert type(built["axes"]) is list and type(built["opts"]) is dict
+    assert type(built["opts"]["a"]) is list
