@@ -38,8 +38,9 @@ def replace_dir(tmp: Path, target: Path, aside: Path) -> None:
 
     A folder cannot be renamed onto a non-empty one, so an existing ``target`` is first moved to
     ``aside`` (a free name beside it), put back if the rename fails, and deleted once the new
-    folder is in place: a reader finds the old folder or the new one, and a failure loses
-    neither.
+    folder is in place: a failure loses neither, and a reader finds the old folder or the new
+    one, complete, except between the two renames (microseconds), when ``target`` is absent
+    and a reader sees no folder at all (two renames cannot be one atomic step).
     """
     old = None
     if target.exists():

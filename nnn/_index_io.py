@@ -19,6 +19,7 @@ and what to do (``read_meta``, ``read_faiss``).
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import importlib.metadata
 import json
@@ -150,9 +151,12 @@ def _saved_kind(target: Path) -> str | None:
 
 
 def _is_npy(target: Path) -> bool:
+    """Whether ``target`` is a regular file (not a link, FIFO or device) holding a .npy array."""
+    if target.is_symlink() or not target.is_file():
+        return False
     try:
         with open(target, "rb") as fh:
-            return target.is_file() and fh.read(6) == b"\x93NUMPY"
+            return fh.read(6) == b"\x93NUMPY"
     except OSError:
         return False
 
@@ -168,12 +172,14 @@ def refuse_existing(target: Path, overwrite: bool, what: str, kind: str | None =
         raise FileExistsError(f"{what} {str(target)!r} already exists; pass overwrite=True "
                               "(CLI: --overwrite) to replace it once the new one is complete, "
                               "or choose another path")
-    if kind is None:
-        if _is_npy(target) and not target.is_symlink():
+    if target.is_symlink():
+        found = "a symbolic link (it and what it points to are kept)"
+    elif kind is None:
+        if _is_npy(target):
             return
         found = "a folder" if target.is_dir() else "not a .npy file"
     else:
-        found_kind = _saved_kind(target) if target.is_dir() and not target.is_symlink() else None
+        found_kind = _saved_kind(target) if target.is_dir() else None
         if found_kind == kind:
             return
         found = (f"a saved {found_kind!r}, not a {what}" if found_kind else
@@ -207,7 +213,14 @@ def publish_dir(target, *, kind: str, overwrite: bool = False,
                 os.fsync(fh.fileno())
         fsync_dir(tmp)
         refuse_existing(target, overwrite, what, kind)
-        replace_dir(tmp, target, aside=temp_name(target))
+        try:
+            replace_dir(tmp, target, aside=temp_name(target))
+        except OSError as err:
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            raise FileExistsError(f"{what} {str(target)!r} was written by another process while "
+                                  "this one was being written; theirs is kept and this one "
+                                  "discarded: rerun if this one should replace it") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

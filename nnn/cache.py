@@ -277,8 +277,8 @@ class EmbeddingCache:
         if not self.refresh and path.exists():
             try:
                 found = self._read_entry(path, ident, self.verify)
-            except InvalidEntry:
-                pass  # warned about below, under the lock
+            except (InvalidEntry, OSError):
+                pass  # damaged (warned about below, under the lock) or being replaced now
         if found:
             self._record(key, path, t0, 0.0, found, "hit")
             return found[0]
@@ -317,13 +317,8 @@ class EmbeddingCache:
         lock_dir = self.root / ".locks"
         try:
             lock_dir.mkdir(parents=True, exist_ok=True)
-        except OSError as err:
-            raise OSError(f"the embedding cache {str(self.root)!r} cannot be written "
-                          f"({err.strerror or err}) and has no valid entry for key {key[:12]}; "
-                          "make it writable or point cache.dir at a writable folder") from None
-        lock = FileLock(lock_dir / f"{key}.lock")
-        t0 = time.perf_counter()
-        try:
+            lock = FileLock(lock_dir / f"{key}.lock")
+            t0 = time.perf_counter()
             lock.acquire(timeout=0)
         except Timeout:
             log.info("embedding cache %s: another process is working on it; waiting", key[:12])
@@ -334,6 +329,10 @@ class EmbeddingCache:
                     f"waited {self.lock_timeout} s for the lock {lock.lock_file} of cache key "
                     f"{key}; another process is computing it (raise lock_timeout to wait "
                     "longer)") from e
+        except OSError as err:
+            raise OSError(f"the embedding cache {str(self.root)!r} cannot be written "
+                          f"({err.strerror or err}) and has no valid entry for key {key[:12]}; "
+                          "make it writable or point cache.dir at a writable folder") from None
         try:
             yield time.perf_counter() - t0
         finally:

@@ -59,6 +59,8 @@ log = logging.getLogger(__name__)
 
 #: meta.json kinds of a saved index and of a bias shard
 INDEX_KIND, SHARD_KIND = "nnn_index", "nnn_bias_shard"
+#: the layout of a shard record; ``read_shards`` refuses others, ``compute_shard`` redoes them
+SHARD_FORMAT = 1
 BIASES_FILE = "biases.npy"
 #: the way past GPU FAISS's limits on top_k and nprobe
 _CPU_SEARCH = "use_gpu=False (CPU FAISS)"
@@ -524,7 +526,7 @@ def compute_shard(gallery, refs, *, shard: int, num_shards: int, out, k: int = 1
     out.mkdir(parents=True, exist_ok=True)
     stem = shard_name(shard, num_shards)
     meta_path = out / f"{stem}.json"
-    if not overwrite and _shard_is_kept(meta_path, source, maker):
+    if not overwrite and _shard_is_kept(meta_path, source, maker, shard, num_shards):
         raise FileExistsError(f"shard {str(meta_path)!r} already exists; pass overwrite=True "
                               "(CLI: --overwrite) to recompute it, or use another out folder")
     t0 = time.perf_counter()
@@ -537,15 +539,25 @@ def compute_shard(gallery, refs, *, shard: int, num_shards: int, out, k: int = 1
             bar.update(len(rows))
     npy = atomic_save_npy(out / f"{stem}.npy", biases)
     atomic_write_json(meta_path, {
-        "format": 1, "kind": SHARD_KIND, "shard": int(shard), "num_shards": int(num_shards),
-        "start": start, "stop": stop, "gallery": str(source.path or source.what),
+        "format": SHARD_FORMAT, "kind": SHARD_KIND, "shard": int(shard),
+        "num_shards": int(num_shards), "start": start, "stop": stop, "gallery": str(source.path or source.what),
         "gallery_shape": list(source.shape), "gallery_digest": digest.hexdigest(),
         "provenance": maker.provenance, "biases_sha256": file_digest(npy),
         "seconds": round(time.perf_counter() - t0, 3), "versions": library_versions()})
     return meta_path
 
 
-def _shard_is_kept(meta_path: Path, source: RowSource, maker: BiasMaker) -> bool:
+def _is_shard_record(meta, shard: int, num_shards: int, n: int) -> bool:
+    """Whether ``meta`` (a parsed shard .json) is a record of this format for ``shard`` of
+    ``num_shards`` of an n-row gallery (what ``read_shards`` accepts of it)."""
+    return (isinstance(meta, dict) and meta.get("kind") == SHARD_KIND
+            and meta.get("format") == SHARD_FORMAT and meta.get("shard") == shard
+            and meta.get("num_shards") == num_shards
+            and (meta.get("start"), meta.get("stop")) == shard_range(n, shard, num_shards))
+
+
+def _shard_is_kept(meta_path: Path, source: RowSource, maker: BiasMaker, shard: int,
+                   num_shards: int) -> bool:
     """Whether the shard record ``meta_path`` is complete and intact (its .npy matches the
     recorded digest) for this gallery shape and ``maker``. False when there is none or its
     files are damaged (recompute it); ``ValueError`` when it was made another way."""
@@ -554,9 +566,10 @@ def _shard_is_kept(meta_path: Path, source: RowSource, maker: BiasMaker) -> bool
     except (OSError, ValueError, UnicodeDecodeError):
         return False  # none yet, or a damaged record: (re)compute
     npy = meta_path.with_suffix(".npy")
-    if not isinstance(meta, dict) or not npy.is_file() \
+    if not _is_shard_record(meta, shard, num_shards, len(source)) or not npy.is_file() \
             or file_digest(npy) != meta.get("biases_sha256"):
-        log.warning("shard %s is incomplete or damaged; recomputing it", str(meta_path))
+        log.warning("shard %s is incomplete, damaged or of another format; recomputing it",
+                    str(meta_path))
         return False
     want = {"gallery_shape": list(source.shape),
             "provenance": json.loads(json.dumps(maker.provenance))}
@@ -580,7 +593,11 @@ def read_shards(folder, *, num_shards: int | None = None) -> list[dict]:
         except ValueError as err:
             raise ValueError(f"shard record {str(f)!r} is truncated or corrupt ({err}); "
                              "recompute that shard with --overwrite") from None
-        if meta.get("kind") == SHARD_KIND:
+        if isinstance(meta, dict) and meta.get("kind") == SHARD_KIND:
+            if meta.get("format") != SHARD_FORMAT:
+                raise ValueError(f"shard record {str(f)!r} has format {meta.get('format')!r}; "
+                                 f"this version reads format {SHARD_FORMAT}: recompute that "
+                                 "shard with --overwrite")
             metas.append(meta | {"_path": f})
     if not metas:
         raise FileNotFoundError(f"no bias shards (shard-*-of-*.json) in {str(folder)!r}; run "
@@ -615,14 +632,33 @@ def read_shards(folder, *, num_shards: int | None = None) -> list[dict]:
     return [have[i] for i in range(n)]
 
 
+def _check_merge_targets(folder: Path, inputs, overwrite: bool, targets) -> None:
+    """Before any work: each of ``targets`` ((path or None, what, kind)) is neither an input
+    (the shards ``folder`` or anything in it, a path of ``inputs``) nor another target, and
+    ``refuse_existing`` lets it be written."""
+    folder = folder.resolve()
+    taken = {Path(p).resolve() for p in inputs if p is not None}
+    for target, what, kind in targets:
+        if target is None:
+            continue
+        path = Path(target).resolve()
+        if path in taken or path == folder or folder in path.parents:
+            raise ValueError(f"the {what} {str(target)!r} is one of merge's inputs or outputs "
+                             "(the shards folder or a file in it, the gallery, the references, "
+                             "another output); write it to another path")
+        refuse_existing(Path(target), overwrite, what, kind)
+        taken.add(path)
+
+
 def merge_shards(folder, gallery, *, index_out=None, biases_out=None, folded_out=None,
-                 overwrite: bool = False, expected_refs=None, **index_options):
+                 overwrite: bool = False, expected_refs=None, inputs=(), **index_options):
     """Assemble the biases of a complete shard set (``read_shards``) and, with ``index_out``,
     build and save the ``NNNIndex`` (``index_options``: ``NNNIndex.from_biases``); every
     shard's gallery rows are re-hashed on the way and must match. ``biases_out``: also save the
     (n,) biases as ``.npy``; ``folded_out``: [g, -b] as a memory-mapped ``.npy`` (both atomic).
-    ``expected_refs``: refuse shards made from other references. Returns the index (or None
-    without ``index_out``)."""
+    ``expected_refs``: refuse shards made from other references. No output may be an input
+    (the gallery, the shards folder or a file in it, or one of ``inputs``, e.g. the
+    references' file) or another output. Returns the index (or None without ``index_out``)."""
     shards = read_shards(folder)
     provenance = shards[0]["provenance"]
     source = as_rows(gallery)
@@ -635,16 +671,9 @@ def merge_shards(folder, gallery, *, index_out=None, biases_out=None, folded_out
             array_digest(as_matrix(expected_refs, "refs", normalize=provenance["normalize"]))
         check_digest(provenance["refs_digest"], got, f"the shards in {str(folder)!r}",
                      "the references given")
-    inputs = {Path(p).resolve() for p in (folder, source.path) if p is not None}
-    for target, what, kind in ((index_out, "NNN index", INDEX_KIND),
-                               (biases_out, "biases file", None),
-                               (folded_out, "folded gallery file", None)):
-        if target is None:
-            continue
-        if Path(target).resolve() in inputs:
-            raise ValueError(f"the {what} {str(target)!r} is one of merge's inputs (the shards "
-                             "folder or the gallery); write it to another path")
-        refuse_existing(Path(target), overwrite, what, kind)  # before any work
+    _check_merge_targets(Path(folder), [source.path, *inputs], overwrite,
+                         ((index_out, "NNN index", INDEX_KIND), (biases_out, "biases file", None),
+                          (folded_out, "folded gallery file", None)))
     biases = np.concatenate([np.load(Path(folder) / f"{shard_name(m['shard'], len(shards))}.npy",
                                      allow_pickle=False) for m in shards])
     parts = [(m["start"], m["stop"], m["gallery_digest"], f"shard {m['shard']}") for m in shards]

@@ -74,7 +74,11 @@ def _set_threads(threads: int | None) -> None:
 
 def _ref_options(args) -> dict:
     """``BiasMaker``'s top-k options over the references, from the command line's (or a shard
-    job config's) ``backend``, ``ref_index`` and ``ref_nprobe``."""
+    job config's) ``backend``, ``ref_index`` and ``ref_nprobe``: a saved ``ReferenceIndex``
+    folder is searched by FAISS whatever ``backend`` says, with its own index kind, so only
+    ``ref_nprobe`` applies to it."""
+    if Path(args.refs).is_dir():
+        return {"nprobe": args.ref_nprobe}
     return {"index": args.ref_index, "nprobe": args.ref_nprobe} if args.backend == "faiss" else {}
 
 
@@ -203,11 +207,23 @@ def cmd_merge(args) -> None:
     t0 = time.perf_counter()
     index = merge_shards(args.shards, args.gallery, index_out=args.out,
                          biases_out=args.biases_out, folded_out=args.folded_out,
-                         overwrite=args.overwrite, expected_refs=refs, **_index_options(args))
+                         overwrite=args.overwrite, expected_refs=refs,
+                         inputs=[args.refs] if args.refs else [], **_index_options(args))
     seconds = time.perf_counter() - t0
     _print_json({"saved": [str(p) for p in (args.out, args.biases_out, args.folded_out) if p],
                  "n_items": None if index is None else index.n_items,
                  "seconds": round(seconds, 3)})
+
+
+def _is_results_file(path: Path) -> bool:
+    """Whether ``path`` is a plain file written by ``query --out``: a NumPy .npz archive (a
+    zip file) holding ``scores`` and ``ids``."""
+    import zipfile
+
+    if path.is_symlink() or not path.is_file() or not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return {"scores.npy", "ids.npy"} <= set(z.namelist())
 
 
 def cmd_query(args) -> None:
@@ -228,8 +244,8 @@ def cmd_query(args) -> None:
         if not args.overwrite:
             raise FileExistsError(f"{str(out)!r} already exists; pass --overwrite or choose "
                                   "another path")
-        if not (out.is_file() and out.suffix == ".npz"):
-            raise FileExistsError(f"{str(out)!r} exists and is not a .npz results file; "
+        if not _is_results_file(out):
+            raise FileExistsError(f"{str(out)!r} exists and is not a results file of query; "
                                   "--overwrite replaces only those, so it was left untouched; "
                                   "choose another path")
     t0 = time.perf_counter()

@@ -517,3 +517,37 @@ def test_a_hit_takes_no_lock(tmp_path, monkeypatch):
     monkeypatch.setattr(EmbeddingCache, "_locked", lambda *a: pytest.fail("locked for a hit"))
     assert cache.get_or_compute({"kind": "h"}, lambda: {})["image"].shape == (3, 2)
     assert cache.last.hit and cache.last.wait_seconds == 0.0
+
+
+def test_a_read_only_cache_with_lock_files_says_why_a_miss_fails(tmp_path, monkeypatch):
+    """A cache used before has .locks/: the lock file's own creation then fails, and says so."""
+    root = tmp_path / "cache"
+    EmbeddingCache(root).store({"kind": "ro"}, {"image": np.ones((3, 2), np.float32)})
+    (root / ".locks").mkdir(exist_ok=True)
+
+    def read_only(self, *args, **kwargs):
+        raise OSError(30, "Read-only file system", str(self.lock_file))
+
+    monkeypatch.setattr(FileLock, "acquire", read_only)
+    cache = EmbeddingCache(root)
+    assert cache.get_or_compute({"kind": "ro"}, lambda: {})["image"].shape == (3, 2)
+    with pytest.raises(OSError, match="cannot be written .Read-only file system. and has no "
+                                      "valid entry"):
+        cache.get_or_compute({"kind": "other"}, lambda: {"image": np.ones((1, 1))})
+
+
+def test_an_entry_replaced_during_a_lockless_read_is_read_again_under_the_lock(tmp_path,
+                                                                                monkeypatch):
+    cache = EmbeddingCache(tmp_path / "cache")
+    cache.store({"kind": "r"}, {"image": np.ones((3, 2), np.float32)})
+    real, calls = EmbeddingCache._read_entry, []
+
+    def moved_once(path, ident, verify):
+        calls.append(path)
+        if len(calls) == 1:  # another process's replace_dir moved the entry aside just now
+            raise FileNotFoundError(2, "No such file or directory", str(path / "image.npy"))
+        return real(path, ident, verify)
+
+    monkeypatch.setattr(EmbeddingCache, "_read_entry", staticmethod(moved_once))
+    got = cache.get_or_compute({"kind": "r"}, lambda: pytest.fail("recomputed a valid entry"))
+    assert got["image"].shape == (3, 2) and cache.last.hit and len(calls) == 2

@@ -5,6 +5,7 @@ are one line and exit status 1, and nothing is overwritten."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -131,10 +132,23 @@ def test_overwrite_replaces_only_what_nnn_wrote(files, capsys):
         "--overwrite")
     assert _run(capsys, "shards", "--gallery", t / "g.npy", "--refs", t / "r.npy", "--num-shards",
                 2, "--out", t / "sh", "--k", K, "--launcher", "basic")[0] == 0
-    for flag in ("--biases-out", "--folded-out"):
-        assert "one of merge's inputs" in _one_line_error(
-            capsys, "merge", "--shards", t / "sh", "--gallery", t / "g.npy", flag, t / "g.npy",
-            "--overwrite")
+    merge = ("merge", "--shards", t / "sh", "--gallery", t / "g.npy", "--refs", t / "r.npy")
+    refs = (t / "r.npy").read_bytes()
+    for flag in ("--biases-out", "--folded-out"):  # an input, a shard file: never replaced
+        for target in (t / "g.npy", t / "r.npy", t / "sh" / "shard-00000-of-00002.npy"):
+            assert "one of merge's inputs or outputs" in _one_line_error(
+                capsys, *merge, flag, target, "--overwrite")
+    assert "one of merge's inputs or outputs" in _one_line_error(  # two outputs, one file
+        capsys, *merge, "--biases-out", t / "x.npy", "--folded-out", t / "x.npy")
+    assert "one of merge's inputs or outputs" in _one_line_error(
+        capsys, *merge, "--out", t / "ix2", "--biases-out", t / "ix2")
+    assert not (t / "x.npy").exists() and not (t / "ix2").exists()
+    assert (t / "r.npy").read_bytes() == refs
+    (t / "link").symlink_to(t / "ix")
+    assert "a symbolic link" in _one_line_error(capsys, "build", *common, "--out", t / "link")
+    os.mkfifo(t / "fifo")  # a FIFO is refused at once (reading it to check would block)
+    assert "left untouched" in _one_line_error(capsys, *merge, "--biases-out", t / "fifo",
+                                               "--overwrite")
     assert (t / "g.npy").read_bytes() == gallery
     assert (t / "notes" / "keep.txt").read_text() == "mine"
     assert NNNIndex.load(t / "ix").kind == "hnsw"
@@ -151,6 +165,23 @@ def test_build_with_the_faiss_backend_over_ivf_references(files, capsys):
     index = NNNIndex.load(t / "ix")
     assert index.provenance["backend"] == "faiss" and index.provenance["nprobe"] == 4
     assert index.params["nprobe"] == 9
+    # a saved ReferenceIndex folder is searched by FAISS whatever --backend says: its nprobe
+    assert _run(capsys, "refs", "--refs", t / "r.npy", "--out", t / "ri", "--index", "ivf",
+                "--nlist", 6)[0] == 0
+    assert _run(capsys, "build", "--gallery", t / "g.npy", "--refs", t / "ri", "--out",
+                t / "ix2", "--k", K, "--ref-nprobe", 3)[0] == 0
+    assert NNNIndex.load(t / "ix2").provenance["nprobe"] == 3
+
+
+def test_query_overwrites_only_its_own_results(files, capsys):
+    t = files
+    _run(capsys, "build", "--gallery", t / "g.npy", "--refs", t / "r.npy", "--out", t / "ix",
+         "--k", K)
+    query = ("query", "--index", t / "ix", "--queries", t / "q.npy", "--overwrite", "--out")
+    assert _run(capsys, *query, t / "res")[0] == 0  # no .npz suffix: still ours to replace
+    assert _run(capsys, *query, t / "res")[0] == 0
+    np.savez(t / "other.npz", a=np.ones(2))
+    assert "not a results file of query" in _one_line_error(capsys, *query, t / "other.npz")
 
 
 def test_shards_rerun_keeps_only_intact_shards_made_the_same_way(files, capsys):
@@ -163,10 +194,13 @@ def test_shards_rerun_keeps_only_intact_shards_made_the_same_way(files, capsys):
     message = _one_line_error(capsys, *args, "--k", K + 1)  # other settings, same folder
     assert "use another --out, or --overwrite" in message
     assert [r.read_bytes() for r in records] == before
+    record = json.loads(records[2].read_text())
+    records[2].write_text(json.dumps({**record, "format": 99}))  # another format: redone
     damaged = t / "sh" / "shard-00001-of-00003.npy"
     damaged.write_bytes(damaged.read_bytes()[:-8])  # a truncated shard file is recomputed
     assert _run(capsys, *args, "--k", K)[0] == 0
-    assert [r.read_bytes() for r in records[::2]] == before[::2]
+    assert records[0].read_bytes() == before[0]
+    assert json.loads(records[2].read_text())["format"] == 1
     assert _run(capsys, "merge", "--shards", t / "sh", "--gallery", t / "g.npy", "--out",
                 t / "ix", "--refs", t / "r.npy")[0] == 0
     _check_merged(t, t / "ix")
