@@ -78,10 +78,37 @@ def _reraise(err: BaseException):
 
 
 @contextlib.contextmanager
+def _failed_jobs_unprinted():
+    """While the block runs, a job that failed with a user error (``user_error``) is not
+    announced on stderr by Hydra, whose ``JobReturn.return_value`` writes "Error executing job
+    with overrides: [...]" with ``sys.stderr.write`` (no logger to filter) on every access: an
+    Optuna sweep reads it two or three times before the error reaches ``one_line_errors``,
+    which then says it in its one line. A bug's job is announced as before."""
+    from hydra.core.utils import JobReturn, JobStatus
+
+    hydra_property = JobReturn.__dict__.get("return_value")
+    if not isinstance(hydra_property, property):  # another Hydra: its announcement is kept
+        yield
+        return
+
+    def quiet(job: JobReturn):
+        if job.status == JobStatus.FAILED and user_error(job._return_value) is not None:
+            raise job._return_value
+        return hydra_property.fget(job)
+
+    JobReturn.return_value = property(quiet, hydra_property.fset)
+    try:
+        yield
+    finally:
+        JobReturn.return_value = hydra_property
+
+
+@contextlib.contextmanager
 def one_line_errors(args: list[str]):
     """While the block runs, an error that ``entry_error`` knows ends with its one line on
     stderr and exit code 1, raised in the block or in Hydra's app (composing the config, a
-    sweep stopped by a failed job).
+    sweep stopped by a failed job), and Hydra does not announce the failed job before it
+    (``_failed_jobs_unprinted``).
 
     Hydra's app reports what escapes it itself (``hydra._internal.utils.run_and_report``: a
     traceback or its multi-line message, then exit 1), so that function is wrapped meanwhile;
@@ -92,13 +119,11 @@ def one_line_errors(args: list[str]):
     # Hydra has no public hook for how an app's errors are reported; its private reporter is
     # wrapped, and where a Hydra version lacks it its own (multi-line) report is kept
     hydra_report = getattr(hydra_utils, "run_and_report", None)
-    if hydra_report is None:
+    if hydra_report is None or full_error():
         yield
         return
 
     def report(func):
-        if full_error():
-            return hydra_report(func)
         try:
             return func()
         except Exception as err:
@@ -107,10 +132,10 @@ def one_line_errors(args: list[str]):
 
     hydra_utils.run_and_report = report
     try:
-        yield
+        with _failed_jobs_unprinted():
+            yield
     except Exception as err:
-        if not full_error():
-            _exit_if_known(err, args)
+        _exit_if_known(err, args)
         raise
     finally:
         hydra_utils.run_and_report = hydra_report
@@ -123,7 +148,9 @@ def main(cfg: DictConfig) -> float:
     A job of a grid sweep that fails with a user error returns NaN: the sweep goes on and ends
     with its summary, which lists the job. A selecting sweeper (Optuna) gets the error itself,
     records the trial as failed and stops the sweep (unless ``hydra.sweeper.max_failure_rate``
-    allows failures; Optuna 2 refuses a NaN objective); run.py then prints its one line.
+    allows failures; Optuna 2 refuses a NaN objective); run.py then prints its one line. With
+    ``HYDRA_FULL_ERROR=1`` a job of a sweep logs the traceback and the sweep goes on as without
+    it; a single run raises it.
     """
     from nnn import pipeline, reporting  # numpy, torch, ...: not for --help or a config error
     from nnn.settings import selecting_sweeper
@@ -132,12 +159,14 @@ def main(cfg: DictConfig) -> float:
         results = pipeline.run(cfg)
     except Exception as err:
         cause = user_error(err)
-        if cause is None or full_error():
+        multirun = HydraConfig.get().mode == RunMode.MULTIRUN
+        if cause is None or (full_error() and not multirun):
             raise  # a bug (or HYDRA_FULL_ERROR=1): Hydra prints the traceback
-        if HydraConfig.get().mode != RunMode.MULTIRUN:
+        if not multirun:
             print(f"Error: {one_line(cause)}", file=sys.stderr)
             sys.exit(1)
-        log.error("job failed: %s", one_line(cause))
+        # HYDRA_FULL_ERROR=1: the traceback too; the sweep goes on as without it
+        (log.exception if full_error() else log.error)("job failed: %s", one_line(cause))
         if selecting_sweeper() is not None:
             raise
         return float("nan")

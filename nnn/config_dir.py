@@ -10,6 +10,7 @@ directory. It imports nothing heavy, so ``run.py`` can register it before Hydra 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -30,18 +31,54 @@ HELP_FLAGS = ("--help", "-h")
 #: the tuning switch (conf/config.yaml ``tune``) and its older spelling, still accepted
 TUNE_SWITCH = "tune.enabled"
 TUNE_ALIAS = "method.tune"
+#: ``reference.tuning_size=auto``: a tuning part when one is needed (``nnn.data.assemble``'s
+#: ``TUNING_AUTO``, spelled here too so that checking a config imports no torch)
+TUNING_AUTO = "auto"
+#: the config groups every run needs: ``~GROUP`` is refused (``translate_overrides``)
+REQUIRED_GROUPS = ("method", "dataset", "reference", "logger", "paths", "extract")
+
+
+def _switch_values(value: str):
+    """The booleans of a tune switch's ``VALUE`` as Hydra and OmegaConf read them (``1``,
+    ``True`` and ``yes`` are all true; one, or each of a sweep's ``true,false``), or the text
+    itself where it is no boolean (OmegaConf then refuses it)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+    from omegaconf.errors import ValidationError
+    from omegaconf.nodes import BooleanNode
+
+    try:
+        override = OverridesParser.create().parse_override(f"{TUNE_SWITCH}={value}")
+        return tuple(BooleanNode(v)._value() for v in _values(override))
+    except (OverrideParseException, ValidationError):
+        return value
+
+
+def _refuse_deletion(arg: str) -> None:
+    """``ValueError`` for ``~GROUP`` of a group every run needs (``REQUIRED_GROUPS``), with the
+    option that turns it off where the group has one (``method=none``)."""
+    group = arg[1:].partition("=")[0]
+    if not arg.startswith("~") or group not in REQUIRED_GROUPS:
+        return
+    options = sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+    instead = f"choose {group}=none" if "none" in options else \
+        f"choose one of its options ({', '.join(options)})"
+    raise ValueError(f"{arg}: {group} cannot be deleted, every run needs one; {instead}")
 
 
 def translate_overrides(args: list[str]) -> list[str]:
     """Command-line ``args`` with ``[+]method.tune=VALUE`` spelled ``tune.enabled=VALUE`` (a
     sweep's ``method.tune=true,false`` included); every other argument unchanged. Used by
     ``run.py`` and ``nnn.settings.compose``, so both accept the alias. ``ValueError`` when the
-    alias and ``tune.enabled`` are both given with different values."""
+    alias and ``tune.enabled`` are both given with different values (compared as booleans:
+    ``method.tune=1 tune.enabled=true`` agree), or for ``~GROUP`` of a group every run needs
+    (``~method``)."""
     out, given = [], {}
     for arg in args:
+        _refuse_deletion(arg)
         key, eq, value = arg.lstrip("+").partition("=")
         if eq and key in (TUNE_ALIAS, TUNE_SWITCH):
-            given.setdefault(value.lower(), arg)
+            given.setdefault(_switch_values(value), arg)
             arg = f"{TUNE_SWITCH}={value}"
         out.append(arg)
     if len(given) > 1:
@@ -50,19 +87,34 @@ def translate_overrides(args: list[str]) -> list[str]:
     return out
 
 
+def _overrides(args: list[str]) -> list[str]:
+    """The overrides of the command line ``args``, as Hydra's own argument parser finds them:
+    flags and their values (``--cfg job``, ``-cn NAME``, ``--info defaults``) left out. Where
+    that parser refuses ``args`` (Hydra then says why itself), the arguments but flags."""
+    import argparse
+
+    from hydra._internal.utils import get_args_parser
+
+    parser = get_args_parser()
+    parser.exit_on_error = False
+    try:
+        return parser.parse_known_args(args)[0].overrides
+    except (argparse.ArgumentError, SystemExit):
+        return [a for a in args if not a.startswith("-")]
+
+
 def _parse(args: list[str]) -> list[tuple[str, object]]:
-    """(argument, its parsed Hydra ``Override``, or the ``OverrideParseException`` that Hydra's
-    grammar raised for it) for each of ``args`` but flags (``-m``, ``--help``)."""
+    """(override, its parsed Hydra ``Override``, or the ``OverrideParseException`` that Hydra's
+    grammar raised for it) for each override of the command line ``args`` (``_overrides``)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import OverrideParseException
 
     parser, out = OverridesParser.create(), []
-    for arg in args:
-        if not arg.startswith("-"):
-            try:
-                out.extend((arg, o) for o in parser.parse_overrides([arg]))
-            except OverrideParseException as err:
-                out.append((arg, err))
+    for arg in _overrides(args):
+        try:
+            out.extend((arg, o) for o in parser.parse_overrides([arg]))
+        except OverrideParseException as err:
+            out.append((arg, err))
     return out
 
 
@@ -88,16 +140,54 @@ def _unknown_option(err, args: list[str]) -> str:
             f"{', '.join(err.options)}")
 
 
+def _is_unknown_key(cause) -> bool:
+    """Whether OmegaConf's error ``cause`` is a key absent from a dict node (``method.kk=3``),
+    not a value of the wrong type, a list index or a key below a single value."""
+    from omegaconf import DictConfig
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    parent = getattr(cause, "parent_node", None)
+    return isinstance(cause, (ConfigAttributeError, ConfigKeyError)) \
+        and isinstance(parent, DictConfig) and getattr(cause, "key", None) not in parent
+
+
+def _dotted(full_key: str) -> str:
+    """OmegaConf's ``full_key`` as an override spells it: ``eval.ks[5]`` is ``eval.ks.5``."""
+    return re.sub(r"\[([^\]]*)\]", r".\1", full_key)
+
+
+def _named_override(cause, args: list[str], fallback: str) -> str:
+    """The argument of ``args`` that sets the key of OmegaConf's error ``cause``, else
+    ``fallback``."""
+    key = _dotted(str(getattr(cause, "full_key", "") or ""))
+    return _given(args, lambda o: o.key_or_group == key, fallback)
+
+
 def _unknown_key(cause, args: list[str]) -> str:
-    """``a.b.key=VALUE`` for a key that the config node ``a.b`` does not have (``cause``:
-    OmegaConf's error, whose ``parent_node`` is that node), with the keys it has."""
+    """``a.b.key=VALUE`` for a key that the dict node ``a.b`` does not have (``cause``:
+    OmegaConf's error, whose ``parent_node`` is that node), with the keys it has. A node without
+    keys may be an empty one or a single value that OmegaConf replaced by an empty node to look
+    the key up (``method.k.x=1``): the line says both."""
     node, _, key = cause.full_key.rpartition(".")
-    override = _given(args, lambda o: o.key_or_group == cause.full_key, f"{cause.full_key}=VALUE")
+    override = _named_override(cause, args, f"{cause.full_key}=VALUE")
     keys = [str(k) for k in cause.parent_node.keys() if not str(k).startswith("_")
             and k != "hydra"]
-    has = f"its keys are {', '.join(keys)}" if keys else "it is empty"
-    return (f"{override}: {node or 'the config'} has no key {key!r} ({has}); correct the name, "
-            f"or add a new key with +{override.lstrip('+')}")
+    if not keys:
+        return (f"{override}: {node} has no key {key!r}: it holds a single value or is empty; "
+                f"set {node}=VALUE, or add a key to an empty node with +{override.lstrip('+')}")
+    return (f"{override}: {node or 'the config'} has no key {key!r} (its keys are "
+            f"{', '.join(keys)}); correct the name, or add a new key with "
+            f"+{override.lstrip('+')}")
+
+
+def _refused_value(err, cause, args: list[str]) -> str:
+    """The override that OmegaConf refused (``cause``: its error, e.g. a value of the wrong
+    type or a list index out of range) with OmegaConf's reason; Hydra's message ``err`` where
+    there is no cause."""
+    if cause is None:
+        return " ".join(str(err).split())
+    first = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    return f"{_named_override(cause, args, str(err).splitlines()[0])}: {first}"
 
 
 def _unparsable(err, args: list[str]) -> str:
@@ -111,8 +201,18 @@ def _unparsable(err, args: list[str]) -> str:
 def composition_error(err: BaseException, args: list[str]) -> str | None:
     """One line for a Hydra composition error ``err`` of the command line ``args``: an unknown
     option of a group (``method=nnnn``: the group's options), an unknown key (``method.kk=3``:
-    the node's keys), an override Hydra cannot parse (which one), else Hydra's own message on
-    one line; None when ``err`` is not a composition error."""
+    the node's keys), an override Hydra cannot parse (which one), a value OmegaConf refuses
+    (``hydra.job.chdir=maybe``: the override and OmegaConf's reason), else Hydra's own message
+    on one line; None when ``err`` is not a composition error, or when saying it fails (then
+    Hydra's own report is kept)."""
+    try:
+        return _composition_line(err, args)
+    except Exception:  # noqa: BLE001  a slip in these messages must not hide Hydra's report
+        return None
+
+
+def _composition_line(err: BaseException, args: list[str]) -> str | None:
+    """``composition_error`` without its safety net."""
     from hydra.errors import ConfigCompositionException, MissingConfigException, \
         OverrideParseException
 
@@ -123,10 +223,9 @@ def composition_error(err: BaseException, args: list[str]) -> str | None:
         return _unparsable(err, args)
     if not isinstance(err, ConfigCompositionException):
         return None
-    if getattr(cause, "full_key", None) and getattr(cause, "parent_node", None) is not None:
+    if _is_unknown_key(cause):
         return _unknown_key(cause, args)
-    first = str(cause).splitlines()[0] if cause is not None else ""
-    return " ".join(f"{err} {first}".split())
+    return _refused_value(err, cause, args)
 
 
 def is_plain_help(args: list[str]) -> bool:

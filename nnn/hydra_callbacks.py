@@ -45,10 +45,11 @@ from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import InterpolationResolutionError
 
 from hydra.utils import instantiate
 
-from nnn.config_dir import OUTPUT_DIR_REMEDY
+from nnn.config_dir import OUTPUT_DIR_REMEDY, TUNING_AUTO
 from nnn.errors import explained_os_errors
 from nnn.loggers import sweep_group
 from nnn.reporting import create_logger
@@ -71,8 +72,6 @@ def selecting_sweeper(hydra_cfg: DictConfig) -> str | None:
 def check_tuning_part(sweeper: str | None, tuning_size) -> None:
     """``ValueError`` when a selecting ``sweeper`` would measure its objective on the test
     split: ``reference.tuning_size=0`` holds no tuning part out."""
-    from nnn.data.assemble import TUNING_AUTO
-
     if sweeper is not None and tuning_size in (0, "0"):
         raise ValueError(f"the sweeper {sweeper} chooses parameters by the objective, which must "
                          "not be measured on the test split, but reference.tuning_size=0: use "
@@ -101,30 +100,42 @@ def make_output_dir(path: str | Path) -> None:
             raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
 
 
-def _refuse_unless(check, *args) -> None:
-    """``check(*args)``; a user error it raises ends the process with its one line, exit code 1
+def _refuse_unless(check) -> None:
+    """``check()``, which reads the config itself (an interpolation is resolved here:
+    ``name=${foo}`` fails in ``hydra.run.dir``); a user error it raises, or an interpolation
+    that cannot be resolved, ends the process with its one line, exit code 1
     (``HYDRA_FULL_ERROR=1``: after its traceback). As ``SystemExit``: Hydra turns an exception
     of a callback into a warning and goes on."""
     try:
-        check(*args)
-    except (ValueError, OSError) as err:
+        check()
+    except (ValueError, OSError, InterpolationResolutionError) as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             traceback.print_exc()
-        raise SystemExit(f"Error: {err}") from err
+        raise SystemExit(f"Error: {_one_line(err)}") from err
+
+
+def _one_line(err: BaseException) -> str:
+    """``err``'s message on one line; OmegaConf's first line with the key it names (its
+    further lines list the key and the node's types)."""
+    if isinstance(err, InterpolationResolutionError):
+        return (f"{str(err).splitlines()[0]} (resolving {err.full_key}): correct the "
+                "interpolation ${...} in the config or on the command line")
+    return " ".join(str(err).split())
 
 
 class Preflight(Callback):
     """The checks before the first job (module docstring): a refusal ends the process with one
-    line on stderr and exit code 1, before anything runs."""
+    line on stderr and exit code 1, before anything runs (or is created: the sweep folder is
+    made last)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _refuse_unless(make_output_dir, config.hydra.run.dir)
+        _refuse_unless(lambda: make_output_dir(config.hydra.run.dir))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        _refuse_unless(make_output_dir, config.hydra.sweep.dir)
-        _refuse_unless(check_tuning_part, selecting_sweeper(config.hydra),
-                       config.reference.tuning_size)
-        _refuse_unless(check_launcher, config.hydra.launcher)
+        _refuse_unless(lambda: check_tuning_part(selecting_sweeper(config.hydra),
+                                                 config.reference.tuning_size))
+        _refuse_unless(lambda: check_launcher(config.hydra.launcher))
+        _refuse_unless(lambda: make_output_dir(config.hydra.sweep.dir))
 
 
 def _job_sort_key(path: Path):

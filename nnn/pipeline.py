@@ -29,16 +29,16 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from nnn._timing import timed
-from nnn.config_dir import OUTPUT_DIR_REMEDY, TUNE_SWITCH
+from nnn.config_dir import OUTPUT_DIR_REMEDY, TUNE_SWITCH, TUNING_AUTO
 from nnn.data.base import EmbeddingSet
-from nnn.loggers import sweep_group
+from nnn.loggers import NullLogger, sweep_group
 from nnn.errors import explained_os_errors
 from nnn.reporting import flatten, log_to_logger, write_run_files
 from nnn.results import format_table, write_results
-from nnn.settings import (analysis_nnn_keywords, build, build_logger, build_method, check_config,
-                          hydra_job, method_description, needs_tuning_part,
-                          reference_dataset_config, reference_dataset_name, tune_switch,
-                          tuner_arguments, tuning_requested, used_parameters)
+from nnn.settings import (REFERENCE_DATASET_KEY, analysis_nnn_keywords, build, build_logger,
+                          build_method, check_config, hydra_job, method_description,
+                          needs_tuning_part, reference_dataset_config, reference_dataset_name,
+                          tune_switch, tuner_arguments, tuning_requested, used_parameters)
 
 if TYPE_CHECKING:
     from nnn.evaluation import EvalSettings
@@ -57,8 +57,8 @@ def _encode(cfg: DictConfig, parts: dict[str, tuple[Any, str, Any, Any]],
     from nnn.embed import embed_dataset_split  # encoders and image IO: only for raw datasets
 
     with timed(timings, "load"):
-        encoder = build(cfg.model)  # not loaded: the extraction loads it on a cache miss
-        cache = build(cfg.cache)
+        encoder = build(cfg.model, "model")  # not loaded: the extraction loads it on a cache miss
+        cache = build(cfg.cache, "cache")
     options = OmegaConf.to_container(cfg.extract, resolve=True)
     with timed(timings, "embed"):
         return {key: embed_dataset_split(encoder, dataset, name, cache, rows=rows, subset=subset,
@@ -80,8 +80,9 @@ def load_sets(cfg: DictConfig, timings: dict[str, float], info: dict[str, Any] |
     r = cfg.reference
     ref_cfg = reference_dataset_config(cfg)
     with timed(timings, "load"), _shared_data_hint(cfg):
-        splits = load_splits(build(cfg.dataset), eval_split=cfg.eval.split, source=r.source,
-                             ref_dataset=None if ref_cfg is None else build(ref_cfg))
+        splits = load_splits(build(cfg.dataset, "dataset"), eval_split=cfg.eval.split,
+                             source=r.source, ref_dataset=None if ref_cfg is None
+                             else build(ref_cfg, REFERENCE_DATASET_KEY))
     n_tuning, how = tuning_size(r.tuning_size, n_images(splits.test), n_images(splits.source),
                                 r.fraction, auto=needs_tuning_part(cfg))
     if info is not None:
@@ -111,8 +112,6 @@ def _shared_data_hint(cfg: DictConfig):
 def _tune(cfg: DictConfig, tuning: EmbeddingSet | None, reference: EmbeddingSet,
           timings: dict[str, float]) -> dict:
     """Per direction, the ``TuningResult`` of the method's grid on the tuning part."""
-    from nnn.data.assemble import TUNING_AUTO
-
     if tuning is None:
         raise ValueError(f"{TUNE_SWITCH}=true needs a tuning part, but reference.tuning_size="
                          f"{cfg.reference.tuning_size}: use reference.tuning_size={TUNING_AUTO} "
@@ -201,13 +200,13 @@ def _evaluate_directions(cfg: DictConfig, results: dict[str, Any], settings: Eva
     return counts
 
 
-def _evaluate_all(cfg: DictConfig, results: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _evaluate_all(cfg: DictConfig, results: dict[str, Any], settings: EvalSettings
+                  ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Fill ``results`` (data, tuning, metrics, analysis, objective, timings); returns N_k counts
     per direction (baseline, method)."""
     from nnn.ablations import hub_analysis
     from nnn.evaluation import objective
 
-    settings = check_config(cfg)  # before any data is loaded
     info: dict[str, Any] = {}
     test, reference, tuning = load_sets(cfg, results["timings_s"], info)
     results["data"] = _data_summary(cfg, results, test, reference, tuning,
@@ -238,8 +237,7 @@ def _new_results(cfg: DictConfig) -> dict[str, Any]:
         "overrides": list(hc.overrides.task) if hc is not None else [],
         "choices": dict(hc.runtime.choices) if hc is not None else {},
         "method": method_description(cfg),
-        "data": {}, "tuning": {}, "metrics": {}, "analysis": {}, "timings_s": {},
-        "objective": None,
+        "data": {}, "tuning": {}, "metrics": {}, "analysis": {}, "timings_s": {}, "objective": None,
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
 
@@ -263,12 +261,14 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         output_dir = hc.runtime.output_dir
     out = Path(output_dir)
     results = _new_results(cfg)
-    logger = _start_logger(cfg, results, out)  # in the background: W&B's start overlaps the run
-    import nnn.metrics  # noqa: F401  torch: imported here, outside the stage timings
-    import nnn.tuning  # noqa: F401
-    t0 = time.perf_counter()
-    try:
-        counts = _evaluate_all(cfg, results)
+    logger, t0 = NullLogger(), time.perf_counter()
+    try:  # the config is checked before the logger's run starts: a mistake leaves none
+        settings = check_config(cfg)
+        logger = _start_logger(cfg, results, out)  # in the background: overlaps the run
+        import nnn.metrics  # noqa: F401  torch: imported here, outside the run's timings
+        import nnn.tuning  # noqa: F401
+        t0 = time.perf_counter()
+        counts = _evaluate_all(cfg, results, settings)
         results["status"] = "completed"
     except BaseException as err:
         results["status"] = "failed"

@@ -39,6 +39,11 @@ _CI_SUFFIXES = ("_ci_low", "_ci_high")
 #: metrics shown in the printed table, per direction, in this order (R@k rows come first)
 _TABLE_EXTRA = ("median_rank", "hubness/skewness", "hubness/kurtosis", "hubness/max",
                 "hubness/never_retrieved", "hubness/robin_hood")
+#: what ``nnn.metrics.rank_summary`` reports beside R@k and its CIs, and the statistics of
+#: ``nnn.metrics.hubness_stats``: listed here (tests/test_metrics.py checks they agree) so that
+#: checking a config's ``objective`` imports no torch
+RANK_METRICS = ("median_rank", "mean_rank", "n_queries")
+HUBNESS_METRICS = ("skewness", "kurtosis", "max", "mean", "never_retrieved", "robin_hood", "hubs")
 #: decimals of every measured float in a CSV file: what the printed tables show
 CSV_DECIMALS = 2
 #: columns that hold hyper-parameters (grid points such as alpha = 0.125, not measurements):
@@ -68,6 +73,12 @@ def jsonable(obj):
 
 def is_ci_key(key: str) -> bool:
     return key.endswith(_CI_SUFFIXES)
+
+
+def metric_names(ks) -> list[str]:
+    """The metrics a direction reports on the evaluation split with R@``ks`` (CIs left out):
+    ``R@1``, ..., ``median_rank``, ..., ``hubness/skewness``, ..."""
+    return [*(f"R@{k}" for k in ks), *RANK_METRICS, *(f"hubness/{n}" for n in HUBNESS_METRICS)]
 
 
 def metric_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -20,7 +20,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 # also registers ${nnn.repo_root:}
-from nnn.config_dir import CONFIG_DIR, TUNE_SWITCH, translate_overrides
+from nnn.config_dir import CONFIG_DIR, TUNE_SWITCH, TUNING_AUTO, translate_overrides
+from nnn.results import metric_names
 
 if TYPE_CHECKING:
     from nnn.evaluation import EvalSettings
@@ -101,8 +102,6 @@ def selecting_sweeper() -> str | None:
 def has_tuning_part(cfg: DictConfig) -> bool:
     """Whether the run holds a tuning part out (``reference.tuning_size``: a number > 0,
     "test", or "auto" when ``needs_tuning_part``), where the objective is then measured."""
-    from nnn.data.assemble import TUNING_AUTO
-
     size = cfg.reference.tuning_size
     return needs_tuning_part(cfg) if size == TUNING_AUTO else size not in (0, "0")
 
@@ -135,24 +134,38 @@ def _checked(node: str, params: dict[str, Any]) -> dict[str, Any]:
     if bad:
         raise ValueError(f"{node}.{bad[0]}: {params['_target_'].rsplit('.', 1)[-1]} has no "
                          f"parameter {bad[0]!r} (it takes {', '.join(taken)}); remove the key or "
-                         "correct its name")
+                         f"correct its name{_set_by_debug(node)}")
     return params
 
 
-def build(node):
+def _set_by_debug(node: str) -> str:
+    """Where a dataset's unknown key may come from: ``debug=tiny`` sizes the synthetic dataset
+    (``n_train``, ``dim``, ...), which another ``dataset=`` does not take."""
+    hc = hydra_job()
+    debug = hc.runtime.choices.get("debug") if hc is not None else None
+    return "" if not debug or node not in ("dataset", REFERENCE_DATASET_KEY) else \
+        f" (debug={debug} sets it for the synthetic dataset: drop debug={debug} with this one)"
+
+
+def build(node, key: str | None = None):
     """The object a config node (or a dict with ``_target_``) describes, given plain Python
-    values: lists and dicts, never OmegaConf's ``ListConfig`` / ``DictConfig``."""
+    values: lists and dicts, never OmegaConf's ``ListConfig`` / ``DictConfig``. ``key``: the
+    node's place in the config (``dataset``), whose keys are then checked first (``_checked``:
+    a key the target does not take is a ``ValueError`` naming it, not Hydra's ``TypeError``)."""
+    if key is not None:
+        node = _checked(key, OmegaConf.to_container(node, resolve=True)
+                        if OmegaConf.is_config(node) else dict(node))
     return instantiate(node, _convert_="all")
 
 
 def build_method(cfg: DictConfig):
-    return build(_checked("method", method_params(cfg)))
+    return build(cfg.method, "method")
 
 
 def build_logger(cfg: DictConfig):
     """``cfg.logger`` instantiated; a setting it refuses (``logger.mode=bogus``) or does not
     take is a ``ValueError``, like any other config mistake."""
-    return build(_checked("logger", OmegaConf.to_container(cfg.logger, resolve=True)))
+    return build(cfg.logger, "logger")
 
 
 def tune_switch(cfg: DictConfig) -> bool:
@@ -162,10 +175,12 @@ def tune_switch(cfg: DictConfig) -> bool:
 def tuning_requested(cfg: DictConfig) -> bool:
     """``tune.enabled=true`` for a method with hyper-parameters (its class declares
     ``tuned_params``; for one without, Identity, the switch is a no-op, noted in the log and
-    results.json)."""
+    results.json). Without the switch no method class (torch) is imported."""
+    if not tune_switch(cfg):
+        return False
     from nnn.methods import method_class
 
-    return tune_switch(cfg) and bool(method_class(method_name(cfg)).tuned_params)
+    return bool(method_class(method_name(cfg)).tuned_params)
 
 
 def _call_repr(name: str, params: dict[str, Any]) -> str:
@@ -231,38 +246,24 @@ def _check_seed(key: str, value) -> None:
         raise ValueError(f"{key}={value!r}: a seed must be an integer >= 0, e.g. {key}=0")
 
 
-def _test_metric_names(settings: EvalSettings) -> list[str]:
-    """The metrics a direction reports on the evaluation split (``R@1``, ``median_rank``,
-    ``hubness/skewness``, ...): the keys of the real summaries, of a stand-in of two queries."""
-    import numpy as np
-
-    from nnn.metrics import hubness_stats, rank_summary
-    from nnn.results import is_ci_key
-
-    names = [*rank_summary(np.array([1, 2]), ks=list(settings.ks), n_boot=1),
-             *(f"hubness/{n}" for n in hubness_stats(np.array([1, 1]), k=settings.hubness_k))]
-    return [n for n in names if not is_ci_key(n)]
-
-
-def _check_objective(cfg: DictConfig, settings: EvalSettings) -> None:
-    """``objective`` names a metric the run measures (``nnn.evaluation.objective``): a recall
-    ``DIRECTION/R@k`` on the tuning part when there is one, else a metric of an evaluated
-    direction on the test split."""
-    from nnn.task import DIRECTIONS
-
-    metric = str(cfg.objective)
+def _check_objective(cfg: DictConfig) -> None:
+    """``objective`` names a metric the run measures (``nnn.evaluation.objective``) in a direction
+    of ``eval.directions``: a recall ``DIRECTION/R@k`` (k >= 1) on the tuning part when there is
+    one, else a metric of the test split (``nnn.results.metric_names``)."""
+    metric, directions = str(cfg.objective), list(cfg.eval.directions)
     direction, _, name = metric.partition("/")
     if has_tuning_part(cfg):
-        if direction not in DIRECTIONS or not name.startswith("R@") or not name[2:].isdigit():
+        k = name[2:]
+        if direction not in directions or not name.startswith("R@") or not k.isdigit() \
+                or int(k) < 1:
             raise ValueError(f"objective={metric!r}: on the tuning part the objective is a "
-                             f"recall DIRECTION/R@k with a direction of {list(DIRECTIONS)}, "
-                             "e.g. t2i/R@1 or i2t/R@5")
+                             f"recall DIRECTION/R@k with k >= 1 and a direction of "
+                             f"eval.directions {directions}, e.g. t2i/R@1 or i2t/R@5")
         return
-    names = _test_metric_names(settings)
-    if direction not in cfg.eval.directions or name not in names:
+    names = metric_names(cfg.eval.ks)
+    if direction not in directions or name not in names:
         raise ValueError(f"objective={metric!r}: use DIRECTION/METRIC with a direction of "
-                         f"eval.directions {list(cfg.eval.directions)} and a metric of "
-                         f"{names}, e.g. t2i/R@1")
+                         f"eval.directions {directions} and a metric of {names}, e.g. t2i/R@1")
 
 
 def _check_tune_grid(cfg: DictConfig) -> None:
@@ -293,11 +294,10 @@ def _check_extraction(cfg: DictConfig) -> None:
                          "here), or run on a machine with GPUs")
 
 
-def check_config(cfg: DictConfig) -> EvalSettings:
-    """Config mistakes that need no data (missing values, seeds, directions, a selecting sweeper
-    without a tuning part, the method's parameters, the tuner's grids, the objective, DDP
-    without GPUs, ``cfg.eval``); returns the evaluation's settings."""
-    from nnn.evaluation import EvalSettings
+def _check_plain(cfg: DictConfig) -> None:
+    """The checks that import no torch, so that such a mistake answers at once: missing values,
+    seeds, directions, a selecting sweeper without a tuning part, the logger's settings (it is
+    only built: no run is started) and the objective (unless tuning, which imports torch)."""
     from nnn.hydra_callbacks import check_tuning_part
 
     missing = sorted(OmegaConf.missing_keys(cfg))
@@ -308,12 +308,21 @@ def check_config(cfg: DictConfig) -> EvalSettings:
     _check_seed("reference.seed", cfg.reference.seed)
     _check_directions(cfg.eval.directions)
     check_tuning_part(selecting_sweeper(), cfg.reference.tuning_size)
+    build_logger(cfg)
+    _check_objective(cfg)
+
+
+def check_config(cfg: DictConfig) -> EvalSettings:
+    """Config mistakes that need no data: first those that need no torch (``_check_plain``),
+    then the method's parameters, the tuner's grids, DDP without GPUs and ``cfg.eval``; returns
+    the evaluation's settings."""
+    _check_plain(cfg)
+    from nnn.evaluation import EvalSettings  # torch: after the checks that need none
+
     build_method(cfg)
     _check_tune_grid(cfg)
     _check_extraction(cfg)
     e = cfg.eval
-    settings = EvalSettings(ks=tuple(e.ks), n_boot=e.n_boot, ci_level=e.ci_level,
-                            resample=e.get("resample", "image"), batch_size=e.batch_size,
-                            hubness_k=e.hubness_k, seed=cfg.seed, device=cfg.device)
-    _check_objective(cfg, settings)
-    return settings
+    return EvalSettings(ks=tuple(e.ks), n_boot=e.n_boot, ci_level=e.ci_level,
+                        resample=e.get("resample", "image"), batch_size=e.batch_size,
+                        hubness_k=e.hubness_k, seed=cfg.seed, device=cfg.device)

@@ -150,3 +150,32 @@ def test_tune_switch_and_its_alias_must_agree():
     with pytest.raises(ValueError, match=r"method\.tune=true and tune\.enabled=false contradict "
                                          r"each other.*give tune\.enabled once"):
         translate_overrides(["method.tune=true", "tune.enabled=false"])
+
+
+@pytest.mark.parametrize("args, agree", [(["method.tune=1", "tune.enabled=true"], True),
+                                         (["method.tune=True", "tune.enabled=yes"], True),
+                                         (["method.tune=1,0", "tune.enabled=true,false"], True),
+                                         (["method.tune=1", "tune.enabled=false"], False)])
+def test_tune_switch_and_alias_are_compared_as_booleans(args, agree):
+    if agree:
+        assert translate_overrides(args) == [a.replace("method.tune", "tune.enabled") for a in args]
+    else:
+        with pytest.raises(ValueError, match="contradict each other"):
+            translate_overrides(args)
+
+
+@pytest.mark.parametrize("arg, instead", [("~method", "choose method=none"),
+                                         ("~logger", "choose logger=none"),
+                                         ("~dataset", "choose one of its options (coco, ")])
+def test_a_group_every_run_needs_cannot_be_deleted(arg, instead):
+    with pytest.raises(ValueError, match=f"{arg}: {arg[1:]} cannot be deleted") as err:
+        compose([arg])
+    assert instead in str(err.value)
+    assert translate_overrides([f"{arg}.x"]) == [f"{arg}.x"]  # a key of the node: as before
+
+
+def test_tuning_auto_is_spelled_as_the_data_layer_reads_it():
+    from nnn.config_dir import TUNING_AUTO
+    from nnn.data.assemble import TUNING_AUTO as data_auto
+
+    assert TUNING_AUTO == data_auto

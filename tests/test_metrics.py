@@ -453,3 +453,13 @@ def test_hubness_moments_equal_scipy(counts):
     x = counts.astype(np.float64)
     assert s["skewness"] == pytest.approx(stats.skew(x), rel=1e-13, abs=1e-13)
     assert s["kurtosis"] == pytest.approx(stats.kurtosis(x, fisher=True), rel=1e-13, abs=1e-13)
+
+
+def test_metric_names_without_torch_are_those_reported():
+    """nnn.results lists the metric names (for checking ``objective`` without torch): they are
+    the keys of ``rank_summary`` and ``hubness_stats``, CIs left out."""
+    from nnn.results import is_ci_key, metric_names
+
+    reported = [*metrics.rank_summary(np.array([1, 2]), ks=[1, 3], n_boot=1),
+                *(f"hubness/{k}" for k in metrics.hubness_stats(np.array([1, 1])))]
+    assert metric_names([1, 3]) == [k for k in reported if not is_ci_key(k)]

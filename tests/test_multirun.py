@@ -36,6 +36,27 @@ def test_sweep_with_a_failing_job_runs_the_others(tmp_path, run_py):
     assert rows[0]["error"] and float(rows[1]["t2i/R@1 method"]) > 0
 
 
+def test_sweep_with_hydra_full_error_logs_the_traceback_and_runs_the_others(tmp_path, run_py,
+                                                                             monkeypatch):
+    monkeypatch.setenv("HYDRA_FULL_ERROR", "1")
+    sweep = tmp_path / "sweep"
+    assert run_py(*_args(sweep, "method.k=abc,4", "hydra.sweeper.max_batch_size=1")) == 1
+    assert read_results(sweep / "0")["status"] == "failed"
+    assert "Traceback" in (sweep / "0" / "run.log").read_text()
+    assert read_results(sweep / "1")["status"] == "completed"  # the sweep went on
+
+
+def test_job_whose_logger_setting_is_refused_is_recorded_as_failed(tmp_path, run_py):
+    sweep = tmp_path / "sweep"
+    assert run_py("-m", "debug=tiny", "logger=wandb", "logger.mode=bogus",
+                  f"hydra.sweep.dir={sweep}") == 1
+    failed = read_results(sweep / "0")
+    assert failed["status"] == "failed" and "logger.mode='bogus'" in failed["error"]
+    rows = list(csv.DictReader((sweep / SWEEP_CSV).open()))
+    assert rows[0]["status"] == "failed" and "logger.mode" in rows[0]["error"]
+    assert not (sweep / "0" / "wandb").exists()
+
+
 def _check_alpha_sweep(sweep) -> None:
     rows = list(csv.DictReader((sweep / SWEEP_CSV).open()))
     assert [r["status"] for r in rows] == ["completed", "completed"]

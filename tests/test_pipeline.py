@@ -202,3 +202,22 @@ def test_config_nodes_are_built_with_plain_values():
     built = build(node)
     assert type(built["axes"]) is list and type(built["opts"]) is dict
     assert type(built["opts"]["a"]) is list
+
+
+def test_built_nodes_are_checked_for_keys_their_target_does_not_take():
+    from omegaconf import OmegaConf
+
+    from nnn.settings import build
+
+    node = OmegaConf.create({"_target_": "nnn.loggers.WandbLogger", "bogus": 1})
+    with pytest.raises(ValueError, match=r"logger\.bogus: WandbLogger has no parameter 'bogus' "
+                                         r"\(it takes project, .*\); remove the key"):
+        build(node, "logger")
+
+
+def test_config_mistake_is_recorded_before_a_logger_run_starts(tmp_path):
+    """The default logger (W&B offline) makes no run for a run refused by its config."""
+    with pytest.raises(ValueError, match="reference.seed"):
+        run(compose(["debug=tiny", "reference.seed=-1"]), output_dir=tmp_path)
+    assert read_results(tmp_path)["status"] == "failed"
+    assert not (tmp_path / "wandb").exists()

@@ -14,6 +14,7 @@ import pytest
 
 from nnn.config_dir import CONFIG_DIR
 from nnn.results import read_results
+from nnn.settings import compose
 
 REPO = CONFIG_DIR.parent
 HEAVY = ("torch", "scipy", "matplotlib", "wandb")
@@ -100,6 +101,8 @@ def test_user_errors_are_told_from_bugs():
     (["method.k=[1,"], ["method.k=[1,", "quote"]),
     (["method.tune=true", "tune.enabled=false"], ["contradict", "tune.enabled once"]),
     (["--help", "method=nnnn"], ["method=nnnn", "csls"]),
+    (["--cfg", "job", "method.k=[1,2"], ["Error: method.k=[1,2: ", "quote"]),  # not "job"
+    (["~method"], ["~method", "cannot be deleted", "method=none"]),
 ])
 def test_composition_error_is_one_line_naming_the_override(tmp_path, args, words):
     proc = _run(tmp_path, *args)
@@ -107,6 +110,41 @@ def test_composition_error_is_one_line_naming_the_override(tmp_path, args, words
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert len(lines) == 1 and lines[0].startswith("Error: "), proc.stderr[-2000:]
     assert all(w in lines[0] for w in words), lines[0]
+
+
+@pytest.mark.parametrize("args, words", [
+    (["eval.ks.5=3"], ["eval.ks.5=3: list index out of range"]),          # a list node
+    (["--help", "eval.ks.5=3"], ["eval.ks.5=3: list index out of range"]),
+    (["hydra.job.chdir=maybe"], ["hydra.job.chdir=maybe: ", "not a valid bool"]),
+    (["+eval.ks.x=3"], ["+eval.ks.x=3: ", "is not an int"]),
+    (["method.k.x=1"], ["method.k.x=1: ", "single value", "method.k=VALUE"]),
+])
+def test_refused_value_is_not_called_an_unknown_key(run_py, capsys, args, words):
+    line = _one_line_error(run_py, capsys, *args)
+    assert all(w in line for w in words) and "its keys are" not in line, line
+
+
+def test_refused_sweeper_setting_names_omegaconfs_reason(run_py, capsys):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper",
+                        reason="the [sweep] extra (hydra-optuna-sweeper) is not installed")
+    line = _one_line_error(run_py, capsys, "sweep=optuna_nnn", "hydra.sweeper.n_trials=abc")
+    assert "hydra.sweeper.n_trials=abc: " in line and "could not be converted" in line, line
+
+
+def test_a_slip_in_the_one_line_keeps_hydras_own_report(monkeypatch):
+    from hydra.errors import ConfigCompositionException
+
+    import nnn.config_dir as config_dir
+
+    with pytest.raises(ConfigCompositionException) as err:
+        compose(["method.kk=3"])
+    assert "no key 'kk'" in config_dir.composition_error(err.value, ["method.kk=3"])
+
+    def slip(*args):
+        raise AttributeError("a bug in the formatter")
+
+    monkeypatch.setattr(config_dir, "_unknown_key", slip)
+    assert config_dir.composition_error(err.value, ["method.kk=3"]) is None
 
 
 def test_composition_error_in_full_with_hydra_full_error(tmp_path):
@@ -130,11 +168,37 @@ def _one_line_error(run_py, capsys, *args) -> str:
     (["tune.enabled=true", "+tune.grid.foo=[1]"], ["tune.grid.foo", "no grid 'foo'", "alphas, ks"]),
     (["+method.kk=3"], ["method.kk", "no parameter 'kk'", "alpha"]),
     (["logger=wandb", "logger.mode=bogus"], ["logger.mode='bogus'", "offline, online, disabled"]),
+    (["objective=t2i/R@0", "tune.enabled=true"], ["objective='t2i/R@0'", "k >= 1"]),
+    (["objective=i2t/R@1", "eval.directions=[t2i]", "tune.enabled=true"],
+     ["objective='i2t/R@1'", "eval.directions ['t2i']"]),
+    (["dataset=coco"], ["dataset.n_train", "COCO has no parameter 'n_train'", "debug=tiny"]),
 ])
 def test_job_config_error_is_one_line(run_py, capsys, tmp_path, args, words):
     line = _one_line_error(run_py, capsys, "debug=tiny", f"hydra.run.dir={tmp_path / 'run'}",
                            *(["logger=none"] if "logger=wandb" not in args else []), *args)
     assert all(w in line for w in words), line
+
+
+@pytest.mark.parametrize("args", [["seed=-1"], ["reference.seed=1.5"], ["objective=bogus"],
+                                  ["eval.directions=[x]"], ["logger.mode=bogus"]])
+def test_config_value_error_imports_no_heavy_module_and_starts_no_logger(tmp_path, args):
+    """The default logger (W&B offline) is not started, nor torch imported, for such a mistake;
+    results.json says why the run failed."""
+    run_dir = tmp_path / "run"
+    proc = _run(tmp_path, "debug=tiny", f"hydra.run.dir={run_dir}", *args,
+                python_flags=("-X", "importtime"))
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = [line for line in _error_lines(proc) if not line.startswith("import time:")]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), lines
+    assert not _imported(proc.stderr) & set(HEAVY), sorted(_imported(proc.stderr) & set(HEAVY))
+    assert read_results(run_dir)["status"] == "failed" and not (run_dir / "wandb").exists()
+
+
+def test_unresolvable_interpolation_is_one_line(tmp_path):
+    proc = _run(tmp_path, "name=${foo}", "logger=none", "debug=tiny")
+    lines = _error_lines(proc)
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr[-2000:]
+    assert lines[0].startswith("Error: Interpolation key 'foo' not found"), lines[0]
 
 
 def test_objective_is_checked_before_the_evaluation(run_py, capsys, tmp_path):
@@ -173,7 +237,7 @@ def test_slurm_launcher_without_slurm_is_one_line_before_any_job(run_py, capsys,
     line = _one_line_error(run_py, capsys, "-m", "hydra/launcher=submitit_slurm", "debug=tiny",
                            "logger=none", f"hydra.sweep.dir={sweep}")
     assert "no sbatch" in line and "hydra/launcher=joblib" in line and "submitit_local" in line
-    assert not any(p.is_dir() for p in sweep.iterdir())  # no job ran
+    assert not sweep.exists()  # no job ran, no sweep folder was made
 
 
 @pytest.mark.parametrize("sweep", [False, True])
@@ -197,7 +261,20 @@ def test_optuna_sweep_without_a_tuning_part_is_one_line_before_any_trial(run_py,
                            "reference.tuning_size=0", "hydra.sweeper.n_trials=2",
                            f"hydra.sweep.dir={sweep}")
     assert "OptunaSweeper" in line and "reference.tuning_size=0" in line
-    assert not any(p.is_dir() for p in sweep.iterdir())  # no trial ran
+    assert not sweep.exists()  # no trial ran, no sweep folder was made
+
+
+def test_failed_optuna_trial_is_one_error_line(run_py, capsys, tmp_path):
+    """Hydra announces a failed job ("Error executing job with overrides") on each read of its
+    return value; the user error's one line is all stderr says."""
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper",
+                        reason="the [sweep] extra (hydra-optuna-sweeper) is not installed")
+    assert run_py("sweep=optuna_nnn", "debug=tiny", "hydra.sweeper.n_trials=1",
+                  "eval.ci_level=2", f"hydra.sweep.dir={tmp_path / 'sweep'}") == 1
+    err = capsys.readouterr().err
+    assert "Error executing job" not in err
+    assert [line for line in err.splitlines() if "Error" in line] == [
+        "Error: level must be in (0, 1), e.g. 0.95, got 2"]
 
 
 def test_ctrl_c_is_one_line_exit_130_and_leaves_whole_files(tmp_path):
