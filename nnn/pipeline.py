@@ -272,7 +272,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         results["status"] = "completed"
     except BaseException as err:
         results["status"] = "failed"
-        results["error"] = f"{type(err).__name__}: {err}"
+        results["error"] = f"{type(err).__name__}: {' '.join(str(err).split())}"  # one line
         logger.finish(exit_code=1)  # the logger's run is marked failed; results.json says why
         raise
     finally:

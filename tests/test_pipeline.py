@@ -221,3 +221,17 @@ def test_config_mistake_is_recorded_before_a_logger_run_starts(tmp_path):
         run(compose(["debug=tiny", "reference.seed=-1"]), output_dir=tmp_path)
     assert read_results(tmp_path)["status"] == "failed"
     assert not (tmp_path / "wandb").exists()
+
+
+def test_a_multi_line_error_is_recorded_on_one_line(tmp_path, monkeypatch):
+    """results.json's error (and so sweep_summary.csv's) is one line, e.g. for Hydra's
+    InstantiationException, whose message spans several."""
+    import nnn.pipeline
+
+    def fails(*args, **kwargs):
+        raise ValueError("first line\n  second line")
+
+    monkeypatch.setattr(nnn.pipeline, "load_sets", fails)
+    with pytest.raises(ValueError, match="first line"):
+        run(compose(["debug=tiny", "logger=none"]), output_dir=tmp_path)
+    assert read_results(tmp_path)["error"] == "ValueError: first line second line"
