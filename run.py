@@ -28,11 +28,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 import nnn.config_dir  # registers ${nnn.repo_root:} before Hydra composes
-from nnn.errors import MissingResourceError
+from nnn.errors import MissingResourceError, full_error
 
 log = logging.getLogger("nnn.run")
-#: Hydra's switch for full tracebacks; for a user error too
-FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
 
 
 def user_error(err: BaseException) -> BaseException | None:
@@ -44,11 +42,6 @@ def user_error(err: BaseException) -> BaseException | None:
         err = err.__cause__
     return err if isinstance(err, (MissingResourceError, ValueError, OSError, ChecksumError)) \
         else None
-
-
-def full_error() -> bool:
-    """Whether ``HYDRA_FULL_ERROR=1`` asks for the traceback of a user error too."""
-    return os.environ.get(FULL_ERROR_ENV) == "1"
 
 
 def one_line(err: BaseException) -> str:

@@ -31,8 +31,8 @@ HELP_FLAGS = ("--help", "-h")
 #: the tuning switch (conf/config.yaml ``tune``) and its older spelling, still accepted
 TUNE_SWITCH = "tune.enabled"
 TUNE_ALIAS = "method.tune"
-#: ``reference.tuning_size=auto``: a tuning part when one is needed (``nnn.data.assemble``'s
-#: ``TUNING_AUTO``, spelled here too so that checking a config imports no torch)
+#: ``reference.tuning_size=auto``: a tuning part when one is needed (read by
+#: ``nnn.data.assemble``; defined here, where checking a config needs it without torch)
 TUNING_AUTO = "auto"
 #: the config groups every run needs: ``~GROUP`` is refused (``translate_overrides``)
 REQUIRED_GROUPS = ("method", "dataset", "reference", "logger", "paths", "extract")

@@ -12,8 +12,17 @@ do, so ``run.py`` (``user_error``) prints that one line and exits 1 (the traceba
 
 from __future__ import annotations
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
+
+#: Hydra's switch for full tracebacks, honoured for user errors too (run.py, nnn-index)
+FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
+
+
+def full_error() -> bool:
+    """Whether ``HYDRA_FULL_ERROR=1`` asks for the traceback of a user error too."""
+    return os.environ.get(FULL_ERROR_ENV) == "1"
 
 
 class MissingResourceError(RuntimeError):

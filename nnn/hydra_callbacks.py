@@ -50,7 +50,7 @@ from omegaconf.errors import InterpolationResolutionError
 from hydra.utils import instantiate
 
 from nnn.config_dir import OUTPUT_DIR_REMEDY, TUNING_AUTO
-from nnn.errors import explained_os_errors
+from nnn.errors import explained_os_errors, full_error
 from nnn.loggers import sweep_group
 from nnn.reporting import create_logger
 from nnn.results import (RESULTS_JSON, SWEEP_CSV, format_sweep_table, read_results, sweep_rows,
@@ -109,7 +109,7 @@ def _refuse_unless(check) -> None:
     try:
         check()
     except (ValueError, OSError, InterpolationResolutionError) as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if full_error():
             traceback.print_exc()
         raise SystemExit(f"Error: {_one_line(err)}") from err
 

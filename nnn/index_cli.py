@@ -30,7 +30,6 @@ import argparse
 import json
 import logging
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,10 +37,9 @@ from pathlib import Path
 from nnn._index_io import (DEFAULT_ALIGN, DEFAULT_CHUNK_ROWS, DEFAULT_EF_SEARCH, DEFAULT_HNSW_M,
                            DEFAULT_NPROBE, KINDS, META_FILE)
 from nnn.config_dir import CONFIG_DIR
-from nnn.errors import MissingResourceError
+from nnn.errors import MissingResourceError, full_error
 
 log = logging.getLogger("nnn.index_cli")
-FULL_ERROR_ENV = "HYDRA_FULL_ERROR"
 #: the Hydra app of one shard job (conf/index_shards.yaml)
 SHARD_CONFIG = "index_shards"
 LAUNCHERS = ("basic", "joblib", "submitit_local", "submitit_slurm")
@@ -294,7 +292,7 @@ def _shard_job(cfg) -> float:
         log.info("shard %s is already complete in %s; kept (overwrite=true recomputes it)",
                  cfg.shard, cfg.out)
     except Exception as err:
-        if not _is_user_error(err) or os.environ.get(FULL_ERROR_ENV) == "1":
+        if not _is_user_error(err) or full_error():
             raise
         message = str(err).replace("\n", " ")
         if HydraConfig.get().mode == RunMode.MULTIRUN:
@@ -426,10 +424,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["hydra-shards"]:  # the Hydra app itself: python -m nnn.index_cli hydra-shards
         sys.argv = [sys.argv[0], *argv[1:]]
-        run, debug = (lambda: shard_app()), os.environ.get(FULL_ERROR_ENV) == "1"
+        run, debug = (lambda: shard_app()), full_error()
     else:
         args = parser().parse_args(argv)
-        run, debug = (lambda: args.func(args)), args.debug or os.environ.get(FULL_ERROR_ENV) == "1"
+        run, debug = (lambda: args.func(args)), args.debug or full_error()
         if getattr(args, "threads", None):
             _set_threads(args.threads)
     try:

@@ -23,13 +23,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+# ``tuning_size=TUNING_AUTO``: the paper's protocol when a tuning part is needed, else none
+from nnn.config_dir import TUNING_AUTO
 from nnn.data.base import EmbeddingSet, RetrievalSplit
 from nnn.data.splits import reference_and_tuning_sets, reference_and_tuning_split
 
 log = logging.getLogger(__name__)
-
-#: ``tuning_size="auto"``: the paper's protocol when a tuning part is needed, else none
-TUNING_AUTO = "auto"
 
 Split = EmbeddingSet | RetrievalSplit
 #: {key: (raw dataset, split name, image rows or None for all, subset description or None)}
