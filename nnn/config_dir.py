@@ -190,6 +190,26 @@ def _refused_value(err, cause, args: list[str]) -> str:
     return f"{_named_override(cause, args, str(err).splitlines()[0])}: {first}"
 
 
+def _override_being_applied(err: BaseException) -> str | None:
+    """The override whose application raised ``err`` when that is not an OmegaConf error:
+    ``OmegaConf.update`` raises a bare ``ValueError`` for a word where a list wants an index
+    (``eval.ks.x=3``), which Hydra lets escape without naming the override, so it is read from
+    the frame of Hydra's loop over the overrides; None anywhere else."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if isinstance(err, (HydraException, OmegaConfBaseException)):
+        return None
+    tb = err.__traceback__
+    while tb is not None:
+        frame = tb.tb_frame
+        if frame.f_code.co_name == "_apply_overrides_to_config":
+            line = getattr(frame.f_locals.get("override"), "input_line", None)
+            return line if isinstance(line, str) else None
+        tb = tb.tb_next
+    return None
+
+
 def _unparsable(err, args: list[str]) -> str:
     """The first of ``args`` that Hydra's override grammar cannot read, with its reason."""
     arg, err = next(((a, o) for a, o in _parse(args) if isinstance(o, Exception)),
@@ -217,6 +237,14 @@ def _composition_line(err: BaseException, args: list[str]) -> str | None:
         OverrideParseException
 
     cause = err.__cause__
+    applying = _override_being_applied(err)
+    if applying is not None:
+        key, _, value = applying.lstrip("+~").partition("=")
+        node = key.rpartition(".")[0] or key
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        return (f"{applying}: OmegaConf refused it ({first}); if {node} is a list, index it "
+                f"with a number ({node}.0={value}) or set it whole ({node}=[...]); "
+                "python run.py --cfg job shows the config")
     if isinstance(err, MissingConfigException) and err.options and err.missing_cfg_file:
         return _unknown_option(err, args)
     if isinstance(err, OverrideParseException):

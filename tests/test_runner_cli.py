@@ -117,6 +117,8 @@ def test_composition_error_is_one_line_naming_the_override(tmp_path, args, words
     (["--help", "eval.ks.5=3"], ["eval.ks.5=3: list index out of range"]),
     (["hydra.job.chdir=maybe"], ["hydra.job.chdir=maybe: ", "not a valid bool"]),
     (["+eval.ks.x=3"], ["+eval.ks.x=3: ", "is not an int"]),
+    # OmegaConf raises a bare ValueError here, which Hydra lets out without the override
+    (["eval.ks.x=3"], ["eval.ks.x=3: ", "invalid literal", "eval.ks.0=3", "eval.ks=[...]"]),
     (["method.k.x=1"], ["method.k.x=1: ", "single value", "method.k=VALUE"]),
 ])
 def test_refused_value_is_not_called_an_unknown_key(run_py, capsys, args, words):
