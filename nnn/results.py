@@ -81,12 +81,25 @@ def metric_names(ks) -> list[str]:
     return [*(f"R@{k}" for k in ks), *RANK_METRICS, *(f"hubness/{n}" for n in HUBNESS_METRICS)]
 
 
+def _in_order(keys: Sequence[str]) -> list[str]:
+    """Metric keys by direction (``DIRECTIONS`` order), then R@k by k, then the others as
+    given: a results.json read back has its keys sorted as text (i2t first, R@10 before R@5)."""
+    def rank(item):
+        position, key = item
+        direction, _, name = key.partition("/")
+        recall = name[2:] if name.startswith("R@") and name[2:].isdigit() else None
+        return (DIRECTIONS.index(direction) if direction in DIRECTIONS else len(DIRECTIONS),
+                0 if recall is not None else 1, int(recall or 0), position)
+    return [key for _, key in sorted(enumerate(keys), key=rank)]
+
+
 def metric_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """One row per metric (CI bounds become columns): the rows of ``results.csv``."""
+    """One row per metric (CI bounds become columns): the rows of ``results.csv``, per
+    direction the recalls by k first."""
     m = results.get("metrics") or {}
     base, meth, delta = m.get("baseline", {}), m.get("method", {}), m.get("delta", {})
     rows = []
-    for key in [k for k in base if not is_ci_key(k)]:
+    for key in _in_order([k for k in base if not is_ci_key(k)]):
         rows.append({"metric": key, "baseline": base.get(key),
                      "baseline_ci_low": base.get(key + "_ci_low"),
                      "baseline_ci_high": base.get(key + "_ci_high"),
@@ -226,9 +239,10 @@ def chosen_params(results: Mapping[str, Any], direction: str) -> dict[str, Any]:
 def _fmt(value, ci_low=None, ci_high=None, signed=False) -> str:
     if value is None:
         return "-"
-    text = f"{value:+.2f}" if signed else f"{value:.2f}"
+    sign = "+" if signed else ""
+    text = f"{value:{sign}.2f}"
     if ci_low is not None and ci_high is not None:
-        text += f" [{ci_low:.1f}, {ci_high:.1f}]"
+        text += f" [{ci_low:{sign}.1f}, {ci_high:{sign}.1f}]"
     return text
 
 
@@ -247,8 +261,14 @@ def render_table(header: Sequence[str], rows: Sequence[Sequence[Any]], *,
     return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
 
 
+def ci_level(results: Mapping[str, Any]) -> float:
+    """The confidence level of a run's CIs (its ``eval.ci_level``; 0.95 where not recorded)."""
+    return float((((results.get("config") or {}).get("eval") or {}).get("ci_level")) or 0.95)
+
+
 def format_table(results: Mapping[str, Any]) -> str:
-    """Baseline vs method per direction (R@k with 95% CIs, ranks, hubness of N_1), deltas, timings."""
+    """Baseline vs method per direction (R@k with CIs at the run's level, ranks, hubness of
+    N_k), deltas with their paired CIs, timings."""
     meth = results.get("method") or {}
     data = results.get("data") or {}
     shown = (f"{meth.get('name', '?')} (parameters tuned per direction)" if results.get("tuning")
@@ -279,8 +299,9 @@ def format_table(results: Mapping[str, Any]) -> str:
             # the delta's CI is paired (same resamples for baseline and method)
             body.append([key, *cells, _fmt(r["delta"], r["delta_ci_low"], r["delta_ci_high"],
                                            signed=True)])
-        lines.append(render_table(["metric", "baseline [95% CI]", "method [95% CI]",
-                             "delta [paired 95% CI]"], body))
+        level = f"{100 * ci_level(results):g}%"
+        lines.append(render_table(["metric", f"baseline [{level} CI]", f"method [{level} CI]",
+                                   f"delta [paired {level} CI]"], body))
     obj = results.get("objective") or {}
     if obj.get("value") is not None:
         lines.append(f"objective ({obj.get('split')} split, method): {obj.get('metric')} = "
@@ -339,7 +360,12 @@ def write_sweep_summary(out_dir: str | Path, columns: Sequence[str], rows: Seque
 
 
 def format_sweep_table(columns: Sequence[str], rows: Sequence[Mapping]) -> str:
-    """The sweep summary as a fixed-width text table (numbers to 2 decimals)."""
+    """The sweep summary as a fixed-width text table (numbers to 2 decimals, deltas signed)."""
     show = [c for c in columns if c != "error"]
-    cell = lambda v: "-" if v is None else (f"{v:.2f}" if isinstance(v, float) else str(v))  # noqa: E731
-    return render_table(show, [[cell(r.get(c)) for c in show] for r in rows])
+
+    def cell(v, column: str) -> str:
+        if not isinstance(v, float):
+            return "-" if v is None else str(v)
+        return f"{v:+.2f}" if column.endswith(" delta") else f"{v:.2f}"
+
+    return render_table(show, [[cell(r.get(c), c) for c in show] for r in rows])

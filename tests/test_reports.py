@@ -90,8 +90,8 @@ def test_report_infers_the_papers_model_and_dataset_from_the_run(tmp_path):
     assert rows[("clip/flickr30k/t2i", "Orig")]["paper"] == "58.82"
     assert rows[("clip/flickr30k/t2i", "NNN (Flickr30k refs)")]["paper"] == "64.6"
     assert rows[("clip/flickr30k/t2i", "NNN (Flickr30k refs)")]["diff"] == "-1.3"
-    assert rows[("open_clip/coco/t2i", "NNN (Flickr30k refs)")]["paper"] == "33.45"
-    assert rows[("open_clip/coco/t2i", "NNN (Flickr30k refs)")]["paper_setting"] == "CLIP/COCO"
+    open_clip = rows[("open_clip[ViT-B-32/openai]/coco/t2i", "NNN (Flickr30k refs)")]
+    assert (open_clip["paper"], open_clip["paper_setting"]) == ("33.45", "CLIP/COCO")
     md = (tmp_path / "report" / "tables.md").read_text()
     assert "No paper numbers" not in md and "![table1](table1.png)" in md
     assert (tmp_path / "report" / "table1.png").read_bytes()[:8] == PNG_MAGIC

@@ -53,13 +53,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; 0 on success, 1 (one logged line) for a missing path or bad value."""
+    """Run the command line; 0 on success, 1 (one logged line) for a missing or unwritable
+    path or a bad value."""
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         written = make_report(args.paths, args.out, tables=args.tables,
                               paper_model=args.paper_model, paper_dataset=args.paper_dataset)
-    except (FileNotFoundError, ValueError) as err:
+    except (OSError, ValueError) as err:
         log.error("%s", err)
         return 1
     log.info("wrote %s", ", ".join(str(p) for p in written.values()))

@@ -144,7 +144,7 @@ def comparison_markdown(table: Comparison, exact: bool = False) -> str:
               "Paper", "Ours - paper"]
     body = []
     for r in table.rows:
-        ours = _fmt(r["ours"], exact=exact)
+        ours = _fmt(r["ours"], signed=r["metric"].startswith("delta"), exact=exact)
         if r["ci_low"] is not None and r["ci_high"] is not None:
             ours += f" [{r['ci_low']:.1f}, {r['ci_high']:.1f}]"
         body.append([r["setting"], r["refs"], r["paper_setting"] or "-", r["column"],
@@ -172,7 +172,8 @@ def comparison_png(table: Comparison, path: Path, title: str) -> Path:
 
 
 def rows_markdown(columns: Sequence[str], rows: Sequence[dict]) -> str:
-    """Rows (dicts) as a Markdown table of ``columns``."""
-    return render_table(columns, [[_fmt(r.get(c)) for c in columns] for r in rows],
-                        markdown=True)
+    """Rows (dicts) as a Markdown table of ``columns``; a "delta" column is signed."""
+    signed = [c == "delta" or c.endswith(" delta") for c in columns]
+    return render_table(columns, [[_fmt(r.get(c), sign) for c, sign in zip(columns, signed)]
+                                  for r in rows], markdown=True)
 

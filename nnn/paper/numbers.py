@@ -42,6 +42,9 @@ CHECKPOINT_ALIASES = {
     ("albef_retrieval", "coco"): "ALBEF ft.COCO", ("albef_retrieval", "flickr"): "ALBEF ft.Flickr",
     ("blip_retrieval", "coco"): "BLIP ft.COCO", ("blip_retrieval", "flickr"): "BLIP ft.Flickr",
 }
+#: model choices whose checkpoint is all in their options (``model=open_clip
+#: model.model_name=...``): a report names their runs by the checkpoint too
+GENERIC_MODELS = ("open_clip", "hf", "precomputed")
 #: config name of a dataset (conf/dataset/*.yaml) -> the paper's evaluation set
 DATASET_ALIASES = {"flickr30k": "flickr30k", "coco": "coco"}
 DATASETS = ("flickr30k", "coco")
@@ -64,23 +67,32 @@ TABLES = {
     "hubness": "Table 3: hubness of text->image retrieval (N_1 of each image), Orig -> NNN",
 }
 
+def checkpoint_of(model_config: dict | None) -> tuple | str | None:
+    """The checkpoint identity of a resolved ``model`` config, as ``CHECKPOINT_ALIASES`` keys
+    it: open_clip ``(model_name, pretrained)``, Hugging Face ``model_id``, LAVIS ``(name,
+    model_type)``, precomputed ``(name, None)``; None for a config without one (``model=none``)."""
+    cfg = model_config or {}
+    for key in ((cfg.get("model_name"), cfg.get("pretrained")), cfg.get("model_id"),
+                (cfg.get("name"), cfg.get("model_type"))):
+        if key is not None and key != (None, None):
+            return key
+    return None
+
+
 def paper_model_of(choice: str | None, model_config: dict | None = None) -> str | None:
     """The paper's name of a run's encoder, or None when the paper has no row for it.
 
     ``choice``: the run's ``model=`` option (``clip``, ``open_clip``, ``none``, ...);
-    ``model_config``: its resolved ``model`` config, whose checkpoint identity is looked up in
-    ``CHECKPOINT_ALIASES`` (so ``model=open_clip model.model_name=ViT-B-32
-    model.pretrained=openai`` is the paper's CLIP too).
+    ``model_config``: its resolved ``model`` config, whose checkpoint identity
+    (``checkpoint_of``) is looked up in ``CHECKPOINT_ALIASES`` (so ``model=open_clip
+    model.model_name=ViT-B-32 model.pretrained=openai`` is the paper's CLIP too, and
+    ``model=clip model.pretrained=laion2b_s34b_b79k`` is not); ``MODEL_ALIASES`` names the
+    choice only when its config records no checkpoint.
     """
-    if choice in MODEL_ALIASES:
-        return MODEL_ALIASES[choice]
-    cfg = model_config or {}
-    for key in ((cfg.get("model_name"), cfg.get("pretrained")), cfg.get("model_id"),
-                (cfg.get("name"), cfg.get("model_type"))):
-        if key in CHECKPOINT_ALIASES:
-            return CHECKPOINT_ALIASES[key]
-    return None
-
+    key = checkpoint_of(model_config)
+    if key is not None:
+        return CHECKPOINT_ALIASES.get(key)
+    return MODEL_ALIASES.get(choice)
 
 
 PAPER_CSV = Path(__file__).with_name("paper_numbers.csv")

@@ -21,7 +21,7 @@ from nnn.paper.comparison import (COMPARE_COLUMNS, Comparison, comparison_markdo
 from nnn.paper.numbers import DATASET_LABELS, DATASETS, PAPER_MODELS, TYPICAL_R1_CI_HALF_WIDTH
 from nnn.paper.registry import ALL_TABLES, TABLES, Table
 from nnn.paper.runs import Run, load_runs
-from nnn.results import write_table_csv
+from nnn.results import ci_level, write_table_csv
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,9 @@ def make_report(paths: Sequence[str | Path], out: str | Path, *,
         raise FileNotFoundError(f"no completed runs (results.json with status 'completed') "
                                 f"under {[str(p) for p in paths]}")
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"--out {str(out)!r} is a file; pass a folder for the report "
+                                 "(it is created if missing)")
     out.mkdir(parents=True, exist_ok=True)
     unmatched = unmatched_note(runs)
     if unmatched:
@@ -108,7 +111,11 @@ def make_report(paths: Sequence[str | Path], out: str | Path, *,
                 f"bootstrap CIs; paper: Chowdhury et al. (EMNLP 2024). {_CI_NOTE}"
                 + (f"\n\n{unmatched}" if unmatched else "")]
     written: dict[str, Path] = {}
-    warnings: list[str] = []
+    other_level = [r for r in runs if ci_level(r.results) != 0.95]
+    warnings = [f"CIs at another level than 95% in {len(other_level)} of {len(runs)} runs "
+                f"(eval.ci_level: "
+                f"{', '.join(f'{ci_level(r.results):g} in {r.dir}' for r in other_level)}); "
+                "their [CI] cells are at that level"] if other_level else []
     for name in tables:
         section = _section(TABLES[name], runs, out, written, warnings)
         if section is not None:

@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Iterable
 
 from nnn.methods import method_class, paper_name
-from nnn.paper.numbers import DATASET_ALIASES, DATASETS, paper_model_of
+from nnn.paper.numbers import (DATASET_ALIASES, DATASETS, GENERIC_MODELS, MODEL_ALIASES,
+                               checkpoint_of, paper_model_of)
 from nnn.results import (RESULTS_JSON, chosen_params, directions_of, method_params, metric_of,
                          read_results)
 
@@ -47,7 +48,18 @@ class Run:
 
     @property
     def label(self) -> str:
-        return f"{self.model}/{self.dataset}"
+        """``model/dataset`` of the report's rows; the model with its checkpoint where the
+        choice does not name one (``open_clip[ViT-B-16/laion2b_s34b_b88k]/coco``), so that
+        runs of two checkpoints never share a row."""
+        key = checkpoint_of(self.config.get("model"))
+        named = self.model not in GENERIC_MODELS and (
+            self.model not in MODEL_ALIASES
+            or paper_model_of(self.model, self.config.get("model")) == MODEL_ALIASES[self.model])
+        if key is None or named:
+            return f"{self.model}/{self.dataset}"
+        checkpoint = "/".join(str(x) for x in key if x is not None) if isinstance(key, tuple) \
+            else str(key)
+        return f"{self.model}[{checkpoint}]/{self.dataset}"
 
     @property
     def experiment(self) -> str | None:
@@ -119,8 +131,13 @@ def load_runs(paths: Iterable[str | Path], *, paper_model: str | None = None,
     for path in find_results(paths):
         try:
             results = read_results(path)
-        except ValueError as err:
-            log.warning("skipping %s: not valid JSON (%s)", path, err)
+        except (OSError, ValueError) as err:
+            log.warning("skipping %s: not readable as JSON (%s)", path, err)
+            continue
+        if not isinstance(results, dict):
+            kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(
+                type(results), "a number")
+            log.warning("skipping %s: not a run's results (%s, not a JSON object)", path, kind)
             continue
         if results.get("status") != "completed":
             log.warning("skipping %s: status %s (%s)", path.parent, results.get("status"),
