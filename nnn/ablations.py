@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import logging
+import zipfile
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -84,6 +85,13 @@ def nnn_recall_grid(task: RetrievalTask, *, alphas: Sequence[float], ks: Sequenc
     """
     alphas = check_grid(alphas, "alphas", check_non_negative)
     ks = check_grid(ks, "ks", check_positive_int)
+    n_refs = len(task.query_bank)
+    too_big = [k for k in ks if k > n_refs]
+    if too_big:
+        raise ValueError(f"ks {too_big} are larger than the number of references ({n_refs}) "
+                         f"in the {task.direction} query bank; NNN averages the k most similar "
+                         f"references, so use k <= {n_refs} (in a run: analysis.ks; null cuts "
+                         "the paper's grid at the reference size)")
     batch_size = check_positive_int(batch_size, "batch_size")
     fitted = task.fit(NNN(k=min(ks), k_max=max(ks), alpha=alphas[0], **nnn_kwargs))
     dev = fitted.device_
@@ -195,14 +203,24 @@ def write_hub_counts(path: str | Path,
 
 
 def read_hub_counts(path: str | Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``{direction: (before, after)}`` from a file written by ``write_hub_counts`` (or the run
-    directory holding ``hubness_counts.npz``)."""
+    """``{direction: (before (n_g,), after (n_g,))}`` int64 from a file written by
+    ``write_hub_counts`` (or the run directory holding ``hubness_counts.npz``); a missing file is
+    ``FileNotFoundError``, a truncated, corrupt or foreign one ``ValueError``."""
     p = Path(path)
     if p.is_dir():
         p = p / HUB_COUNTS_NPZ
     if not p.is_file():
         raise FileNotFoundError(f"no N_k counts file at {str(p)!r}; runs write {HUB_COUNTS_NPZ} "
                                 "into their output directory")
-    with np.load(p, allow_pickle=False) as z:
-        directions = [k[: -len("_baseline")] for k in z.files if k.endswith("_baseline")]
-        return {d: (z[f"{d}_baseline"], z[f"{d}_method"]) for d in directions}
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            directions = [k[: -len("_baseline")] for k in z.files if k.endswith("_baseline")]
+            counts = {d: _counts_pair(z[f"{d}_baseline"], z[f"{d}_method"]) for d in directions}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        raise ValueError(f"{str(p)!r} is not a readable N_k counts file: it is truncated, "
+                         "corrupt or not written by write_hub_counts; rerun the run to rewrite "
+                         f"{HUB_COUNTS_NPZ}") from None
+    if not counts:
+        raise ValueError(f"{str(p)!r} holds no N_k counts (no '<direction>_baseline' arrays); "
+                         f"rerun the run to rewrite {HUB_COUNTS_NPZ}")
+    return counts

@@ -117,8 +117,13 @@ def retrieval_bias_metrics(scores, image_genders: Sequence[str], image_occupatio
     precision_ks = [check_positive_int(k, "every k in precision_ks") for k in precision_ks]
     if not ns:
         raise ValueError("ns is empty; pass e.g. ns=(6, 10)")
+    n_img = s.shape[1]
+    for name, values in (("n", ns), ("k", precision_ks if pool == "all" else [])):
+        if values and max(values) > n_img:
+            raise ValueError(f"{name}={max(values)} is larger than the {n_img} images in the "
+                             f"pool; use {name} <= {n_img}")
     if pool == "all":
-        top = rank_images(s, min(max(ns + precision_ks), s.shape[1]))
+        top = rank_images(s, max(ns + precision_ks))
         ranked_signs, ranked_occ = signs[top], img_occ[top]
     else:
         ranked_signs = []
@@ -126,7 +131,7 @@ def retrieval_bias_metrics(scores, image_genders: Sequence[str], image_occupatio
             cols = np.flatnonzero(img_occ == occ)
             if max(ns) > len(cols):
                 raise ValueError(f"n={max(ns)} exceeds the {len(cols)} images of occupation "
-                                 f"{occ!r} (pool='occupation'); use n <= {len(cols)}")
+                                 f"{occ.item()!r} (pool='occupation'); use n <= {len(cols)}")
             ranked_signs.append(signs[cols[rank_images(s[c:c + 1, cols], max(ns))[0]]])
         ranked_signs = np.stack(ranked_signs)
     out = {}

@@ -32,7 +32,7 @@ Grids (defaults: each class's ``tuning_grid``, the paper's values in ``nnn.metho
   (``grids.DB_NORM_STAGES``);
   the best point of all evaluated ones wins, and ``stages`` / ``notes`` say which stage (so
   which dense assignment) held it. ``table`` spans the union of the values (NaN where not
-  evaluated). About 1,200 points.
+  evaluated). 1,319 distinct points.
 - QB-Norm and DBNorm also from ONE fit: a bank's log-normaliser depends only on (bank, beta)
   and its activation set only on the bank, so the fit streams each bank once for all the betas
   of its axis (``beta_grid`` / ``beta_*_grid``) and every grid point is a ``with_params`` copy
@@ -142,23 +142,33 @@ def _check_finite(value, name: str) -> float:
     return v
 
 
-def _k_grid(ks, default: Sequence[int], n_refs: int, notes: list[str],
-            method: str = "NNN") -> list[int]:
-    """``ks`` checked against ``n_refs``; None: ``default`` cut at ``n_refs`` (noted)."""
+def _k_grid(ks, default: Sequence[int], task: RetrievalTask, notes: list[str],
+            method: str = "NNN", both_sides: bool = False) -> list[int]:
+    """``ks`` checked against the largest usable k; None: ``default`` cut there (noted).
+
+    The limit is the number of references (``task.query_bank``) and, with ``both_sides`` (the
+    method also averages each query's k nearest gallery items), the tuning gallery too."""
+    limits = [(len(task.query_bank), f"the number of references ({len(task.query_bank)}) in "
+               f"the {task.direction} query bank")]
+    if both_sides:
+        limits.append((len(task.gallery), f"the tuning gallery ({len(task.gallery)} items)"))
+    limit, what = min(limits, key=lambda x: x[0])
     if ks is None:
-        grid = [k for k in default if k <= n_refs]
+        grid = [k for k in default if k <= limit]
         if len(grid) < len(default):
-            note = (f"k grid cut at the reference size {n_refs}: k in {grid} "
-                    f"(dropped {[k for k in default if k > n_refs]})")
+            note = (f"k grid cut at {what}: k in {grid} "
+                    f"(dropped {[k for k in default if k > limit]})")
             log.info("%s tuning: %s", method, note)
             notes.append(note)
         return grid
     grid = check_grid(ks, "ks", check_positive_int)
-    too_big = [k for k in grid if k > n_refs]
+    too_big = [k for k in grid if k > limit]
     if too_big:
-        raise ValueError(f"ks {too_big} exceed the number of references ({n_refs}); {method} "
-                         f"averages the k most similar references, so use k <= {n_refs} or "
-                         "more references (ks=None cuts the paper's grid automatically)")
+        nearest = ("averages the k most similar references" if not both_sides else
+                   "uses k nearest neighbours on both sides (a gallery item's among the "
+                   "references, a query's among the gallery)")
+        raise ValueError(f"ks {too_big} exceed {what}; {method} {nearest}, so use "
+                         f"k <= {limit} (ks=None cuts the paper's grid automatically)")
     return grid
 
 
@@ -298,7 +308,7 @@ def tune_nnn(tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i", *
     notes: list[str] = []
     alphas = check_grid(NNN.tuning_grid["alphas"] if alphas is None else alphas, "alphas",
                         check_non_negative)
-    ks = _k_grid(ks, NNN.tuning_grid["ks"], len(task.query_bank), notes)
+    ks = _k_grid(ks, NNN.tuning_grid["ks"], task, notes)
     # one top-k table of width max(ks); every grid point reads its first k columns
     fitted = task.fit(NNN(k=min(ks), k_max=max(ks), alpha=alphas[0], **nnn_kwargs))
     grid = []
@@ -400,8 +410,7 @@ def tune_csls(tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i", 
     _check_fixed_kwargs(csls_kwargs, CSLS.tuned_params, "CSLS")
     task = RetrievalTask.from_sets(tuning, refs, direction)
     notes: list[str] = []
-    ks = _k_grid(ks, CSLS.tuning_grid["ks"], min(len(task.query_bank), len(task.gallery)), notes,
-                 method="CSLS")
+    ks = _k_grid(ks, CSLS.tuning_grid["ks"], task, notes, method="CSLS", both_sides=True)
     grid = _search("csls", task, [{"k": k} for k in ks], _fresh_fits("csls", task, csls_kwargs),
                    batch_size)
     return _result("csls", direction, grid, {"k": ks}, csls_kwargs, notes)
@@ -423,8 +432,7 @@ def tune_neighbourhood_k(method: str, tuning: EmbeddingSet, refs: EmbeddingSet,
     _check_fixed_kwargs(kwargs, (*cls.tuned_params, "k_max"), cls.__name__)
     task = RetrievalTask.from_sets(tuning, refs, direction)
     notes: list[str] = []
-    ks = _k_grid(ks, cls.tuning_grid["ks"], min(len(task.query_bank), len(task.gallery)), notes,
-                 method=cls.paper_name)
+    ks = _k_grid(ks, cls.tuning_grid["ks"], task, notes, method=cls.paper_name, both_sides=True)
     fitted = task.fit(cls(k=min(ks), k_max=max(ks), **kwargs))
     grid = _search(cls.option, task, [{"k": k} for k in ks],
                    lambda p: fitted.with_params(**p), batch_size)

@@ -187,8 +187,10 @@ def test_bad_inputs(data):
         retrieval_bias_metrics(s, genders, occ, [0, 1, 7])
     with pytest.raises(ValueError, match="NaN"):
         retrieval_bias_metrics(np.full_like(s, np.nan), genders, occ, [0, 1, 2])
-    with pytest.raises(ValueError, match="ranked list length"):
+    with pytest.raises(ValueError, match="n=31 is larger than the 30 images in the pool"):
         retrieval_bias_metrics(s, genders, occ, [0, 1, 2], ns=(31,))
+    with pytest.raises(ValueError, match="k=40 is larger than the 30 images in the pool"):
+        retrieval_bias_metrics(s, genders, occ, [0, 1, 2], precision_ks=(1, 40))
     with pytest.raises(ValueError, match="2 rows but the set has 3 occupations"):
         compare_methods({"original": Identity().fit(e["image"])}, e["captions"][:2], data)
     with pytest.raises(ValueError, match="fitted on 29 images but the set has 30"):
