@@ -22,11 +22,10 @@ def _image_rows(values, n_images: int, what: str) -> np.ndarray:
     if idx.ndim != 1 or (len(idx) and idx.dtype.kind not in "iu"):
         raise ValueError(f"{what} must be a 1-D integer array, got shape {idx.shape} "
                          f"dtype {idx.dtype}")
-    idx = idx.astype(np.int64, copy=False)
-    if len(idx) and (idx.min() < 0 or idx.max() >= n_images):
+    if len(idx) and (idx.min() < 0 or idx.max() >= n_images):  # before the cast: uint64 wraps
         raise ValueError(f"{what} holds indices in [{idx.min()}, {idx.max()}] but there are "
                          f"{n_images} images")
-    return idx
+    return idx.astype(np.int64, copy=False)
 
 
 def check_caption_index(caption_to_image: np.ndarray, n_images: int, where: str) -> np.ndarray:

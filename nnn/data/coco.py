@@ -14,7 +14,7 @@ Image ids are the COCO ids (``cocoid``). val and test need only ``val2014``; tra
 from __future__ import annotations
 
 from nnn.data.download import RemoteFile, extract_dir, extract_member, fetch
-from nnn.data.karpathy import KarpathyDataset
+from nnn.data.karpathy import RECORD_FIELDS, KarpathyDataset
 
 #: Karpathy's split files (COCO, Flickr8k, Flickr30k). No checksum is published for it: its
 #: sha256 is recorded on first download (nnn.data.download, trust on first use).
@@ -37,6 +37,7 @@ class COCO(KarpathyDataset):
     annotation_file = "dataset_coco.json"
     split_parts = {"train": ("train", "restval"), "val": ("val",), "test": ("test",)}
     expected_images = {"train": 113_287, "val": 5_000, "test": 5_000}
+    record_fields = {**RECORD_FIELDS, "filepath": str}
 
     def image_relpath(self, record: dict) -> str:
         return f"{record['filepath']}/{record['filename']}"

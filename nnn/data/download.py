@@ -3,15 +3,16 @@
 - ``fetch(remote, dest_dir)``: stream a URL into a hidden ``.<filename>.part`` file beside the
   target while hashing it (md5 and sha256), check the size and the expected checksum, then
   ``os.replace`` it into place. On a mismatch the partial file is deleted and ``ChecksumError``
-  raised, so a corrupt download never sits under the final name; a download cut off midway keeps
-  its ``.part`` file and the next call resumes it (HTTP Range). A file already there is verified
+  raised, so a corrupt download never sits under the final name; a download cut off midway (an
+  error, or fewer bytes than the expected size or the server's Content-Length) keeps its
+  ``.part`` file and the next call resumes it (HTTP Range). A file already there is verified
   instead of downloaded again (so a file fetched by hand, e.g. with ``wget -c``, is used as is).
   ``filename`` must be a plain name: one with folders, ``..`` or an absolute path is refused.
 - Files without a published checksum are trusted on first use: their sha256 is computed on the
   first download and recorded in ``<dest_dir>/checksums.json``; later verifications use it.
 - ``extract_member`` / ``extract_dir``: unpack one file or one top-level folder of a zip archive
   into place atomically (temporary name, then rename); member paths that would escape the target
-  are refused.
+  are refused, and a truncated or damaged archive raises a one-line ``ValueError`` naming it.
 - Every write holds a per-target lock (``.<name>.lock`` beside it), so one process writes while
   the others wait, and the lock holder deletes ``.<name>.*.tmp`` leftovers of killed writers.
 
@@ -22,6 +23,7 @@ or a fake server response; they never touch the network.
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import logging
 import os
@@ -30,6 +32,7 @@ import urllib.error
 import urllib.request
 import uuid
 import zipfile
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -162,7 +165,7 @@ def _download(remote: RemoteFile, part: Path, expected: dict, opener: Callable |
     """Append the rest of ``remote`` to ``part`` (fsynced); returns its size/md5/sha256."""
     have = part.stat().st_size if part.exists() else 0
     if have and expected.get("size") is not None and have >= expected["size"]:
-        return file_digests(part)  # complete but not yet checked (killed while verifying)
+        return file_digests(part, progress=progress)  # complete, unchecked (killed verifying)
     opener = opener or (lambda request: urllib.request.urlopen(request, timeout=60))
     request = urllib.request.Request(remote.url)
     if have:
@@ -176,8 +179,8 @@ def _download(remote: RemoteFile, part: Path, expected: dict, opener: Callable |
                          "resume; downloading again from the start")
             log.info("downloading %s -> %s", remote.url, part.parent / remote.filename)
             length = getattr(response, "headers", {}).get("Content-Length")
-            total = expected.get("size") or (int(length) + (have if resumed else 0)
-                                             if length else None)
+            announced = int(length) + (have if resumed else 0) if length else None
+            total = expected.get("size") or announced
             with open(part, "ab" if resumed else "wb") as out, \
                     tqdm(total=total, unit="B", unit_scale=True, desc=remote.filename,
                          disable=not progress) as bar:
@@ -197,16 +200,21 @@ def _download(remote: RemoteFile, part: Path, expected: dict, opener: Callable |
                     bar.update(len(chunk))
                 out.flush()
                 os.fsync(out.fileno())
+            # urllib returns b"" when the server closes the connection early: an interrupted
+            # download (kept and resumed), not a complete file to verify or to trust on first use
+            end = announced if announced is not None else expected.get("size")
+            if end is not None and size < end:
+                raise OSError(f"the connection closed after {size} of {end} bytes")
     except urllib.error.HTTPError as e:
         if have and e.code == 416:  # "range not satisfiable": the partial file is complete
-            return file_digests(part)
+            return file_digests(part, progress=progress)
         raise _download_error(remote, part, e) from e
-    except OSError as e:
+    except (OSError, http.client.HTTPException) as e:  # HTTPException: e.g. IncompleteRead
         raise _download_error(remote, part, e) from e
     return {"size": size, "md5": md5.hexdigest(), "sha256": sha.hexdigest()}
 
 
-def _download_error(remote: RemoteFile, part: Path, e: OSError) -> OSError:
+def _download_error(remote: RemoteFile, part: Path, e: Exception) -> OSError:
     """The one-line error for a failed download, saying what was kept for the next try."""
     kept = (f"; the {part.stat().st_size} bytes received are kept in {part} and the next try "
             "resumes there" if part.exists() and part.stat().st_size else "")
@@ -239,9 +247,23 @@ def _writing(target: Path) -> Iterator[None]:
         yield
 
 
+@contextmanager
+def _corrupt_archive_explained(archive_path: Path) -> Iterator[None]:
+    """What zipfile raises for a truncated or damaged archive (no central directory, a bad
+    CRC, a cut deflate stream) becomes a one-line ``ValueError`` naming the archive and the
+    remedy; the target stays as it was (the writes are atomic)."""
+    try:
+        yield
+    except (zipfile.BadZipFile, zlib.error, EOFError) as err:
+        raise ValueError(f"archive {archive_path} is truncated or corrupt ({type(err).__name__}: "
+                         f"{err}); delete it (and its entry in {CHECKSUMS_FILE} beside it, if "
+                         "any) and run again to download it again, or fetch it by hand "
+                         "(docs/data.md)") from err
+
+
 def extract_member(archive_path: Path, member_name: str, target: Path) -> Path:
     """Write the archive member whose file name is ``member_name`` (any folder) to ``target``."""
-    with zipfile.ZipFile(archive_path) as archive:
+    with _corrupt_archive_explained(archive_path), zipfile.ZipFile(archive_path) as archive:
         matches = [n for n in archive.namelist() if PurePosixPath(n).name == member_name]
         if not matches:
             raise ValueError(f"{archive_path} holds no file named {member_name!r}")
@@ -273,7 +295,7 @@ def _extract_dir_locked(archive_path: Path, member_dir: str, target: Path,
     tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
     tmp.mkdir()
     try:
-        with zipfile.ZipFile(archive_path) as archive:
+        with _corrupt_archive_explained(archive_path), zipfile.ZipFile(archive_path) as archive:
             _safe_members(archive, tmp)
             prefix = member_dir.rstrip("/") + "/"
             members = [m for m in archive.infolist() if m.filename.startswith(prefix)]

@@ -7,8 +7,8 @@ A file that cannot be read or decoded (missing, truncated, not an image) does no
 worker: the item carries the error instead, and ``collate_rows`` separates the good items from
 the failed ones. The caller (``nnn.embed``) applies the policy in the main process:
 
-- ``on_bad_image="error"`` (the default): stop with ``BadImageError`` naming each image's id,
-  path and the decoder's message;
+- ``on_bad_image="error"`` (the default): stop with ``BadImageError`` (an ``OSError``, so
+  ``run.py`` prints its one line) naming each image's id, path and the decoder's message;
 - ``on_bad_image="skip"``: drop the image (and later its captions), count and log it.
 
 Only decoding errors count as a bad image; an exception in the transform is a bug and raises.
@@ -45,16 +45,24 @@ def check_bad_image_policy(on_bad_image: str) -> str:
     return on_bad_image
 
 
-class BadImageError(RuntimeError):
-    """Images that could not be decoded; ``failures`` lists (image id, path, reason)."""
+class BadImageError(OSError):
+    """Images that could not be decoded; ``failures`` lists (image id, path, reason).
+
+    An ``OSError`` (a user error, see ``nnn.errors``) with a one-line message naming the first
+    ``SHOWN`` of them.
+    """
+
+    SHOWN = 10
 
     def __init__(self, failures: Sequence[tuple[str, str, str]], split: str = ""):
         self.failures = list(failures)
-        shown = "\n".join(f"  image {i} ({p}): {r}" for i, p, r in self.failures[:20])
-        more = f"\n  ... and {len(self.failures) - 20} more" if len(self.failures) > 20 else ""
+        shown = "; ".join(f"image {i} ({p}): {' '.join(str(r).split())}"
+                          for i, p, r in self.failures[:self.SHOWN])
+        more = (f"; ... and {len(self.failures) - self.SHOWN} more"
+                if len(self.failures) > self.SHOWN else "")
         where = f" in split {split!r}" if split else ""
         super().__init__(
-            f"{len(self.failures)} image(s){where} could not be read:\n{shown}{more}\n"
+            f"{len(self.failures)} image(s){where} could not be read: {shown}{more}. "
             "Re-download or replace these files, or set dataset.on_bad_image=skip to drop them "
             "(with their captions) and count them.")
 

@@ -36,22 +36,30 @@ from nnn.errors import MissingResourceError
 log = logging.getLogger(__name__)
 
 
-def load_karpathy_json(path: Path) -> list[dict]:
-    """The image records of a Karpathy JSON file, checked for the fields this module uses."""
+#: the fields every image record needs, and the JSON type of each
+RECORD_FIELDS = {"filename": str, "split": str, "sentences": list}
+
+
+def load_karpathy_json(path: Path, fields: dict[str, type] = RECORD_FIELDS) -> list[dict]:
+    """The image records of a Karpathy JSON file, each checked to hold ``fields`` (name ->
+    JSON type); ``ValueError`` naming the file and the first record that does not."""
     try:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e}); re-download it (dataset.download=true "
-                         "or docs/data.md)") from e
+    except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{path} is not valid JSON ({e}); re-download it "
+                         "(dataset.download=true or docs/data.md)") from e
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ValueError(f"{path} is not a Karpathy split file: expected a JSON object with an "
                          "'images' list (see docs/data.md)")
     records = data["images"]
     for i, rec in enumerate(records):
-        if not isinstance(rec, dict) or not {"filename", "split", "sentences"} <= rec.keys():
-            raise ValueError(f"{path}: image record {i} lacks 'filename', 'split' or "
-                             f"'sentences': {str(rec)[:200]}")
+        values = rec if isinstance(rec, dict) else {}
+        bad = [f"{k!r} (a {t.__name__})" for k, t in fields.items()
+               if not isinstance(values.get(k), t)]
+        if bad:
+            raise ValueError(f"{path}: image record {i} lacks {', '.join(bad)}: "
+                             f"{str(rec)[:200]}; is it this dataset's Karpathy split file?")
     return records
 
 
@@ -114,6 +122,8 @@ class KarpathyDataset(ABC):
     split_parts: ClassVar[dict[str, tuple[str, ...]]]
     #: published split sizes (images); a different count is logged, not an error
     expected_images: ClassVar[dict[str, int]]
+    #: the fields (name -> JSON type) each image record of the annotation file must hold
+    record_fields: ClassVar[dict[str, type]] = RECORD_FIELDS
 
     def __init__(self, root: str | Path, *, download: bool = False, on_bad_image: str = "error",
                  captions_per_image: int | None = 5, config_key: str = "dataset"):
@@ -175,7 +185,7 @@ class KarpathyDataset(ABC):
         if self._records is None:
             if not self.annotation_path.is_file():
                 raise self.missing(self.annotation_path, "the Karpathy annotation file")
-            self._records = load_karpathy_json(self.annotation_path)
+            self._records = load_karpathy_json(self.annotation_path, self.record_fields)
         return self._records
 
     def split(self, name: str) -> RetrievalSplit:

@@ -45,7 +45,7 @@ import torch
 from safetensors.torch import load_file as load_safetensors
 
 from nnn._arrays import as_matrix, check_positive_int
-from nnn.data.base import EmbeddingSet
+from nnn.data.base import EmbeddingSet, _image_rows
 from nnn.data.splits import train_test_split
 from nnn.errors import MissingResourceError
 
@@ -144,7 +144,8 @@ def load_caption_index(spec, *, n_captions: int, n_images: int,
                        where: str = "caption_index") -> np.ndarray:
     """The caption->image index (n_captions,) int64 described by ``spec`` (see module doc).
 
-    Range and coverage are checked by ``EmbeddingSet``.
+    The range is checked here (before the cast, which would wrap large unsigned values), that
+    every image has a caption by ``EmbeddingSet``.
     """
     if isinstance(spec, str) and spec == "identity":
         if n_captions != n_images:
@@ -159,8 +160,9 @@ def load_caption_index(spec, *, n_captions: int, n_images: int,
                              f"{n_images} = {per_image * n_images} captions, got {n_captions}")
         return np.arange(n_captions, dtype=np.int64) // per_image
     if isinstance(spec, (str, Path)):
-        path = _existing_file(spec, where, "the image row of each caption (n_captions integers)",
-                              INDEX_SUFFIXES)
+        path = _existing_file(spec, where, "the image row of each caption (n_captions integers) "
+                              "in it, or use 'identity' (caption j describes image j) or an int "
+                              "N (N consecutive captions per image)", INDEX_SUFFIXES)
         suffix = path.suffix.lower()
         if suffix in (".json", ".txt"):
             try:
@@ -179,7 +181,7 @@ def load_caption_index(spec, *, n_captions: int, n_images: int,
     if idx.ndim != 1 or idx.dtype.kind not in "iu" or len(idx) != n_captions:
         raise ValueError(f"{where} must be {n_captions} integers (one image row per caption), "
                          f"got shape {idx.shape} dtype {idx.dtype}")
-    return idx.astype(np.int64)
+    return _image_rows(idx, n_images, f"{where}: caption_to_image")
 
 
 def load_embedding_set(image_path, text_path, caption_index="identity", *, name: str = "test",
@@ -220,6 +222,16 @@ class PrecomputedDataset:
                 raise ValueError("caption_index is a file, so train_caption_index must be given "
                                  "too (the index of the training captions)")
             train_caption_index = caption_index
+        for key, test_file, train_file in (("image_path", image_path, train_image_path),
+                                           ("text_path", text_path, train_text_path)):
+            same = train_file is not None and (Path(train_file).expanduser().resolve()
+                                               == Path(test_file).expanduser().resolve())
+            if same:
+                raise ValueError(f"train_{key}={str(train_file)!r} is the evaluation file {key}; "
+                                 "references and the tuning part would then be the test items. "
+                                 "Give the training split's files, or leave both train paths "
+                                 f"null to split off train_fraction={train_fraction} of the "
+                                 "images (disjoint)")
         self.image_path, self.text_path, self.caption_index = image_path, text_path, caption_index
         self.train_image_path, self.train_text_path = train_image_path, train_text_path
         self.train_caption_index = train_caption_index

@@ -35,8 +35,9 @@ class RowSource:
             shape, kind = self._array.shape, self._array.dtype.kind
         else:
             self._slice = _safetensors_slice(path, self._name)
-            shape, kind = tuple(self._slice.get_shape()), self._slice.get_dtype()[0].lower()
-            kind = "f" if kind in ("f", "b") else kind  # F16/F32/F64, BF16
+            shape, dtype = tuple(self._slice.get_shape()), self._slice.get_dtype()
+            # F16/F32/F64, BF16, F8_*; not BOOL, I*, U*
+            kind = "f" if dtype.startswith(("F", "BF")) else dtype.lower()
         if len(shape) != 2 or kind != "f" or 0 in shape:
             raise ValueError(f"{self._name} holds shape {tuple(shape)} of {kind!r} values; "
                              "expected a non-empty (n, d) float array")

@@ -20,6 +20,13 @@ from nnn._arrays import check_positive_int
 from nnn.data.base import EmbeddingSet
 
 
+def check_seed(seed, name: str = "seed") -> int:
+    """``seed`` as an int >= 0 (what ``np.random.default_rng`` takes), else ``ValueError``."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"{name} must be an integer >= 0, got {seed!r}")
+    return int(seed)
+
+
 def _check_fraction(fraction, name: str) -> float:
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float, np.floating)) \
             or not 0 < fraction <= 1:
@@ -64,6 +71,7 @@ def reference_and_tuning_split(n_images: int, *, fraction: float, tuning_size: i
     """
     n_images = check_positive_int(n_images, "n_images")
     fraction = _check_fraction(fraction, "fraction")
+    seed = check_seed(seed)
     if isinstance(tuning_size, bool) or not isinstance(tuning_size, (int, np.integer)) \
             or tuning_size < 0:
         raise ValueError(f"tuning_size must be an integer >= 0, got {tuning_size!r}")
@@ -84,6 +92,7 @@ def train_test_split(n_images: int, *, train_fraction: float,
     """
     n_images = check_positive_int(n_images, "n_images")
     train_fraction = _check_fraction(train_fraction, "train_fraction")
+    seed = check_seed(seed)
     n_train = _fraction_size(n_images, train_fraction, "train_fraction")
     if n_train >= n_images:
         raise ValueError(f"train_fraction={train_fraction} of {n_images} images leaves no "

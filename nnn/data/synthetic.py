@@ -46,6 +46,7 @@ import numpy as np
 
 from nnn._arrays import check_non_negative, check_positive_int
 from nnn.data.base import EmbeddingSet
+from nnn.data.splits import check_seed
 
 #: stream ids for np.random.default_rng([seed, stream])
 _MODEL_STREAM = 0
@@ -84,9 +85,7 @@ class SyntheticDataset:
                             ("image_hub_strength", image_hub_strength),
                             ("text_hub_strength", text_hub_strength), ("hub_power", hub_power)]:
             setattr(self, name, check_non_negative(value, name))
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-            raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self._e_img, self._e_txt, self._basis_t = self._model_directions()
 
     def _model_directions(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -194,6 +194,13 @@ def load_visogender(root: str | Path, *, metadata: str | Path | None = None,
     absent = []
     for r in rows:
         image_id = r[ID_COLUMN].strip()
+        where = f"{meta_path.name} row {image_id}: "
+        # a short row (cut or edited file) has None in its missing columns
+        occupation, obj = (normalize_name(r[c] or "") for c in (OCCUPATION_COLUMN, partner))
+        if not occupation or not obj:
+            raise ValueError(f"{where}the {OCCUPATION_COLUMN!r} or {partner!r} column is empty; "
+                             "the file is cut or edited, use the TSV from the VisoGender "
+                             "repository")
         path = _image_path(img_dir, image_id)
         if path is None:
             absent.append(image_id)
@@ -203,9 +210,9 @@ def load_visogender(root: str | Path, *, metadata: str | Path | None = None,
         out.ids.append(image_id)
         out.image_paths.append(path)
         out.urls.append((r.get(URL_COLUMN) or "").strip())
-        out.occupations.append(normalize_name(r[OCCUPATION_COLUMN]))
-        out.objects.append(normalize_name(r[partner]))
-        out.genders.append(normalize_gender(r[GENDER_COLUMN] or "", f"{meta_path.name} row {image_id}: "))
+        out.occupations.append(occupation)
+        out.objects.append(obj)
+        out.genders.append(normalize_gender(r[GENDER_COLUMN] or "", where))
     if absent and missing_images == "error":
         raise MissingResourceError(
             f"{len(absent)} of {len(rows)} VisoGender images are missing from {img_dir} (first: "
