@@ -463,3 +463,52 @@ def test_a_complete_partial_file_is_checked_not_fetched_again(tmp_path, payload)
     remote = RemoteFile("https://example.invalid/payload.bin", "payload.bin",
                         sha256=_digests(payload)["sha256"])
     assert fetch(remote, dest, opener=opener, progress=False).read_bytes() == data
+
+
+def test_first_use_record_precedes_the_rename(tmp_path, payload, monkeypatch):
+    """A kill between the record and the rename leaves a .part checked against the record,
+    never an unrecorded file under the final name."""
+    import nnn.data.download as download
+
+    dest, remote = tmp_path / "dl", RemoteFile(payload.as_uri(), "payload.bin")
+    real_replace = download.os.replace
+
+    def killed(src, dst):
+        if Path(dst).name == "payload.bin":
+            raise KeyboardInterrupt  # the process dies right before the rename
+        real_replace(src, dst)
+
+    monkeypatch.setattr(download.os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        fetch(remote, dest, progress=False)
+    monkeypatch.setattr(download.os, "replace", real_replace)
+    assert _files(dest) == [".payload.bin.part", CHECKSUMS_FILE]
+    recorded = json.loads((dest / CHECKSUMS_FILE).read_text())["payload.bin"]["sha256"]
+    assert recorded == _digests(payload)["sha256"]
+    (dest / ".payload.bin.part").write_bytes(b"x" * payload.stat().st_size)  # damaged since
+    with pytest.raises(ChecksumError, match="sha256"):
+        fetch(remote, dest, progress=False)
+
+
+def _fetch_many(args) -> None:
+    dest, files = args
+    for f in files:
+        fetch(RemoteFile(Path(f).as_uri(), Path(f).name), dest, progress=False)
+
+
+def test_first_use_records_of_parallel_fetches_are_all_kept(tmp_path):
+    """Processes fetching different unchecksummed files into one folder keep every record
+    (checksums.json is updated under its own lock)."""
+    import multiprocessing
+
+    src = tmp_path / "src"
+    src.mkdir()
+    names = [src / f"f{i}.bin" for i in range(16)]
+    for i, p in enumerate(names):
+        p.write_bytes(bytes([i]) * 1000)
+    dest = tmp_path / "dl"
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pool.map(_fetch_many, [(dest, [str(p) for p in names[0::2]]),
+                               (dest, [str(p) for p in names[1::2]])])
+    assert sorted(json.loads((dest / CHECKSUMS_FILE).read_text())) == sorted(p.name
+                                                                              for p in names)

@@ -114,10 +114,14 @@ def _mismatches(got: dict, expected: dict) -> list[str]:
 
 
 def _record(dest_dir: Path, remote: RemoteFile, got: dict) -> None:
-    rec = _recorded(dest_dir)
-    rec[remote.filename] = {"url": remote.url, "size": got["size"], "sha256": got["sha256"],
-                            "recorded": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-    atomic_write_json(dest_dir / CHECKSUMS_FILE, rec)
+    """Add ``remote``'s size and sha256 to ``checksums.json``, under that file's own lock, so
+    that processes fetching different files into one folder never lose each other's records."""
+    with _writing(dest_dir / CHECKSUMS_FILE):
+        rec = _recorded(dest_dir)
+        rec[remote.filename] = {"url": remote.url, "size": got["size"], "sha256": got["sha256"],
+                                "recorded": datetime.now(timezone.utc).isoformat(
+                                    timespec="seconds")}
+        atomic_write_json(dest_dir / CHECKSUMS_FILE, rec)
     log.warning("%s has no published checksum; recorded sha256 %s (%d bytes) in %s on first "
                 "download (trust on first use)", remote.filename, got["sha256"], got["size"],
                 dest_dir / CHECKSUMS_FILE)
@@ -153,10 +157,12 @@ def fetch(remote: RemoteFile, dest_dir: str | Path, *, opener: Callable | None =
             part.unlink()
             raise ChecksumError(f"download of {remote.url} is corrupt or incomplete "
                                 f"({'; '.join(bad)}); nothing was kept, try again")
+        if "md5" not in expected and "sha256" not in expected:
+            # recorded before the rename: a kill in between leaves a .part that the next call
+            # checks against this record, never a file in place that is not recorded
+            _record(dest_dir, remote, got)
         os.replace(part, target)
         fsync_dir(dest_dir)
-    if "md5" not in expected and "sha256" not in expected:
-        _record(dest_dir, remote, got)
     return target
 
 
