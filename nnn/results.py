@@ -308,8 +308,30 @@ def format_table(results: Mapping[str, Any]) -> str:
                      f"{obj['value']:.2f}")
     timings = results.get("timings_s") or {}
     if timings:
-        lines.append("wall time (s): " + ", ".join(f"{k} {v:.2f}" for k, v in timings.items()))
+        lines.append("wall time (s): " + ", ".join(f"{k} {timings[k]:.2f}"
+                                                   for k in _stage_order(timings)))
     return "\n".join(lines)
+
+
+#: the stages of a run in the order it runs them (``nnn.pipeline``, ``nnn.evaluation``)
+_STAGES = ("load", "embed", "tune", "fit", "evaluate", "analysis", "objective", "total")
+
+
+def _stage_order(keys) -> list[str]:
+    """Timing keys (``load``, ``t2i/fit``, ``t2i/fit/baseline``, ...) in the order of a run:
+    shared stages, then per direction (``DIRECTIONS`` order) tune, fit, evaluate (the method's,
+    then the baseline's), analyses; the objective and the total last. A results.json read back
+    has them sorted as text."""
+    def rank(item):
+        position, key = item
+        direction, _, stage = key.partition("/")
+        if direction not in DIRECTIONS:
+            direction, stage = "", key
+        kind = next((i for i, s in enumerate(_STAGES) if stage.startswith(s)), len(_STAGES))
+        late = kind >= _STAGES.index("objective")
+        where = DIRECTIONS.index(direction) if direction else -1
+        return (late, where, stage.endswith("/baseline"), kind, position)
+    return [key for _, key in sorted(enumerate(keys), key=rank)]
 
 
 # -- sweeps --------------------------------------------------------------------------------------

@@ -101,6 +101,17 @@ def test_printed_table_of_a_results_json_read_back_keeps_directions_and_k_in_ord
     assert "+10.00 [+8.5, +11.5]" in format_table(_results(tmp_path))
 
 
+def test_printed_timings_of_a_results_json_read_back_are_in_run_order(tmp_path):
+    order = ["load", "embed", "t2i/tune", "t2i/fit", "t2i/evaluate", "t2i/analysis_alpha_k",
+             "t2i/fit/baseline", "t2i/evaluate/baseline", "i2t/fit", "i2t/evaluate",
+             "i2t/fit/baseline", "i2t/evaluate/baseline", "objective", "total"]
+    write_results(tmp_path, {"status": "completed", "name": "r", "method": {"name": "NNN"},
+                             "timings_s": {k: 1.0 for k in order}})  # written with sorted keys
+    (line,) = [x for x in format_table(read_results(tmp_path)).splitlines()
+               if x.startswith("wall time")]
+    assert line == "wall time (s): " + ", ".join(f"{k} 1.00" for k in order)
+
+
 def test_printed_table_names_the_runs_ci_level(tmp_path):
     header = format_table(_results(tmp_path, level=0.9)).splitlines()[1]
     assert "baseline [90% CI]" in header and "delta [paired 90% CI]" in header
@@ -169,3 +180,31 @@ def test_report_keeps_two_open_clip_checkpoints_apart(tmp_path):
     assert (openai["ours"], openai["paper"]) == ("58.0", "58.82")
     assert (laion["ours"], laion["paper"]) == ("61.0", "")
     assert "## Warnings" not in (tmp_path / "report" / "tables.md").read_text()
+
+
+def test_k_sweep_leaves_out_a_run_without_a_fixed_k_with_a_warning(tmp_path):
+    sweep = tmp_path / "sweep"
+    for i, k in enumerate((4, None, 16)):
+        _fake_run(sweep / str(i), model="clip", dataset="coco", experiment="paper_k_sweep",
+                  params={"alpha": 0.75, "k": k})
+    make_report([sweep], tmp_path / "report", tables=["k_sweep"])
+    text = (tmp_path / "report" / "tables.md").read_text()
+    assert "k=4" in text and "k=16" in text
+    assert f"k sweep: {sweep / '1'} left out, its k is None" in text
+
+
+def test_alpha_k_table_skips_a_grid_without_values(tmp_path):
+    from nnn.paper.run_tables import alpha_k_table
+    from nnn.paper.runs import load_runs
+
+    run = _fake_run(tmp_path / "run", experiment="ablation_alpha_k")
+    results = read_results(run)
+    grid = {"split": "test", "axes": {"alpha": [0.5, 0.75], "k": [1, 8]}}
+    results["analysis"] = {"alpha_k": {"t2i": {**grid, "table": [[None, None], [None, None]]},
+                                       "i2t": {**grid, "table": [[50.0, 51.0], [52.0, 49.0]]}}}
+    write_results(run, results)
+    (loaded,) = load_runs([run])
+    (tmp_path / "out").mkdir()
+    _, rows = alpha_k_table([loaded], tmp_path / "out")
+    assert [(r["direction"], r["best (alpha, k) on this split"]) for r in rows] == \
+        [("i2t", "(0.75, 1)")]

@@ -54,8 +54,12 @@ def build_recall(runs: Sequence[Run]) -> Comparison:
 def build_k_sweep(runs: Sequence[Run]) -> Comparison:
     """k sweep (alpha = 0.75): R@1 per k, beside Orig."""
     table = Comparison("k_sweep")
-    for run in sorted(runs, key=lambda r: int(r.params.get("k", 0))):
-        k = int(run.params.get("k", 0))
+    fixed = [r for r in runs if isinstance(r.params.get("k"), int)]
+    table.warnings += [f"k sweep: {r.dir} left out, its k is {r.params.get('k')!r}, not a fixed "
+                       "integer (a tuned or non-NNN run)" for r in runs
+                       if not isinstance(r.params.get("k"), int)]
+    for run in sorted(fixed, key=lambda r: r.params["k"]):
+        k = run.params["k"]
         for d in run.directions():
             add_orig(table, "k_sweep", run, d)
             add_method(table, "k_sweep", run, d, f"k={k}", param=f"k={k}")

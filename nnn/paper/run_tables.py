@@ -53,6 +53,8 @@ def alpha_k_table(runs: Sequence[Run], out: Path) -> tuple[list[str], list[dict]
         for g in grids:
             cells = [(v, a, k) for a, row in zip(g["alphas"], g["table"])
                      for k, v in zip(g["ks"], row) if v is not None]
+            if not cells:  # a grid without a value (every point failed): nothing to show
+                continue
             best = max(cells, key=lambda c: c[0])  # first of equal values: grid order
             at_chosen = None
             if g["chosen"] is not None and g["chosen"][0] in g["alphas"] \
