@@ -53,3 +53,27 @@ def test_notebooks_are_stored_without_outputs(path):
     nb = nbformat.read(path, as_version=4)
     nbformat.validate(nb)
     assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+
+
+def test_hubness_notebook_follows_the_runs_settings_and_method(tmp_path, monkeypatch):
+    """A CSLS run with N_5 and 90% CIs: the notebook names N_5, says the bias it draws is NNN's
+    with its defaults, and shows an undefined statistic (null in results.json) as "-"."""
+    from nnn.pipeline import run
+    from nnn.results import read_results, write_results
+    from nnn.settings import compose
+
+    out = tmp_path / "run"
+    run(compose(["logger=none", "method=csls", "eval.hubness_k=5", "eval.ci_level=0.9",
+                 "dataset.n_train=600", "dataset.n_test=150", "eval.n_boot=50"]),
+        output_dir=out)
+    results = read_results(out)
+    results["metrics"]["method"]["t2i/hubness/kurtosis"] = None
+    write_results(out, results)
+    nb = _execute(NOTEBOOKS / "hubness_and_nnn.ipynb", tmp_path, monkeypatch,
+                  NNN_RUN_DIR=str(out))
+    text = "\n".join(_text(c) for c in nb.cells if c.cell_type == "code")
+    assert "hubness of N_5" in text
+    assert "the run's method is CSLS: the bias shown is NNN's with its defaults" in text
+    (kurtosis,) = [line for line in text.splitlines() if line.startswith("t2i/hubness/kurtosis")]
+    assert kurtosis.split()[-1] == "-"
+    assert _images(nb) == 4  # no alpha x k grid in this run
