@@ -306,6 +306,9 @@ def _check_plain(cfg: DictConfig) -> None:
                          f"{missing[0]}=VALUE to the command line")
     _check_seed("seed", cfg.seed)
     _check_seed("reference.seed", cfg.reference.seed)
+    for key in ("dataset.seed", "reference.dataset.seed"):  # the datasets that have one
+        if OmegaConf.select(cfg, key, default=None) is not None:
+            _check_seed(key, OmegaConf.select(cfg, key))
     _check_directions(cfg.eval.directions)
     check_tuning_part(selecting_sweeper(), cfg.reference.tuning_size)
     build_logger(cfg)

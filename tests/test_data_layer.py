@@ -270,3 +270,19 @@ def test_visogender_cut_row_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"row OO_3: the 'Occupation' or 'Object' column is "
                                          "empty; the file is cut or edited"):
         load_visogender(tmp_path, missing_images="ignore")
+
+
+def test_row_chunks_refuse_a_non_positive_size(tmp_path):
+    path = tmp_path / "g.npy"
+    np.save(path, np.ones((5, 3), np.float32))
+    with pytest.raises(ValueError, match="chunk_rows"):
+        list(open_rows(path).chunks(0, 5, 0))
+
+
+def test_empty_text_caption_index_is_one_error_without_numpys_warning(tmp_path, recwarn):
+    from nnn.data.precomputed import load_caption_index
+
+    (tmp_path / "index.txt").write_text("")
+    with pytest.raises(ValueError, match="must be 3 integers"):
+        load_caption_index(str(tmp_path / "index.txt"), n_captions=3, n_images=3)
+    assert not [w for w in recwarn if "no data" in str(w.message)]

@@ -167,6 +167,9 @@ def _one_line_error(run_py, capsys, *args) -> str:
 @pytest.mark.parametrize("args, words", [
     (["seed=abc"], ["seed='abc'", "integer >= 0"]),
     (["reference.seed=-1"], ["reference.seed=-1", "integer >= 0"]),
+    (["dataset.seed=-3"], ["dataset.seed=-3", "integer >= 0"]),
+    (["dataset@reference.dataset=synthetic_shift", "reference.dataset.seed=x"],
+     ["reference.dataset.seed='x'", "integer >= 0"]),
     (["tune.enabled=true", "+tune.grid.foo=[1]"], ["tune.grid.foo", "no grid 'foo'", "alphas, ks"]),
     (["+method.kk=3"], ["method.kk", "no parameter 'kk'", "alpha"]),
     (["logger=wandb", "logger.mode=bogus"], ["logger.mode='bogus'", "offline, online, disabled"]),

@@ -38,6 +38,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +141,14 @@ def _unreadable(name: str, err: Exception, redo: str) -> ValueError:
     return ValueError(f"{name} is truncated or corrupt ({type(err).__name__}: {detail}); {redo}")
 
 
+def _read_txt_index(path: Path) -> np.ndarray:
+    """The integers of a text index file; an empty file is an empty array, without NumPy's
+    "input contained no data" warning beside the length error that follows."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*input contained no data", category=UserWarning)
+        return np.loadtxt(path, dtype=np.int64, ndmin=1)
+
+
 def load_caption_index(spec, *, n_captions: int, n_images: int,
                        where: str = "caption_index") -> np.ndarray:
     """The caption->image index (n_captions,) int64 described by ``spec`` (see module doc).
@@ -167,7 +176,7 @@ def load_caption_index(spec, *, n_captions: int, n_images: int,
         if suffix in (".json", ".txt"):
             try:
                 idx = (np.asarray(json.loads(path.read_text(encoding="utf-8")))
-                       if suffix == ".json" else np.loadtxt(path, dtype=np.int64, ndmin=1))
+                       if suffix == ".json" else _read_txt_index(path))
             except ValueError as err:  # also UnicodeDecodeError, JSONDecodeError
                 raise _unreadable(f"{where} file {str(path)!r}", err,
                                   "write one image row per caption") from err

@@ -16,6 +16,7 @@ from typing import Iterator
 
 import numpy as np
 
+from nnn._arrays import check_positive_int
 from nnn.data.precomputed import _existing_file, _unreadable
 
 #: the formats whose rows can be read without reading the whole file
@@ -56,6 +57,7 @@ class RowSource:
     def chunks(self, start: int, stop: int, chunk_rows: int) -> Iterator[tuple[int, np.ndarray]]:
         """``(first_row, rows)`` for consecutive blocks of at most ``chunk_rows`` rows of
         [start, stop)."""
+        chunk_rows = check_positive_int(chunk_rows, "chunk_rows")
         for s in range(start, stop, chunk_rows):
             yield s, self.rows(s, min(s + chunk_rows, stop))
 
