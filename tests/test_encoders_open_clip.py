@@ -246,3 +246,41 @@ def test_a_missing_encoder_package_is_a_user_error_saying_how_to_install_it():
                                                      r"install it with: pip install x") as err:
         import_or_explain("no_such_package_x", "pip install x")
     assert isinstance(err.value, ImportError)
+
+
+def test_quick_gelu_weights_run_with_quick_gelu(encoder, config_dir, tmp_path, images,
+                                                 monkeypatch, recwarn):
+    """A tag trained with QuickGELU (openai, metaclip_*, ...) on a GELU config (ViT-B-32,
+    ViT-L-14): open_clip 3.x only warns and runs GELU; the adapter builds QuickGELU, as trained,
+    and names it in the identity, so embeddings cached from the GELU build are not reused."""
+    import open_clip
+    from open_clip.pretrained import _PRETRAINED
+    from open_clip.transformer import QuickGELU
+
+    path = tmp_path / "trained_with_quick_gelu.pt"
+    torch.save(encoder._model.state_dict(), path)
+    monkeypatch.setitem(_PRETRAINED, "nnn-tiny-a", {"qg": {"file": str(path), "quick_gelu": True},
+                                                    "plain": {"file": str(path)}})
+    enc = OpenClipEncoder(model_name="nnn-tiny-a", pretrained="qg",
+                          model_config_dir=str(config_dir), device="cpu").load()
+    assert not [w for w in recwarn if "QuickGELU mismatch" in str(w.message)]
+    assert isinstance(enc._model.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+    reference = open_clip.create_model("nnn-tiny-a", force_quick_gelu=True)
+    reference.load_state_dict(torch.load(path))
+    px = pixels(encoder, images)
+    with torch.no_grad():
+        ref = reference.eval().encode_image(px).double()
+    np.testing.assert_allclose(enc.encode_image_batch(px).numpy(),
+                               (ref / ref.norm(dim=1, keepdim=True)).numpy(), atol=1e-5)
+    plain = OpenClipEncoder(model_name="nnn-tiny-a", pretrained="plain",
+                            model_config_dir=str(config_dir), device="cpu")
+    assert enc.cache_identity()["model_config"]["quick_gelu"] is True
+    assert "quick_gelu" not in plain.cache_identity()["model_config"]
+    assert isinstance(plain.load()._model.visual.transformer.resblocks[0].mlp.gelu,
+                      torch.nn.GELU)
+    # the project's model=clip and model=clip_l14, identified without any weights
+    for name in ("ViT-B-32", "ViT-L-14"):
+        assert OpenClipEncoder(model_name=name, pretrained="openai").cache_identity()[
+            "model_config"]["quick_gelu"] is True
+    laion = OpenClipEncoder(model_name="ViT-B-32", pretrained="laion2b_s34b_b79k")
+    assert "quick_gelu" not in laion.cache_identity()["model_config"]

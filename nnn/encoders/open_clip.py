@@ -9,14 +9,18 @@ Weights are downloaded on first use into the Hugging Face cache; offline, a miss
 raises ``MissingResourceError``.
 
 The model is built in float32 (``precision="fp32"`` to open_clip); fp16/bf16 run under
-autocast (see ``nnn.encoders.torch_model``). ``import nnn.encoders.open_clip`` does not import
-open_clip: ``load()`` and ``cache_identity()`` do.
+autocast (see ``nnn.encoders.torch_model``). A tag whose weights were trained with QuickGELU
+(``openai``, ``metaclip_*``, ...) on an architecture whose config says GELU (``ViT-B-32``,
+``ViT-L-14``) is built with QuickGELU, as trained (open_clip 3.x would only warn).
+``import nnn.encoders.open_clip`` does not import open_clip: ``load()`` and
+``cache_identity()`` do.
 
 Cache identity (no weights, no download): model name, pretrained tag (or the local
-checkpoint's fingerprint), the architecture's config from open_clip's registry (custom ones
-from ``model_config_dir``; none for ``hf-hub:`` models, which the repository names), the
-open_clip version, precision and adapter version. The image preprocessing and tokenizer follow
-from the model name and tag in a given open_clip version, so they are not listed.
+checkpoint's fingerprint), the architecture's config from open_clip's registry as built
+(``quick_gelu`` included; custom ones from ``model_config_dir``; none for ``hf-hub:`` models,
+which the repository names), the open_clip version, precision and adapter version. The image
+preprocessing and tokenizer follow from the model name and tag in a given open_clip version,
+so they are not listed.
 """
 
 from __future__ import annotations
@@ -110,10 +114,26 @@ class OpenClipEncoder(TorchModelEncoder):
         self._check_names(open_clip)
         return open_clip
 
+    def _force_quick_gelu(self, open_clip) -> bool:
+        """Whether the tag's weights were trained with QuickGELU (``openai``, ``metaclip_*``,
+        ...) while the architecture's config builds GELU. open_clip 3.x then only warns and
+        runs the weights with the wrong activation; this adapter builds QuickGELU instead, as
+        the ``-quickgelu`` configs and open_clip 2.x's OpenAI loader do."""
+        if self._hub_repo is not None or self.pretrained is None \
+                or self._checkpoint_path() is not None:
+            return False
+        tag = open_clip.get_pretrained_cfg(self.model_name, self.pretrained)
+        return bool(tag.get("quick_gelu")) \
+            and not open_clip.get_model_config(self.model_name).get("quick_gelu", False)
+
     def _model_config(self, open_clip) -> dict | None:
-        """The architecture's config from open_clip's registry; None for ``hf-hub:`` models
-        (their config lives in the repository: reading it would download)."""
-        return None if self._hub_repo is not None else open_clip.get_model_config(self.model_name)
+        """The architecture's config as built (from open_clip's registry, ``quick_gelu`` set
+        where ``_force_quick_gelu``); None for ``hf-hub:`` models (their config lives in the
+        repository: reading it would download)."""
+        if self._hub_repo is not None:
+            return None
+        config = open_clip.get_model_config(self.model_name)
+        return {**config, "quick_gelu": True} if self._force_quick_gelu(open_clip) else config
 
     def _load(self, device: torch.device) -> None:
         open_clip = self._open_clip()
@@ -125,7 +145,8 @@ class OpenClipEncoder(TorchModelEncoder):
         with hub_access(what, self._how_to_fetch(open_clip), remote=remote):
             model, _, preprocess = open_clip.create_model_and_transforms(
                 self.model_name, pretrained=str(checkpoint) if checkpoint else self.pretrained,
-                precision="fp32", device=device, cache_dir=self.cache_dir)
+                precision="fp32", device=device, cache_dir=self.cache_dir,
+                force_quick_gelu=self._force_quick_gelu(open_clip))
             self._tokenizer = open_clip.get_tokenizer(self.model_name, cache_dir=self.cache_dir)
         self._model, self._preprocess = model, preprocess
 
