@@ -231,3 +231,27 @@ def test_missing_model_offline_fails_fast(tmp_path):
     msg = str(info.value)
     assert "openai/clip-vit-base-patch32" in msg and "offline" in msg
     assert "hf download openai/clip-vit-base-patch32" in msg
+
+
+def test_a_missing_local_folder_is_named(tmp_path):
+    """A path that is no hub id (``/...``, ``./...``, ``~/...``) or a file is a local folder
+    the user meant: named, before any download is tried (not "Repo id must be in the form")."""
+    for model_id in (str(tmp_path / "no_such_model"), "./no_such_model", "~/no_such_model"):
+        with pytest.raises(MissingResourceError, match=r"model folder .*no_such_model "
+                                                       r"\(model.model_id\) does not exist"):
+            HFEncoder(model_id=model_id, device="cpu").cache_identity()
+    (tmp_path / "model.safetensors").write_bytes(b"x")
+    with pytest.raises(MissingResourceError, match="is not a folder; give a folder saved with"):
+        HFEncoder(model_id=str(tmp_path / "model.safetensors"), device="cpu").load()
+
+
+@pytest.mark.parametrize("kind", ["clip", "blip"])
+def test_max_text_length_beyond_the_text_model_is_refused_at_load(kind, saved):
+    """24 positions here: 25 would fail only at the first long caption, after every image (for
+    BLIP as "The size of tensor a (25) must match ..."); it is refused when the model loads."""
+    with pytest.raises(ValueError, match=r"model.max_text_length=25 is more than the 24 token "
+                                         r"positions .*set it to at most 24, or null"):
+        load(saved[kind], max_text_length=25)
+    enc = load(saved[kind], max_text_length=24)
+    long = " ".join(["the red car on the blue mat"] * 10)  # truncated to 24 tokens
+    assert enc.text_length == 24 and enc.encode_texts([long, "a dog"]).shape[0] == 2

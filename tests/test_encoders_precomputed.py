@@ -127,7 +127,8 @@ def test_pickled_objects_are_refused(files):
 
 def test_layout_errors(files, tmp_path_factory):
     root, _, _, _ = files
-    with pytest.raises(MissingResourceError, match="no train_image"):
+    with pytest.raises(MissingResourceError, match=r"no train_image.*\(splits present: "
+                                                   r"\['test'\]\)"):  # not 'test_caption'
         PrecomputedEncoder(root=str(root)).embed_split(make_split("train"))
     (root / "test_image_ids.txt").write_text("z\na\nb\n")
     with pytest.raises(ValueError, match="has 3 lines but its embedding file has 4 rows"):

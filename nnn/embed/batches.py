@@ -6,7 +6,8 @@ both extraction paths (``nnn.embed.local``, ``nnn.embed.lightning``) share.
   batches; memory is pinned only when ``device`` is CUDA.
 - ``encode_pixels``: (b, 3, H, W) -> (b, d); ``encode_captions``: n captions -> (n, d). Both run
   under ``torch.inference_mode()`` and the autocast of ``encoder.precision``
-  (``nnn.encoders.torch_model.autocast``) and return float32 rows re-normalised to unit L2 norm.
+  (``nnn.encoders.torch_model.autocast``) and return float32 rows re-normalised to unit L2 norm;
+  a NaN/Inf embedding (e.g. an fp16 overflow) raises ``ValueError`` naming the precision.
 """
 
 from __future__ import annotations
@@ -21,9 +22,20 @@ from nnn.data.images import ImageRows, collate_rows
 from nnn.encoders.torch_model import autocast
 
 
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    """(n, d) -> (n, d) float32 rows of unit L2 norm (an all-zero row stays zero)."""
+def _unit_rows(x: np.ndarray, encoder, what: str) -> np.ndarray:
+    """(n, d) -> (n, d) float32 rows of unit L2 norm (an all-zero row stays zero).
+
+    ValueError when a row holds NaN/Inf (``what`` names the rows, e.g. "images of a batch"):
+    image rows like that are refused by the shards and would be recomputed on every rerun,
+    caption rows would be cached.
+    """
     x = np.asarray(x, dtype=np.float32)
+    bad = int((~np.isfinite(x).all(axis=1)).sum())
+    if bad:
+        remedy = ("a half-precision overflow is the usual cause: set model.precision=fp32"
+                  if encoder.precision != "fp32" else "check the model's weights")
+        raise ValueError(f"{type(encoder).__name__} produced NaN/Inf embeddings for {bad} of "
+                         f"{len(x)} {what} (precision={encoder.precision}); {remedy}")
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
@@ -32,13 +44,16 @@ def encode_pixels(encoder, pixels: torch.Tensor, device: torch.device) -> np.nda
     pixels = pixels.to(device, non_blocking=True)
     with torch.inference_mode(), autocast(device, encoder.precision):
         out = encoder.encode_image_batch(pixels)
-    return _unit_rows(out.float().cpu().numpy())
+    return _unit_rows(out.float().cpu().numpy(), encoder, "images of a batch")
 
 
-def encode_captions(encoder, captions: Sequence[str], device: torch.device) -> np.ndarray:
-    """n captions -> (n, d) float32 unit rows, ``encoder.batch_size`` at a time."""
+def encode_captions(encoder, captions: Sequence[str], device: torch.device, *,
+                    progress: bool = True) -> np.ndarray:
+    """n captions -> (n, d) float32 unit rows, ``encoder.batch_size`` at a time (a tqdm bar
+    when ``progress``)."""
     with torch.inference_mode(), autocast(device, encoder.precision):
-        return _unit_rows(encoder.encode_texts(list(captions)))
+        return _unit_rows(encoder.encode_texts(list(captions), progress=progress), encoder,
+                          "captions")
 
 
 def image_loader(encoder, split: RetrievalSplit, rows: np.ndarray, *, device: torch.device,

@@ -206,7 +206,7 @@ def embed_split_lightning(encoder, split: RetrievalSplit, cache, *, identity: di
     if trainer.is_global_zero:
         try:
             arrays = finish_arrays(encoder, split, shards, on_bad_image=on_bad_image,
-                                   device=trainer.strategy.root_device)
+                                   device=trainer.strategy.root_device, progress=progress)
             cache.store(identity, arrays)
         except Exception as e:  # every rank must hear about it, or the others would wait
             error = e

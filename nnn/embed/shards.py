@@ -155,8 +155,9 @@ def bad_image_failures(split: RetrievalSplit, failed: dict[int, str]) -> list[tu
 
 
 def finish_arrays(encoder, split: RetrievalSplit, shards: ShardDir, *, on_bad_image: str,
-                  device: torch.device) -> dict[str, np.ndarray]:
-    """Cache-entry arrays from the shards (all images done) plus the caption embeddings."""
+                  device: torch.device, progress: bool = True) -> dict[str, np.ndarray]:
+    """Cache-entry arrays from the shards (all images done) plus the caption embeddings
+    (encoded with a tqdm bar when ``progress``)."""
     rows, image, failed = shards.assemble()
     if failed and on_bad_image == "error":
         raise BadImageError(bad_image_failures(split, failed), split.name)
@@ -174,7 +175,7 @@ def finish_arrays(encoder, split: RetrievalSplit, shards: ShardDir, *, on_bad_im
     text = shards.text(split.n_captions)
     if text is None:
         log.info("encoding %d captions of split %r", split.n_captions, split.name)
-        text = encode_captions(encoder, split.captions, device)
+        text = encode_captions(encoder, split.captions, device, progress=progress)
         shards.save_text(text)
     _, caption_rows, c2i = subset_caption_index(split.caption_to_image, split.n_images, rows)
     return {"image": image, "text": np.ascontiguousarray(text[caption_rows]),

@@ -70,12 +70,13 @@ class Encoder(ABC):
     def encode_text_batch(self, captions: list[str]) -> torch.Tensor:
         """b captions -> (b, d) L2-normalised float32."""
 
-    def encode_texts(self, captions: list[str]) -> np.ndarray:
-        """All captions -> (n, d) float32, ``batch_size`` at a time."""
+    def encode_texts(self, captions: list[str], *, progress: bool = True) -> np.ndarray:
+        """All captions -> (n, d) float32, ``batch_size`` at a time (a tqdm bar when
+        ``progress`` and there is more than one batch)."""
         from tqdm.auto import tqdm
 
         out = []
         for start in tqdm(range(0, len(captions), self.batch_size), desc="encode captions",
-                          unit="batch", disable=len(captions) <= self.batch_size):
+                          unit="batch", disable=not progress or len(captions) <= self.batch_size):
             out.append(self.encode_text_batch(captions[start:start + self.batch_size]).float().cpu().numpy())
         return np.concatenate(out, axis=0)

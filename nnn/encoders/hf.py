@@ -41,6 +41,7 @@ import torch
 
 from nnn.encoders.sources import fingerprint, hub_access
 from nnn.encoders.torch_model import TorchModelEncoder, import_or_explain, installed_version
+from nnn.errors import MissingResourceError
 
 _INSTALL = "pip install transformers (or this project's [encoders] extra)"
 
@@ -87,6 +88,8 @@ ARCHITECTURES = {
 
 
 _BLIP_PUNCTUATION = re.compile(r'[.!"()*#:;~]')
+#: what a hub id can look like (``name`` or ``org/name``); any other model_id is a local folder
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?\Z")
 
 
 def blip_caption(text: str) -> str:
@@ -155,8 +158,18 @@ class HFEncoder(TorchModelEncoder):
 
     @property
     def _local_dir(self) -> Path | None:
+        """The local folder ``model_id`` names, None for a hub id; MissingResourceError for a
+        path (``/``, ``./``, ``~``, a file) that is not a folder."""
         path = Path(self.model_id).expanduser()
-        return path if path.is_dir() else None
+        if path.is_dir():
+            return path
+        if path.exists() or not _HUB_ID.match(self.model_id):
+            what = "is not a folder" if path.exists() else "does not exist"
+            raise MissingResourceError(f"model folder {path.absolute()} (model.model_id) {what}; "
+                                       "give a folder saved with save_pretrained (model, "
+                                       "tokenizer, image processor) or a hub id such as "
+                                       "openai/clip-vit-base-patch32")
+        return None
 
     def _how_to_fetch(self) -> str:
         return (f"run once with network access (files are cached), or pre-download with "
@@ -175,11 +188,16 @@ class HFEncoder(TorchModelEncoder):
         return found
 
     def _text_limit(self, config) -> int:
-        """max_text_length, else min(tokenizer limit, text model's position embeddings)."""
+        """max_text_length (ValueError when the text model has fewer positions), else
+        min(tokenizer limit, text model's position embeddings)."""
+        positions = getattr(getattr(config, "text_config", None), "max_position_embeddings", None)
         if self.max_text_length is not None:
+            if isinstance(positions, int) and self.max_text_length > positions:
+                raise ValueError(f"model.max_text_length={self.max_text_length} is more than the "
+                                 f"{positions} token positions of {self.model_id}'s text model; "
+                                 f"set it to at most {positions}, or null")
             return self.max_text_length
-        limits = [self._tokenizer.model_max_length,
-                  getattr(getattr(config, "text_config", None), "max_position_embeddings", None)]
+        limits = [self._tokenizer.model_max_length, positions]
         limits = [n for n in limits if isinstance(n, int) and 1 < n < 100_000]
         if not limits:
             raise ValueError(f"{self.model_id}: cannot tell the longest caption the text model "

@@ -117,7 +117,8 @@ class PrecomputedEncoder(Encoder):
                              "keep one")
         if not found:
             present = sorted(p.name.removesuffix("_image_ids.txt")
-                             for p in self.root.glob("*_image_ids.txt"))
+                             for p in self.root.glob("*_image_ids.txt")
+                             if not p.name.endswith("_caption_image_ids.txt"))
             raise MissingResourceError(f"{self.root} has no {stem}{'|'.join(suffixes)} (splits "
                                        f"present: {present}); see the layout in "
                                        "nnn/encoders/precomputed.py")
