@@ -125,6 +125,16 @@ def test_bad_image_error_names_it(encoder, coco, tmp_path):
         embed_dataset_split(encoder, coco, "test", EmbeddingCache(tmp_path / "c"), **OPTS)
 
 
+def test_bad_image_of_a_reference_dataset_names_its_own_setting(encoder, coco, tmp_path):
+    """A bad image of the references' own dataset (dataset@reference.dataset=...) says to set
+    reference.dataset.on_bad_image, the node that holds that dataset's policy."""
+    ref = COCO(coco.root, config_key="reference.dataset")
+    corrupt(ref.split("train").image_paths[0], "truncate")
+    with pytest.raises(BadImageError, match=r"set reference\.dataset\.on_bad_image=skip") as err:
+        embed_dataset_split(encoder, ref, "train", EmbeddingCache(tmp_path / "c"), **OPTS)
+    assert err.value.failures and "\n" not in str(err.value)
+
+
 @pytest.mark.parametrize("kind", ["truncate", "garbage"])
 def test_bad_image_skip_keeps_index_consistent(encoder, tmp_path, kind):
     records = make_karpathy_fixture(tmp_path / "data", "flickr30k", n_train=9, n_val=2, n_test=3)

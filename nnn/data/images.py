@@ -49,13 +49,15 @@ class BadImageError(OSError):
     """Images that could not be decoded; ``failures`` lists (image id, path, reason).
 
     An ``OSError`` (a user error, see ``nnn.errors``) with a one-line message naming the first
-    ``SHOWN`` of them.
+    ``SHOWN`` of them and the setting that skips them (``config_key``: the dataset's config node,
+    ``reference.dataset`` for a reference set's own dataset).
     """
 
     SHOWN = 10
 
-    def __init__(self, failures: Sequence[tuple[str, str, str]], split: str = ""):
-        self.failures = list(failures)
+    def __init__(self, failures: Sequence[tuple[str, str, str]], split: str = "",
+                 config_key: str = "dataset"):
+        self.failures, self.split, self.config_key = list(failures), split, config_key
         shown = "; ".join(f"image {i} ({p}): {' '.join(str(r).split())}"
                           for i, p, r in self.failures[:self.SHOWN])
         more = (f"; ... and {len(self.failures) - self.SHOWN} more"
@@ -63,8 +65,8 @@ class BadImageError(OSError):
         where = f" in split {split!r}" if split else ""
         super().__init__(
             f"{len(self.failures)} image(s){where} could not be read: {shown}{more}. "
-            "Re-download or replace these files, or set dataset.on_bad_image=skip to drop them "
-            "(with their captions) and count them.")
+            f"Re-download or replace these files, or set {config_key}.on_bad_image=skip to drop "
+            "them (with their captions) and count them.")
 
 
 def decode_image(path: str | Path, *, jpeg_draft: int | None = None) -> Image.Image:

@@ -58,4 +58,14 @@ def embed_dataset_split(encoder, dataset, name: str, cache, *, rows=None, subset
     identity = embedding_identity(encoder.cache_identity(), dataset=dataset.identity(split),
                                   split=name, subset=subset)
     options.setdefault("on_bad_image", dataset.on_bad_image)
-    return embed_split(encoder, split, cache, identity=identity, lightning=lightning, **options)
+    try:
+        return embed_split(encoder, split, cache, identity=identity, lightning=lightning,
+                           **options)
+    except OSError as err:
+        from nnn.data.images import BadImageError
+
+        key = getattr(dataset, "config_key", "dataset")
+        if not isinstance(err, BadImageError) or key == err.config_key:
+            raise
+        # the policy to change is that of this dataset's own config node
+        raise BadImageError(err.failures, err.split, config_key=key) from None
