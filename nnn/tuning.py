@@ -23,8 +23,10 @@ Directions: ``nnn.task.RetrievalTask`` (t2i: captions retrieve images; i2t: the 
 Grids (defaults: each class's ``tuning_grid``, the paper's values in ``nnn.methods.grids``):
 
 - NNN: alpha x k, from ONE fit. NNN is fitted once on the tuning gallery with k = the largest k
-  of the grid; every (alpha, k) then reuses its top-k reference table (``NNN.with_params``), so
-  reference similarities are computed once, not per grid point. The default k grid is cut at
+  of the grid; every (alpha, k) then reuses its top-k reference table (``NNN.bias_grid``, the
+  biases of ``NNN.with_params`` copies), and each query block's similarities are computed once
+  for all points (``nnn.ablations.nnn_recall_grid``), so neither the reference nor the query
+  similarities are computed per grid point. The default k grid is cut at
   the number of references (with a note); an explicit k above it is an error.
 - QB-Norm: one beta axis, the union of the coarse grid and both dense ranges, plus 0.
 - DBNorm: stages of product grids, coarse (beta_query, beta_gallery) in the coarse grid (plus 0)
@@ -66,6 +68,7 @@ from tqdm.auto import tqdm
 
 from nnn._arrays import check_grid, check_non_negative, check_positive_int
 from nnn._threads import one_thread_workers
+from nnn.ablations import nnn_recall_grid
 from nnn.data.base import EmbeddingSet
 from nnn.methods import (CSLS, DN, NNN, DBNorm, DisSimLocal, Identity, LocalScaling,
                          MutualProximity, QBNorm, method_class)
@@ -309,13 +312,11 @@ def tune_nnn(tuning: EmbeddingSet, refs: EmbeddingSet, direction: str = "t2i", *
     alphas = check_grid(NNN.tuning_grid["alphas"] if alphas is None else alphas, "alphas",
                         check_non_negative)
     ks = _k_grid(ks, NNN.tuning_grid["ks"], task, notes)
-    # one top-k table of width max(ks); every grid point reads its first k columns
-    fitted = task.fit(NNN(k=min(ks), k_max=max(ks), alpha=alphas[0], **nnn_kwargs))
-    grid = []
-    points = [(a, k) for a in alphas for k in ks]
-    for a, k in tqdm(points, desc="tune nnn", unit="point", leave=False, disable=None):
-        r1 = task.recall_at_1(fitted.with_params(k=k, alpha=a), batch_size=batch_size)
-        grid.append({"alpha": a, "k": k, "R@1": r1})
+    # one fit with a top-k table of width max(ks), and each query block's similarities computed
+    # once for every grid point (the R@1 of separate fits, ties included: nnn_recall_grid)
+    table = nnn_recall_grid(task, alphas=alphas, ks=ks, batch_size=batch_size, **nnn_kwargs)
+    grid = [{"alpha": a, "k": k, "R@1": float(table[i, j])}
+            for i, a in enumerate(alphas) for j, k in enumerate(ks)]
     return _result("nnn", direction, grid, {"alpha": alphas, "k": ks}, nnn_kwargs, notes)
 
 

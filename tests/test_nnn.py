@@ -143,8 +143,10 @@ def test_grid_and_with_params_equal_per_k_refits(data):
     np.testing.assert_allclose(other.score(q), ref_scores(q, g, ref_bias(g, r, 16, 1.25)),
                                atol=1e-5)
     np.testing.assert_allclose(m.with_params(alpha=0.5).bias_, m.bias_)
-    np.testing.assert_allclose(m.bias_for(16, 0.875), grid[alphas.index(0.875), ks.index(16)],
-                               rtol=1e-6, atol=0)
+    for i, a in enumerate(alphas):  # the grid holds the very biases of with_params copies
+        for j, k in enumerate(ks):
+            np.testing.assert_array_equal(grid[i, j], m.bias_for(k, a))
+            np.testing.assert_array_equal(grid[i, j], m.with_params(k=k, alpha=a).bias_)
 
 
 def test_table_k_limits(data):

@@ -129,10 +129,12 @@ class NNN(RetrievalMethod):
 
     def bias_grid(self, ks, alphas) -> np.ndarray:
         """Biases for every (alpha, k): (len(alphas), len(ks), n_g) float32, from one table."""
-        ks = [self._check_table_k(k) for k in ks]
+        ks = np.array([self._check_table_k(k) for k in ks])
         alphas = np.array([check_non_negative(a, "alpha") for a in alphas], dtype=np.float64)
-        means = self._table_cumsum()[:, np.array(ks) - 1] / np.array(ks)     # (n_g, n_k)
-        return (alphas[:, None, None] * means.T[None]).astype(np.float32)
+        scale = alphas[:, None] / ks[None, :]                                 # (n_a, n_k)
+        sums = self._table_cumsum()[:, ks - 1].T                              # (n_k, n_g)
+        # alpha / k * sum, as ``_bias`` computes it: the same float32 bits as one fit's bias
+        return (scale[:, :, None] * sums[None]).astype(np.float32)
 
     def _set_params(self, params: dict) -> None:
         """``with_params(k=, alpha=)``: another k (<= ``k_max_``) and/or alpha; the copy shares
