@@ -3,8 +3,10 @@
 
 ``Preflight`` refuses, before any job runs, a run or sweep that cannot work: an output folder
 that cannot be created or written (``paths.output_root``, ``NNN_OUTPUT_DIR``), a sweeper that
-selects parameters (Optuna) without a tuning part, the SLURM launcher where SLURM is absent. It
-ends the process with the user error's one line (Hydra would only warn about an exception).
+selects parameters (Optuna) without a tuning part, the SLURM launcher where SLURM is absent, and
+a W&B API key in the config (``logger.settings.api_key``: refused before Hydra writes the config
+to ``.hydra/``). It ends the process with the user error's one line (Hydra would only warn about
+an exception).
 
 ``SweepSummary`` summarises a multirun sweep: after every job (``on_job_end``) and once more
 at the end (``on_multirun_end``) it reads each job's ``.hydra/overrides.yaml`` and
@@ -51,7 +53,7 @@ from hydra.utils import instantiate
 
 from nnn.config_dir import OUTPUT_DIR_REMEDY, TUNING_AUTO
 from nnn.errors import explained_os_errors, full_error
-from nnn.loggers import sweep_group
+from nnn.loggers import check_settings, sweep_group
 from nnn.reporting import create_logger
 from nnn.results import (RESULTS_JSON, SWEEP_CSV, format_sweep_table, read_results, sweep_rows,
                          write_sweep_summary)
@@ -129,9 +131,11 @@ class Preflight(Callback):
     made last)."""
 
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _refuse_unless(lambda: check_settings(OmegaConf.select(config, "logger.settings")))
         _refuse_unless(lambda: make_output_dir(config.hydra.run.dir))
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _refuse_unless(lambda: check_settings(OmegaConf.select(config, "logger.settings")))
         _refuse_unless(lambda: check_tuning_part(selecting_sweeper(config.hydra),
                                                  config.reference.tuning_size))
         _refuse_unless(lambda: check_launcher(config.hydra.launcher))
@@ -266,6 +270,10 @@ def log_sweep_summary(logger, name: str, sweep_dir: Path, columns: Sequence[str]
             logger.log_image(png.stem, png)
 
 
+#: the lock file of the jobs' summary updates (joblib runs jobs in parallel), removed at the end
+SUMMARY_LOCK = ".sweep_summary.lock"
+
+
 class SweepSummary(Callback):
     """Writes ``sweep_summary.{csv,json}`` (and plots) into the sweep directory of a multirun and
     logs them to the experiment logger at the end.
@@ -283,8 +291,11 @@ class SweepSummary(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        with FileLock(str(sweep_dir / ".sweep_summary.lock")):
+        lock = sweep_dir / SUMMARY_LOCK
+        with FileLock(str(lock)):
             columns, rows = summarise_sweep(sweep_dir, self.metrics, self.plot_params)
+        if final:  # every job has ended: nobody takes the lock again
+            lock.unlink(missing_ok=True)
         if final and rows:
             failed = [r["job"] for r in rows if r["status"] != "completed"]
             log.info("sweep summary (%s):\n%s", sweep_dir, format_sweep_table(columns, rows))

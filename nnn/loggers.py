@@ -49,6 +49,16 @@ def sweep_group(name: str, sweep_dir: str | Path) -> str:
     return f"{name}-{Path(sweep_dir).name}"
 
 
+def check_settings(settings: Mapping[str, Any] | None) -> None:
+    """``ValueError`` when the ``wandb.Settings`` fields ``settings`` (``logger.settings``) hold
+    an API key, which a config would write to ``.hydra/``, ``results.json`` and the W&B run's
+    config (uploaded by ``wandb sync``). The message does not repeat the key."""
+    if settings and settings.get("api_key") is not None:
+        raise ValueError("logger.settings.api_key is set, but the W&B API key never belongs in a "
+                         "config (it would be written to .hydra/config.yaml, results.json and the "
+                         "W&B run's config): remove it and run `wandb login` or set WANDB_API_KEY")
+
+
 class NullLogger:
     """A logger that records nothing (``logger=none``). Same interface as ``WandbLogger``."""
 
@@ -129,22 +139,38 @@ class _ChildWorker:
             self._proc.wait()
 
 
+def _answer_to(worker: _ChildWorker | _ThreadWorker, call: str, timeout: float) -> dict:
+    """The worker's answer to its latest ``call`` (a ``WandbRun`` call name). Answers to earlier
+    calls still unread, whose wait was interrupted (Ctrl-C), are skipped: read as the answer to
+    this call they would be taken for it (a finish answered by a start's answer)."""
+    while True:
+        answer = worker.answer(timeout)
+        if answer.get("call") in (call, None):
+            return answer
+
+
 def _plain(value):
     """JSON for what ``json`` does not know: NumPy scalars as numbers, anything else as text."""
     return value.item() if hasattr(value, "item") else str(value)
 
 
 class _ThreadWorker:
-    """``WandbRun`` in this interpreter, each call in a thread: the ``_ChildWorker`` interface
-    for a ``wandb`` that is imported here already."""
+    """``WandbRun`` in this interpreter, its calls in order in one thread (as the child answers
+    them: a call sent after an interrupted wait never overtakes the one before): the
+    ``_ChildWorker`` interface for a ``wandb`` that is imported here already."""
 
     def __init__(self):
         self._run = WandbRun()
+        self._calls: queue.Queue = queue.Queue()
         self._answers: queue.Queue = queue.Queue()
+        threading.Thread(target=self._serve, name="wandb-calls", daemon=True).start()
+
+    def _serve(self) -> None:
+        for call in iter(self._calls.get, None):
+            self._answers.put(self._run(call))
 
     def send(self, call: dict) -> None:
-        threading.Thread(target=lambda: self._answers.put(self._run(call)), name="wandb-call",
-                         daemon=True).start()
+        self._calls.put(call)
 
     def answer(self, timeout: float) -> dict:
         try:
@@ -153,13 +179,15 @@ class _ThreadWorker:
             raise TimeoutError(f"no answer from W&B in {timeout:g} s") from None
 
     def close(self, *, kill: bool = False) -> None:
-        """Nothing to end: the calls' threads end with their calls (a hung one is left)."""
+        """The thread ends after the calls sent (a hung call's thread is left)."""
+        self._calls.put(None)
 
 
 class WandbLogger(NullLogger):
     """Weights & Biases run, ``mode="offline"`` by default (no network, no account needed).
 
-    project/entity/tags/job_type/notes: passed to ``wandb.init``; mode: "offline" (files under
+    project/entity/tags/job_type/notes: passed to ``wandb.init`` (tags: a list, or one tag as a
+    string); mode: "offline" (files under
     ``dir``/wandb, sync later with ``wandb sync``), "online" (needs ``wandb login``) or
     "disabled"; init_timeout: seconds ``wandb.init`` may wait for the server (W&B's own
     default is 90 s, added to every run when the server is unreachable; then this logger warns
@@ -167,7 +195,8 @@ class WandbLogger(NullLogger):
     ``{"silent": True}`` (W&B prints nothing; this logger still logs where the run is and how to
     upload it).
     ``start`` takes the run name, the group (e.g. a sweep) and the directory for W&B's files.
-    The API key is never passed here: W&B reads it from its own login or ``WANDB_API_KEY``.
+    The API key is never passed here (``settings`` with ``api_key`` is refused:
+    ``check_settings``): W&B reads it from its own login or ``WANDB_API_KEY``.
     """
 
     def __init__(self, *, project: str = "nnn", entity: str | None = None, mode: str = "offline",
@@ -180,11 +209,12 @@ class WandbLogger(NullLogger):
                 or not init_timeout > 0:
             raise ValueError(f"logger.init_timeout must be a number of seconds > 0, got "
                              f"{init_timeout!r}")
+        check_settings(settings)
         self.init_timeout = float(init_timeout)
         self.project = project
         self.entity = entity
         self.mode = mode
-        self.tags = list(tags or ())
+        self.tags = [tags] if isinstance(tags, str) else list(tags or ())  # logger.tags=ablation
         self.job_type = job_type
         self.notes = notes
         self.settings = dict(settings or {})
@@ -227,7 +257,7 @@ class WandbLogger(NullLogger):
         try:
             if call is not None:
                 self._worker.send(call)
-            answer = self._worker.answer(timeout)
+            answer = _answer_to(self._worker, "start" if call is None else call["call"], timeout)
         except Exception as err:  # the worker died, hangs, or could not be written to
             self._fail(what, failure(err), finish=False)
             return None
@@ -237,16 +267,19 @@ class WandbLogger(NullLogger):
         return answer
 
     def _end(self, exit_code: int) -> dict:
-        """Finish the worker's run with ``exit_code`` and let the worker end; its answer."""
+        """Finish the worker's run with ``exit_code`` and let the worker end; its answer. A worker
+        that gives no answer (in ``WORKER_TIMEOUT_S``) is killed, not waited for once more."""
         worker, self._worker = self._worker, None
         self.active = False
+        answered = True
         try:
             worker.send({"call": "finish", "exit_code": exit_code})
-            return worker.answer(WORKER_TIMEOUT_S)
+            return _answer_to(worker, "finish", WORKER_TIMEOUT_S)
         except Exception as err:
+            answered = False
             return failure(err)
         finally:
-            worker.close()
+            worker.close(kill=not answered)
 
     def _wait(self) -> None:
         """Read the answer of a ``start(background=True)`` still in progress."""
@@ -259,10 +292,14 @@ class WandbLogger(NullLogger):
         self.active = answer["id"] is not None
         if self.active:
             self._run_dir = Path(answer["run_dir"])
-            log.info("W&B run %s (%s mode) in %s", answer["id"], self.mode, self._run_dir)
+            if self.mode == "disabled":  # W&B's stand-in run: its folder is never made
+                log.info("W&B is disabled (logger.mode=disabled): nothing is recorded")
+            else:
+                log.info("W&B run %s (%s mode) in %s", answer["id"], self.mode, self._run_dir)
 
     def start(self, config, *, name=None, group=None, dir=None, background=False) -> None:
         self.finish()  # a run already started ends here (as wandb.init(reinit=...) would)
+        self._run_dir = None
         init = {"project": self.project, "entity": self.entity, "mode": self.mode, "name": name,
                 "group": group, "tags": self.tags or None, "job_type": self.job_type,
                 "notes": self.notes, "dir": str(dir) if dir is not None else None,
@@ -301,5 +338,5 @@ class WandbLogger(NullLogger):
         if not answer["ok"]:
             log.warning("W&B finish failed (%s: %s); local results are unaffected",
                         answer["error"], answer["message"])
-        elif self.mode == "offline" and answer["finished"]:
+        elif self.mode == "offline" and answer["finished"] and self._run_dir is not None:
             log.info("W&B offline run saved; upload it with: wandb sync %s", self._run_dir)

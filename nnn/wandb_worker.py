@@ -40,7 +40,9 @@ class WandbRun:
     ``{"call": "log_image", "key": ..., "path": ..., "caption": ...}`` and
     ``{"call": "finish", "exit_code": int}``.
     Answers: ``{"ok": True, ...}`` (start adds the run's ``id`` and ``run_dir``, ``id`` None when
-    W&B started no run; finish adds ``finished``: whether a run was open) or ``failure(err)``.
+    W&B started no run; finish adds ``finished``: whether a run was open) or ``failure(err)``;
+    each also names its ``call`` (None: not a call), so that a caller whose wait for an answer
+    was interrupted (Ctrl-C) can tell that late answer from the next one.
     """
 
     def __init__(self):
@@ -48,13 +50,14 @@ class WandbRun:
         self._run = None
 
     def __call__(self, call: dict) -> dict:
+        name = call.get("call") if isinstance(call, dict) else None
         try:
-            if not isinstance(call, dict) or call.get("call") not in CALLS:
+            if name not in CALLS:
                 raise ValueError(f"not a W&B call: {call!r:.200}; expected one of {CALLS}")
             args = {key: value for key, value in call.items() if key != "call"}
-            return {"ok": True, **getattr(self, "_" + call["call"])(**args)}
+            return {"ok": True, "call": name, **getattr(self, "_" + name)(**args)}
         except Exception as err:
-            return failure(err)
+            return {**failure(err), "call": name if name in CALLS else None}
 
     def _start(self, init: dict, settings: dict) -> dict:
         import wandb

@@ -68,6 +68,7 @@ def _check_alpha_sweep(sweep) -> None:
         assert (sweep / name).is_file(), name
     for job in ("0", "1"):
         assert (sweep / job / "hubness.png").is_file()
+    assert not (sweep / ".sweep_summary.lock").exists()  # removed once every job has ended
 
 
 def test_two_job_sweep_completes_with_summary_and_alpha_plot(tmp_path, run_py):
