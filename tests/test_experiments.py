@@ -35,7 +35,7 @@ TINY = ["debug=tiny", "dataset=synthetic", "logger=none"]
 NNN_GRID = ["+tune.grid.alphas=[0.5,0.75]", "+tune.grid.ks=[4,16]"]
 DB_GRID = ["+tune.grid.stages=[[[0,20],[0,20]]]"]
 SHIFT_TINY = ["++reference.dataset.dim=64", "++reference.dataset.latent_dim=32",
-              "++reference.dataset.n_train=400"]
+              "++reference.dataset.n_train=700"]
 ID, OOD = "dataset@reference.dataset=synthetic", "dataset@reference.dataset=synthetic_shift"
 #: one job of every paper_* / ablation_* experiment (sweep values chosen here), tiny and fast
 JOBS = {
@@ -108,7 +108,7 @@ def test_every_job_completes_with_its_protocol(runs):
     assert set(t1["tuning"]) == {"t2i"} and "i2t/R@1" not in t1["metrics"]["method"]
     assert set(t2["tuning"]) == {"i2t"} and "t2i/R@1" not in t2["metrics"]["method"]
     assert t1["data"]["tuning_images"] == t1["data"]["test_images"] == 100
-    assert t1["data"]["reference_images"] == 80  # 20% of the 400 training images
+    assert t1["data"]["reference_images"] == 140  # 20% of the 700 training images
     assert results["paper_table1/1"]["data"]["reference_dataset"] == "synthetic_shift"
     assert t1["data"]["reference_dataset"] == "synthetic"
     assert results["paper_table1/2"]["method"]["name"] == "DBNorm"
@@ -118,7 +118,7 @@ def test_every_job_completes_with_its_protocol(runs):
         assert results[job]["tuning"] == {}
     assert results["paper_k_sweep/0"]["method"]["params"]["alpha"] == 0.75
     assert [results[f"ablation_reference_size/{i}"]["data"]["reference_images"]
-            for i in (0, 1)] == [40, 400]
+            for i in (0, 1)] == [70, 700]
     assert results["paper_runtime/1"]["method"]["params"]["index"] == "ivf"
     assert results["paper_runtime/1"]["timings_s"]["t2i/fit"] > 0
 
@@ -130,7 +130,7 @@ def test_ood_references_keep_the_tuning_part():
     np.testing.assert_array_equal(test_id.image, test_ood.image)
     np.testing.assert_array_equal(tune_id.image, tune_ood.image)  # chosen in-distribution
     np.testing.assert_array_equal(tune_id.text, tune_ood.text)
-    assert len(ref_id.image) == len(ref_ood.image) == 80
+    assert len(ref_id.image) == len(ref_ood.image) == 140
     assert not np.allclose(ref_id.text, ref_ood.text)            # from the other dataset
     _, ref_default, _ = load_sets(compose(base), {})              # null: the same dataset
     np.testing.assert_array_equal(ref_default.text, ref_id.text)
