@@ -381,11 +381,22 @@ def write_sweep_summary(out_dir: str | Path, columns: Sequence[str], rows: Seque
             "csv": atomic_write_text(out / SWEEP_CSV, _csv_text(columns, rows))}
 
 
+def _is_decimal(text: str) -> bool:
+    """Whether ``text`` is a number with a fraction or exponent ("0.823", "1e-3"), not an int."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return any(c in text for c in ".eE")
+
+
 def format_sweep_table(columns: Sequence[str], rows: Sequence[Mapping]) -> str:
     """The sweep summary as a fixed-width text table (numbers to 2 decimals, deltas signed)."""
     show = [c for c in columns if c != "error"]
 
     def cell(v, column: str) -> str:
+        if isinstance(v, str) and _is_decimal(v):  # a swept value (Optuna's are long floats)
+            return f"{float(v):.4g}"
         if not isinstance(v, float):
             return "-" if v is None else str(v)
         return f"{v:+.2f}" if column.endswith(" delta") else f"{v:.2f}"

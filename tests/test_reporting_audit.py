@@ -135,6 +135,16 @@ def test_sweep_and_report_tables_sign_their_deltas(tmp_path):
     assert "| 58.10 | 63.30 | +5.20 |" in (tmp_path / "report" / "tables.md").read_text()
 
 
+def test_sweep_table_shows_long_swept_floats_short_and_keeps_ints_and_words():
+    columns = ["job", "method.alpha", "method.k", "method.backend"]
+    table = format_sweep_table(columns, [{"job": "0", "method.alpha": "0.8232202558909871",
+                                          "method.k": "128", "method.backend": "exact"},
+                                         {"job": "1", "method.alpha": "1e-3", "method.k": "8",
+                                          "method.backend": "faiss"}])
+    assert [line.split() for line in table.splitlines()[2:]] == [
+        ["0", "0.8232", "128", "exact"], ["1", "0.001", "8", "faiss"]]
+
+
 def test_report_out_that_is_a_file_is_one_line_and_exit_1(tmp_path, caplog):
     _fake_run(tmp_path / "runs" / "0")
     (tmp_path / "taken").write_text("x")
