@@ -31,14 +31,15 @@ from omegaconf import DictConfig, OmegaConf
 from nnn._timing import timed
 from nnn.config_dir import OUTPUT_DIR_REMEDY, TUNE_SWITCH, TUNING_AUTO
 from nnn.data.base import EmbeddingSet
-from nnn.loggers import NullLogger, sweep_group
+from nnn.loggers import NullLogger, check_settings, sweep_group
 from nnn.errors import explained_os_errors
 from nnn.reporting import flatten, log_to_logger, write_run_files
 from nnn.results import format_table, write_results
 from nnn.settings import (REFERENCE_DATASET_KEY, analysis_nnn_keywords, build, build_logger,
-                          build_method, check_config, hydra_job, method_description,
-                          needs_tuning_part, reference_dataset_config, reference_dataset_name,
-                          tune_switch, tuner_arguments, tuning_requested, used_parameters)
+                          build_method, check_config, check_k_fits, hydra_job,
+                          method_description, needs_tuning_part, reference_dataset_config,
+                          reference_dataset_name, tune_switch, tuner_arguments, tuning_requested,
+                          used_parameters)
 
 if TYPE_CHECKING:
     from nnn.evaluation import EvalSettings
@@ -213,6 +214,7 @@ def _evaluate_all(cfg: DictConfig, results: dict[str, Any], settings: EvalSettin
                                     info.get("tuning_part", "none"))
     log.info("data: %s", results["data"])
     tuned = _tune_if_asked(cfg, results, tuning, reference)
+    check_k_fits(cfg, test, reference, [d for d in cfg.eval.directions if d not in tuned])
 
     def make_method(direction: str):
         return tuned[direction].estimator() if direction in tuned else build_method(cfg)
@@ -260,6 +262,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
             raise ValueError("run() outside a Hydra job needs output_dir=")
         output_dir = hc.runtime.output_dir
     out = Path(output_dir)
+    check_settings(OmegaConf.select(cfg, "logger.settings"))  # no API key into results.json
     results = _new_results(cfg)
     logger, t0 = NullLogger(), time.perf_counter()
     try:  # the config is checked before the logger's run starts: a mistake leaves none
@@ -279,7 +282,11 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> dict[str, Any]
         results["timings_s"]["total"] = time.perf_counter() - t0
         with explained_os_errors("write the run's results in", out, OUTPUT_DIR_REMEDY):
             write_results(out, results)
-    pngs, tables = write_run_files(results, counts, out, hubness_k=cfg.eval.hubness_k)
+    try:
+        pngs, tables = write_run_files(results, counts, out, hubness_k=cfg.eval.hubness_k)
+    except BaseException:
+        logger.finish(exit_code=1)  # e.g. a full disk: the logger's run ends with the error
+        raise
     log.info("results in %s\n%s", out, format_table(results))
     log_to_logger(logger, results, pngs, tables)
     return results

@@ -162,6 +162,27 @@ def build_method(cfg: DictConfig):
     return build(cfg.method, "method")
 
 
+def check_k_fits(cfg: DictConfig, test, reference, directions) -> None:
+    """The method's fixed neighbourhood size (``method.k``, ``method.k_max``) against the query
+    bank of each of ``directions`` (the ones not tuned; the tuners cut their grids themselves),
+    before any direction is evaluated: too large is a ``ValueError`` naming the settings that
+    fix it. ``test``/``reference``: the run's ``EmbeddingSet``s."""
+    from nnn.task import RetrievalTask
+
+    method = build_method(cfg)
+    for direction in directions:
+        bank = len(RetrievalTask.from_sets(test, reference, direction).query_bank)
+        for key in ("k", "k_max"):
+            k = getattr(method, key, None)
+            if isinstance(k, int) and k > bank:
+                what = "captions" if direction == "t2i" else "images"
+                raise ValueError(
+                    f"method.{key}={k} is larger than the {bank} reference {what} of the "
+                    f"{direction} query bank; use method.{key} <= {bank}, or more references "
+                    f"(reference.fraction={cfg.reference.fraction} of the "
+                    f"{cfg.reference.source} split), or tune it (tune.enabled=true)")
+
+
 def build_logger(cfg: DictConfig):
     """``cfg.logger`` instantiated; a setting it refuses (``logger.mode=bogus``) or does not
     take is a ``ValueError``, like any other config mistake."""

@@ -235,3 +235,46 @@ def test_a_multi_line_error_is_recorded_on_one_line(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="first line"):
         run(compose(["debug=tiny", "logger=none"]), output_dir=tmp_path)
     assert read_results(tmp_path)["error"] == "ValueError: first line second line"
+
+
+def test_k_larger_than_a_query_bank_is_refused_before_any_direction_runs(tmp_path, caplog):
+    """14 reference images: k=16 fits t2i's 70 captions but not i2t's bank; the error names
+    method.k and reference.fraction before t2i is evaluated (and loses nothing)."""
+    with pytest.raises(ValueError, match=r"method\.k=16 is larger than the 14 reference images "
+                                         r"of the i2t query bank; use method\.k <= 14.*"
+                                         r"reference\.fraction=0\.02"):
+        run(compose(["debug=tiny", "logger=none", "reference.fraction=0.02"]),
+            output_dir=tmp_path)
+    assert not [r for r in caplog.records if "R@1: baseline" in r.getMessage()]
+    assert read_results(tmp_path)["status"] == "failed"
+    tuned = run(compose(["debug=tiny", "logger=none", "reference.fraction=0.02",
+                         "tune.enabled=true", "reference.tuning_size=50"]),
+                output_dir=tmp_path / "tuned")  # the tuner cuts its k grid at the bank
+    assert tuned["status"] == "completed"
+
+
+def test_an_api_key_in_the_config_is_refused_before_anything_is_written(tmp_path):
+    with pytest.raises(ValueError, match="api_key"):
+        run(compose(["debug=tiny", "+logger.settings.api_key=SECRET-KEY"]),
+            output_dir=tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_failure_writing_the_plots_still_finishes_the_loggers_run(tmp_path, monkeypatch):
+    import nnn.pipeline as pipeline
+    from nnn.loggers import NullLogger
+
+    finished = []
+
+    class Recorder(NullLogger):
+        def finish(self, exit_code: int = 0) -> None:
+            finished.append(exit_code)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(pipeline, "build_logger", lambda cfg: Recorder())
+    monkeypatch.setattr(pipeline, "write_run_files", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        run(compose(["debug=tiny", "logger=none"]), output_dir=tmp_path)
+    assert finished == [1]
