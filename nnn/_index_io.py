@@ -293,6 +293,8 @@ def check_digest(expected: str, got: str, what: str, claimed: str) -> None:
     """``ValueError`` when the references an index was built with (``expected``) are not the
     ones claimed (``got``)."""
     if expected != got:
-        raise ValueError(f"{what} was built with other references than {claimed} (digest "
+        were = "were" if what.startswith("the shards") else "was"
+        raise ValueError(f"{what} {were} built with other references than {claimed} (digest "
                          f"{expected[:19]}... recorded, {got[:19]}... given); pass the "
-                         "references it was built with, or rebuild it from these")
+                         f"references {'they' if were == 'were' else 'it'} {were} built with, "
+                         "or rebuild from these")

@@ -231,6 +231,11 @@ def test_missing_model_offline_fails_fast(tmp_path):
     msg = str(info.value)
     assert "openai/clip-vit-base-patch32" in msg and "offline" in msg
     assert "hf download openai/clip-vit-base-patch32" in msg
+    pinned = HFEncoder(model_id="openai/clip-vit-base-patch32", revision="abc123", device="cpu",
+                       cache_dir=str(tmp_path))
+    with pytest.raises(MissingResourceError, match=r"hf download openai/clip-vit-base-patch32 "
+                                                   r"--revision abc123`"):
+        pinned.load()
 
 
 def test_a_missing_local_folder_is_named(tmp_path):

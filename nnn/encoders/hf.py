@@ -173,7 +173,9 @@ class HFEncoder(TorchModelEncoder):
 
     def _how_to_fetch(self) -> str:
         return (f"run once with network access (files are cached), or pre-download with "
-                f"`hf download {self.model_id}` on a machine that has it and copy the Hugging Face "
+                f"`hf download {self.model_id}"
+                f"{f' --revision {self.revision}' if self.revision else ''}` on a machine that "
+                "has it and copy the Hugging Face "
                 "cache (HF_HOME), or set model.model_id to a local folder saved with "
                 "save_pretrained")
 
