@@ -26,6 +26,8 @@ so they are not listed.
 from __future__ import annotations
 
 import difflib
+import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -35,6 +37,22 @@ from nnn.encoders.torch_model import TorchModelEncoder, import_or_explain
 from nnn.errors import MissingResourceError
 
 _INSTALL = "pip install open_clip_torch (or this project's [encoders] extra)"
+
+
+@contextmanager
+def _download_error_unlogged():
+    """open_clip logs "Failed to download weights ..." on the root logger and then raises the
+    same error, which ``hub_access`` turns into this adapter's one line: while the block runs
+    that log record is dropped, so the user reads the failure once."""
+    def keep(record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Failed to download weights")
+
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
 
 
 class OpenClipEncoder(TorchModelEncoder):
@@ -142,7 +160,8 @@ class OpenClipEncoder(TorchModelEncoder):
         remote = (self.pretrained is not None and checkpoint is None) \
             or self._hub_repo is not None or bool(text_cfg.get("hf_tokenizer_name"))
         what = f"open_clip model {self.model_name} (pretrained={self.pretrained})"
-        with hub_access(what, self._how_to_fetch(open_clip), remote=remote):
+        with hub_access(what, self._how_to_fetch(open_clip), remote=remote), \
+                _download_error_unlogged():
             model, _, preprocess = open_clip.create_model_and_transforms(
                 self.model_name, pretrained=str(checkpoint) if checkpoint else self.pretrained,
                 precision="fp32", device=device, cache_dir=self.cache_dir,
