@@ -289,12 +289,12 @@ def read_faiss(file: Path, what: str, rebuild: str):
                          f"{rebuild}") from None
 
 
-def check_digest(expected: str, got: str, what: str, claimed: str) -> None:
+def check_digest(expected: str, got: str, what: str, claimed: str, *,
+                 plural: bool = False) -> None:
     """``ValueError`` when the references an index was built with (``expected``) are not the
-    ones claimed (``got``)."""
+    ones claimed (``got``); ``plural``: ``what`` names several things (shards)."""
     if expected != got:
-        were = "were" if what.startswith("the shards") else "was"
+        were, it = ("were", "they") if plural else ("was", "it")
         raise ValueError(f"{what} {were} built with other references than {claimed} (digest "
                          f"{expected[:19]}... recorded, {got[:19]}... given); pass the "
-                         f"references {'they' if were == 'were' else 'it'} {were} built with, "
-                         "or rebuild from these")
+                         f"references {it} {were} built with, or rebuild from these")

@@ -670,7 +670,7 @@ def merge_shards(folder, gallery, *, index_out=None, biases_out=None, folded_out
         got = expected_refs.digest if isinstance(expected_refs, ReferenceIndex) else \
             array_digest(as_matrix(expected_refs, "refs", normalize=provenance["normalize"]))
         check_digest(provenance["refs_digest"], got, f"the shards in {str(folder)!r}",
-                     "the references given")
+                     "the references given", plural=True)
     _check_merge_targets(Path(folder), [source.path, *inputs], overwrite,
                          ((index_out, "NNN index", INDEX_KIND), (biases_out, "biases file", None),
                           (folded_out, "folded gallery file", None)))

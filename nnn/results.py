@@ -84,13 +84,12 @@ def metric_names(ks) -> list[str]:
 def _in_order(keys: Sequence[str]) -> list[str]:
     """Metric keys by direction (``DIRECTIONS`` order), then R@k by k, then the others as
     given: a results.json read back has its keys sorted as text (i2t first, R@10 before R@5)."""
-    def rank(item):
-        position, key = item
+    def rank(key):
         direction, _, name = key.partition("/")
         recall = name[2:] if name.startswith("R@") and name[2:].isdigit() else None
         return (DIRECTIONS.index(direction) if direction in DIRECTIONS else len(DIRECTIONS),
-                0 if recall is not None else 1, int(recall or 0), position)
-    return [key for _, key in sorted(enumerate(keys), key=rank)]
+                0 if recall is not None else 1, int(recall or 0))
+    return sorted(keys, key=rank)  # stable: ties keep their order
 
 
 def metric_rows(results: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -322,16 +321,15 @@ def _stage_order(keys) -> list[str]:
     shared stages, then per direction (``DIRECTIONS`` order) tune, fit, evaluate (the method's,
     then the baseline's), analyses; the objective and the total last. A results.json read back
     has them sorted as text."""
-    def rank(item):
-        position, key = item
+    def rank(key):
         direction, _, stage = key.partition("/")
         if direction not in DIRECTIONS:
             direction, stage = "", key
         kind = next((i for i, s in enumerate(_STAGES) if stage.startswith(s)), len(_STAGES))
         late = kind >= _STAGES.index("objective")
         where = DIRECTIONS.index(direction) if direction else -1
-        return (late, where, stage.endswith("/baseline"), kind, position)
-    return [key for _, key in sorted(enumerate(keys), key=rank)]
+        return (late, where, stage.endswith("/baseline"), kind)
+    return sorted(keys, key=rank)  # stable: ties keep their order
 
 
 # -- sweeps --------------------------------------------------------------------------------------
