@@ -139,19 +139,24 @@ if __name__ == "__main__":  # python tests/fixtures_karpathy.py DIR: write both 
 
 
 class CountingEncoder:
-    """Wraps an encoder; counts encoded images and can fail after ``fail_after`` image batches
-    (a crash injected mid-extraction)."""
+    """Wraps an encoder; counts loads, encoded images and captions, and can fail after
+    ``fail_after`` image batches (a crash injected mid-extraction)."""
 
     def __init__(self, inner, fail_after: int | None = None):
         self.inner, self.fail_after = inner, fail_after
-        self.images = self.batches = 0
+        self.images = self.batches = self.captions = self.loads = 0
 
     def __getattr__(self, name):
         return getattr(self.inner, name)
 
-    def load(self):  # the Lightning path (re)loads on the rank's device
+    def load(self):  # the Lightning path loads on the rank's device
+        self.loads += 1
         self.inner.load()
         return self
+
+    def encode_texts(self, captions, *, progress=True):
+        self.captions += len(captions)
+        return self.inner.encode_texts(captions, progress=progress)
 
     def encode_image_batch(self, pixels):
         if self.fail_after is not None and self.batches >= self.fail_after:

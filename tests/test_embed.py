@@ -303,6 +303,29 @@ def test_shard_dir_dedups_and_validates(tmp_path):
         shards._read(next((tmp_path / "w").glob("images-out-*.npz")), None)  # ... refused on read
 
 
+def test_shard_dir_caption_parts_merge_and_skip_unusable_ones(tmp_path):
+    shards = ShardDir(tmp_path / "w", n_images=2)
+    text = np.random.default_rng(0).standard_normal((7, 4)).astype(np.float32)
+    assert shards.text(7) is None and not shards.has_text(0, 7, 7)
+    shards.save_text(text[:3])
+    shards.save_text(text[3:5], start=3)
+    assert shards.has_text(0, 5, 7) and not shards.has_text(4, 7, 7) and shards.text(7) is None
+    w = tmp_path / "w"
+    np.save(w / "text-000000005-000000007.npy", np.full((2, 4), np.nan, np.float32))  # NaN
+    np.save(w / "text-000000004-000000007.npy", np.ones((2, 4), np.float32))  # 2 rows for 3
+    np.save(w / "text-000000005-000000009.npy", np.ones((4, 4), np.float32))  # past the end
+    (w / "text-notes.npy").write_bytes(b"junk")  # not a part: ignored
+    assert shards.text(7) is None
+    np.save(w / "text-000000005-000000007.npy", np.ones((2, 3), np.float32))  # other dimension
+    assert shards.text(7) is None
+    shards.save_text(text[5:], start=5)  # the same name: replaces the bad part
+    np.testing.assert_array_equal(shards.text(7), text)
+    shards.save_text(text[1:6], start=1)  # an overlapping part from a rerun: same values
+    np.testing.assert_array_equal(shards.text(7), text)
+    shards.clear()
+    assert not list(w.glob("text-0*.npy")) and shards.text(7) is None
+
+
 def test_bad_options(encoder, coco, tmp_path):
     cache = EmbeddingCache(tmp_path / "c")
     for bad in (dict(batch_size=0), dict(shard_size=-1), dict(num_workers=-1),

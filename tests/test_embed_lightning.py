@@ -32,19 +32,21 @@ import sys
 sys.path.insert(0, {tests!r})
 import numpy as np
 import torch.distributed as dist
-from fixtures_karpathy import tiny_clip_encoder
+from fixtures_karpathy import CountingEncoder, tiny_clip_encoder
 from nnn.cache import EmbeddingCache
 from nnn.data.flickr30k import Flickr30k
 from nnn.embed import embed_dataset_split
 
 data, cache_root, cfg, out = sys.argv[1:5]
-es = embed_dataset_split(tiny_clip_encoder(cfg).load(), Flickr30k(data, on_bad_image="skip"),
+enc = CountingEncoder(tiny_clip_encoder(cfg).load())
+es = embed_dataset_split(enc, Flickr30k(data, on_bad_image="skip"),
                          "train", EmbeddingCache(cache_root), batch_size=3, shard_size=4,
                          num_workers=0, progress=False,
                          lightning=dict(accelerator="cpu", devices=2, strategy="ddp"))
 rank = dist.get_rank()
 np.savez(out + f".rank{{rank}}.npz", image=es.image, text=es.text, c2i=es.caption_to_image,
-         bad=np.array(es.meta["bad_image_ids"]), world=dist.get_world_size())
+         bad=np.array(es.meta["bad_image_ids"]), world=dist.get_world_size(),
+         captions=enc.captions, images=enc.images)
 """
 
 
@@ -80,6 +82,11 @@ def test_ddp_two_cpu_processes_match_one_process(flickr, tmp_path, encoder):
         np.testing.assert_array_equal(got["c2i"], single.caption_to_image)
         assert got["bad"].tolist() == single.meta["bad_image_ids"]
         assert single.meta["bad_image_ids"] == [ds.split("train").image_ids[4]]
+    # the ranks shared the work: each encoded about half of the images and of the captions
+    shares = [np.load(f"{out}.rank{rank}.npz") for rank in (0, 1)]
+    n_captions = ds.split("train").n_captions
+    assert [int(s["captions"]) for s in shares] == [n_captions // 2, n_captions - n_captions // 2]
+    assert sum(int(s["images"]) for s in shares) == 12 and min(int(s["images"]) for s in shares)
     assert not any((tmp_path / "cache" / ".work").iterdir())  # shards removed after the merge
 
 
@@ -174,3 +181,67 @@ def test_run_py_with_two_ddp_processes_writes_results_once(flickr, tmp_path):
     rank1 = (run_dir / "train_ddp_process_1.log").read_text()
     assert "DDP extraction rank done" in rank1 and "results in" not in rank1
     assert "results in" in (run_dir / "run.log").read_text()
+
+
+def test_lightning_loads_the_encoder_once_for_several_splits(flickr, tmp_path):
+    ds, cache = Flickr30k(flickr), EmbeddingCache(tmp_path / "cache")
+    enc = CountingEncoder(tiny_clip_encoder(tmp_path / "cfg"))
+    for name in ("test", "val", "train"):
+        embed_dataset_split(enc, ds, name, cache, lightning=ONE_CPU, **OPTS)
+    assert enc.loads == 1 and enc.images == 3 + 2 + 13
+
+
+def test_lightning_refuses_a_device_that_runs_another_precision_than_the_key(flickr, tmp_path):
+    """fp16 configured for a GPU, but the Trainer's device is the CPU (where fp16 runs as fp32):
+    storing those embeddings under the fp16 key would be wrong."""
+    enc = tiny_clip_encoder(tmp_path / "cfg")
+    enc.precision = "fp16"
+    split = Flickr30k(flickr).split("test")
+    with pytest.raises(ValueError, match=r"precision=fp16, but .* runs as fp32: configure"):
+        embed_lightning.embed_split_lightning(enc, split, EmbeddingCache(tmp_path / "c"),
+                                              identity={"precision": "fp16", "t": 1},
+                                              **ONE_CPU, **OPTS)
+    assert not enc.is_loaded  # refused before the model was built
+
+
+class _Trainer:
+    """What ``_encode_caption_share`` reads of a Trainer, as rank ``rank`` of ``world``;
+    ``others_ok``: whether the other ranks report success."""
+
+    def __init__(self, rank, world, others_ok=True):
+        from types import SimpleNamespace
+
+        import torch
+
+        self.world_size, self.global_rank, self.is_global_zero = world, rank, rank == 0
+        self.strategy = SimpleNamespace(root_device=torch.device("cpu"),
+                                        reduce_boolean_decision=lambda ok, all: ok and others_ok)
+
+
+def test_caption_shares_cover_the_split_once_and_resume(flickr, tmp_path, encoder):
+    from nnn.embed.shards import ShardDir
+
+    split = Flickr30k(flickr).split("train")
+    n = split.n_captions
+    shards = ShardDir(tmp_path / "work", split.n_images)
+    enc = CountingEncoder(encoder)
+    for rank in range(3):  # three ranks, one after the other
+        embed_lightning._encode_caption_share(enc, split, shards, _Trainer(rank, 3),
+                                              progress=False)
+    assert enc.captions == n and len(list(shards.path.glob("text-*.npy"))) == 3
+    np.testing.assert_allclose(shards.text(n), encoder.encode_texts(split.captions,
+                                                                     progress=False), atol=1e-6)
+    for rank in range(2):  # a rerun with another world size: only uncovered shares are encoded
+        embed_lightning._encode_caption_share(enc, split, shards, _Trainer(rank, 2),
+                                              progress=False)
+    assert enc.captions == n
+
+
+def test_caption_share_failure_on_another_rank_stops_this_one(flickr, tmp_path, encoder):
+    from nnn.embed.shards import ShardDir
+
+    split = Flickr30k(flickr).split("test")
+    shards = ShardDir(tmp_path / "work", split.n_images)
+    with pytest.raises(RuntimeError, match="another rank failed to encode its share"):
+        embed_lightning._encode_caption_share(encoder, split, shards,
+                                              _Trainer(0, 2, others_ok=False), progress=False)

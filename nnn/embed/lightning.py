@@ -9,16 +9,22 @@ same as the single-process path's, so either may compute an entry that the other
 Encoders that bring their own embeddings (``encoder.embed_split``) are dispatched before this
 module, by ``nnn.embed.embed_split``.
 
-How it runs: every rank loads the encoder on its own device (``encoder.device`` is set to the
-rank's device and ``encoder.load()`` called in ``setup``), reads the images that are still
-missing from the shards in the cache's work dir (``nnn.embed.shards.ShardDir``), and encodes its
-share of them (Lightning gives each rank a distinct slice of the rows with its
+How it runs: every rank loads the encoder on its own device in ``setup`` (once per process: a
+later split on the same device reuses the model), reads the images that are still missing from
+the shards in the cache's work dir (``nnn.embed.shards.ShardDir``), and encodes its share of
+them (Lightning gives each rank a distinct slice of the rows with its
 ``UnrepeatedDistributedSampler``; when there are fewer rows than ranks, rows are repeated and the
-copies dropped at the merge). Each rank
-writes its results as shard files holding the *global* row numbers, so a killed job resumes
-with any number of ranks. After a barrier, rank 0 merges the shards in row order, encodes the
-captions, and stores the entry in the cache; the other ranks then load it. The work dir must be
-on a file system all nodes share (the cache root usually is).
+copies dropped at the merge). Each rank writes its results as shard files holding the *global*
+row numbers, so a killed job resumes with any number of ranks. Then each rank encodes its
+contiguous 1/world share of the captions (unless caption parts in the work dir hold it already)
+and saves it as one caption part. Once every rank reports success, rank 0 merges the parts in
+row order and stores the entry in the cache; the other ranks then load it. A rank that fails on
+its captions or in the merge makes every rank stop with an error instead of waiting. The work
+dir must be on a file system all nodes share (the cache root usually is).
+
+The cache key names the precision that runs on the device the encoder was configured for; a
+rank whose device would run another one (fp16 falls back to fp32 on CPU) is refused, as its
+embeddings would be stored under the wrong key.
 
 On a cache hit no Trainer is built and the encoder is not loaded. Every rank returns the merged
 ``EmbeddingSet``.
@@ -46,8 +52,9 @@ from tqdm.auto import tqdm
 from nnn._arrays import check_positive_int
 from nnn.data.base import EmbeddingSet, RetrievalSplit
 from nnn.data.images import check_bad_image_policy
-from nnn.embed.batches import encode_pixels, image_loader
+from nnn.embed.batches import encode_captions, encode_pixels, image_loader
 from nnn.embed.shards import ShardDir, finish_arrays, to_embedding_set
+from nnn.encoders.torch_model import effective_precision
 
 log = logging.getLogger(__name__)
 
@@ -76,27 +83,43 @@ def is_global_zero() -> bool:
     return True
 
 
+def _place_encoder(encoder, device: torch.device, key_precision: str | None) -> None:
+    """Load ``encoder`` on ``device`` unless it is loaded there already. ValueError when the
+    precision that runs there differs from ``key_precision``, the one its cache key names."""
+    runs = effective_precision(encoder.precision, device, warn=False)
+    if key_precision is not None and runs != key_precision:
+        raise ValueError(f"the encoder's cache key was made for precision={key_precision}, but "
+                         f"on this rank's device {device} precision={encoder.precision} runs as "
+                         f"{runs}: configure the encoder for the accelerator's device (e.g. "
+                         f"device=cpu with extract.lightning.accelerator=cpu, device=cuda with "
+                         f"accelerator=gpu)")
+    if encoder.is_loaded and str(encoder.device) == str(device):
+        return
+    encoder.device = str(device)
+    encoder.load()
+
+
 class ImageEncoderModule(L.LightningModule):
     """On each rank: loads the encoder on the rank's device and finds the rows still missing from
     ``shards`` (``setup``); ``predict_step``: a batch of ``collate_rows`` -> rows, embeddings and
     failures (NumPy)."""
 
     def __init__(self, encoder, shards: ShardDir, make_loader: Callable, *, on_bad_image: str,
-                 refresh: bool):
+                 refresh: bool, key_precision: str | None):
         """``make_loader(rows, device=...)``: ``image_loader`` with the split and the loader
-        options bound; ``refresh``: rank 0 deletes the shards first."""
+        options bound; ``refresh``: rank 0 deletes the shards first; ``key_precision``: the
+        precision the cache key names (None: not checked)."""
         super().__init__()
         self.encoder = encoder
         self.shards = shards
         self.make_loader = make_loader
         self.on_bad_image = on_bad_image
         self.refresh = refresh
+        self.key_precision = key_precision
         self.pending = np.zeros(0, dtype=np.int64)
 
     def setup(self, stage: str) -> None:
-        device = self.trainer.strategy.root_device
-        self.encoder.device = str(device)
-        self.encoder.load()
+        _place_encoder(self.encoder, self.trainer.strategy.root_device, self.key_precision)
         if self.trainer.is_global_zero:  # only rank 0 deletes files
             if self.refresh:
                 self.shards.clear()
@@ -170,6 +193,31 @@ class ShardWriter(BasePredictionWriter):
         self._buf = []
 
 
+def _encode_caption_share(encoder, split: RetrievalSplit, shards: ShardDir, trainer, *,
+                          progress: bool) -> None:
+    """This rank's contiguous share of the captions, encoded and saved as one caption part
+    (unless one is there already); returns once every rank is done, raises if any failed."""
+    n, world, rank = split.n_captions, trainer.world_size, trainer.global_rank
+    start, stop = n * rank // world, n * (rank + 1) // world
+    error = None
+    try:
+        if stop > start and not shards.has_text(start, stop, n):
+            if trainer.is_global_zero:
+                log.info("split %r: encoding %d captions on %d ranks", split.name, n, world)
+            text = encode_captions(encoder, split.captions[start:stop],
+                                   trainer.strategy.root_device,
+                                   progress=progress and trainer.is_global_zero)
+            shards.save_text(text, start=start)
+    except Exception as e:  # the other ranks must hear about it, or they would wait
+        error = e
+    everyone = trainer.strategy.reduce_boolean_decision(error is None, all=True)
+    if error is not None:
+        raise error
+    if not everyone:
+        raise RuntimeError(f"split {split.name!r}: another rank failed to encode its share of "
+                           "the captions; see its error")
+
+
 def embed_split_lightning(encoder, split: RetrievalSplit, cache, *, identity: dict,
                           accelerator: str = "auto", devices="auto", num_nodes: int = 1,
                           strategy: str = "ddp", on_bad_image: str = "error",
@@ -193,7 +241,7 @@ def embed_split_lightning(encoder, split: RetrievalSplit, cache, *, identity: di
                                     num_workers=num_workers, pin_memory=pin_memory,
                                     jpeg_draft=jpeg_draft)
     module = ImageEncoderModule(encoder, shards, make_loader, on_bad_image=on_bad_image,
-                                refresh=cache.refresh)
+                                refresh=cache.refresh, key_precision=identity.get("precision"))
     writer = ShardWriter(shards, shard_size, name=split.name, progress=progress)
     # precision stays 32-true: encode_pixels applies the encoder's own autocast, as in one process
     trainer = L.Trainer(accelerator=accelerator, devices=devices, num_nodes=num_nodes,
@@ -201,7 +249,7 @@ def embed_split_lightning(encoder, split: RetrievalSplit, cache, *, identity: di
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, **(trainer_kwargs or {}))
     trainer.predict(module, return_predictions=False)
-    trainer.strategy.barrier("nnn-extract-written")
+    _encode_caption_share(encoder, split, shards, trainer, progress=progress)
     error = None
     if trainer.is_global_zero:
         try:

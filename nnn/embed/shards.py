@@ -3,9 +3,10 @@
 ``ShardDir`` is the per-key work directory (``cache.work_dir(identity)``) that both extraction
 paths write image embeddings into, a shard at a time, and read back to resume: ``pending`` says
 which rows are still to encode, ``assemble`` merges every part. ``finish_arrays`` turns a
-complete folder into the arrays of the cache entry (encoding the captions, saved in the folder
-as ``text.npy``, unless they are there already); ``to_embedding_set`` turns a cache entry into
-the ``EmbeddingSet`` the pipeline gets.
+complete folder into the arrays of the cache entry (encoding the captions that no
+``text-*.npy`` part in the folder holds yet); ``to_embedding_set`` turns a cache entry into the
+``EmbeddingSet`` the pipeline gets. Caption parts are ranges of the split's captions: one
+process writes one part of them all, each DDP rank one part of its share.
 
 Cache entry: image (m, d) float32, text (k, d) float32, caption_to_image (k,) int64 (rows of
 ``image``), image_rows (m,) and caption_rows (k,) int64 (positions in the split; m < n_images
@@ -28,7 +29,7 @@ from nnn.embed.batches import encode_captions
 
 log = logging.getLogger(__name__)
 
-TEXT_FILE = "text.npy"
+TEXT_GLOB = "text-*.npy"
 PART_GLOB = "images-*.npz"
 
 
@@ -123,28 +124,62 @@ class ShardDir:
             emb[part["rows"]] = part["emb"]
         return rows, emb[rows], failed
 
-    def text(self, n_captions: int) -> np.ndarray | None:
-        """The saved caption embeddings if present and shaped (n_captions, d), else None."""
-        file = self.path / TEXT_FILE
-        if not file.is_file():
-            return None
-        try:
-            text = np.load(file, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            log.warning("ignoring unreadable %s (%s)", file, e)
-            return None
-        if text.ndim != 2 or len(text) != n_captions or not np.isfinite(text).all():
-            log.warning("ignoring %s of shape %s (expected %d rows)", file, text.shape, n_captions)
-            return None
-        return text
+    def _text_parts(self, n_captions: int) -> list[tuple[int, int, Path]]:
+        """(start, stop, file) of each ``text-START-STOP.npy`` part inside [0, n_captions)."""
+        out = []
+        for file in sorted(self.path.glob(TEXT_GLOB)):
+            try:
+                start, stop = (int(x) for x in file.stem.split("-")[1:3])
+            except ValueError:
+                continue  # not a part of ours
+            if 0 <= start < stop <= n_captions:
+                out.append((start, stop, file))
+        return out
 
-    def save_text(self, text: np.ndarray) -> None:
-        """Save the (n_captions, d) caption embeddings (float32) atomically."""
-        atomic_save_npy(self.path / TEXT_FILE, np.asarray(text, dtype=np.float32))
+    def has_text(self, start: int, stop: int, n_captions: int) -> bool:
+        """Whether parts shaped right cover captions [start, stop) (read lazily; their values
+        are checked by ``text``)."""
+        covered = np.zeros(n_captions, dtype=bool)
+        for lo, hi, file in self._text_parts(n_captions):
+            try:
+                arr = np.load(file, mmap_mode="r", allow_pickle=False)
+            except (OSError, ValueError):
+                continue
+            if arr.ndim == 2 and len(arr) == hi - lo:
+                covered[lo:hi] = True
+        return bool(covered[start:stop].all())
+
+    def text(self, n_captions: int) -> np.ndarray | None:
+        """The (n_captions, d) caption embeddings merged from the parts, or None unless usable
+        parts (shaped right, finite, one dimension) cover every caption."""
+        out, covered = None, np.zeros(n_captions, dtype=bool)
+        for start, stop, file in self._text_parts(n_captions):
+            try:
+                part = np.load(file, allow_pickle=False)
+            except (OSError, ValueError) as e:
+                log.warning("ignoring unreadable %s (%s)", file, e)
+                continue
+            if part.ndim != 2 or len(part) != stop - start or not np.isfinite(part).all() \
+                    or (out is not None and part.shape[1] != out.shape[1]):
+                log.warning("ignoring %s of shape %s (expected %d rows of one dimension, "
+                            "finite)", file, part.shape, stop - start)
+                continue
+            if out is None:
+                out = np.zeros((n_captions, part.shape[1]), dtype=np.float32)
+            out[start:stop] = part
+            covered[start:stop] = True
+        return out if out is not None and covered.all() else None
+
+    def save_text(self, text: np.ndarray, *, start: int = 0) -> Path:
+        """Save the (m, d) embeddings of captions [start, start + m) as one part, atomically."""
+        text = np.asarray(text, dtype=np.float32)
+        target = self.path / f"text-{start:09d}-{start + len(text):09d}.npy"
+        atomic_save_npy(target, text)
+        return target
 
     def clear(self) -> None:
-        """Delete every part and the caption embeddings (a forced recomputation)."""
-        for file in [*self.path.glob(PART_GLOB), self.path / TEXT_FILE]:
+        """Delete every image and caption part (a forced recomputation)."""
+        for file in [*self.path.glob(PART_GLOB), *self.path.glob(TEXT_GLOB)]:
             file.unlink(missing_ok=True)
 
 
