@@ -35,16 +35,15 @@ NNN against IVF NNN at the library defaults (what ``NNN(backend="faiss", index="
 from __future__ import annotations
 
 import argparse
-import datetime
 import logging
 import os
-import platform
 import time
 from pathlib import Path
 
 import faiss
 import numpy as np
 import torch
+from machine import describe  # benchmarks/ is on sys.path when this script runs
 
 from nnn.methods import NNN, ReferenceIndex
 from nnn.methods._topk import (default_nlist, default_nprobe, faiss_topk,
@@ -98,13 +97,9 @@ def topk_recall(found: np.ndarray, exact: np.ndarray) -> float:
 
 
 def conditions() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                  if line.startswith("model name")), platform.processor())
+    """``machine.describe()`` plus the FAISS version and the SIMD level of its kernels."""
     simd = getattr(getattr(faiss, "SIMDConfig", None), "get_level_name", lambda: "?")()
-    return (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {model}, "
-            f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} "
-            f"threads), faiss {faiss.__version__} ({simd} kernels); load average "
-            + " ".join(f"{x:.1f}" for x in os.getloadavg()))
+    return f"{describe()}; faiss {faiss.__version__} ({simd} kernels)"
 
 
 def rounds(ts) -> str:

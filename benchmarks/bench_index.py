@@ -41,7 +41,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -51,6 +50,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+from machine import cpu_info  # benchmarks/ is on sys.path when this script runs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -127,19 +127,11 @@ def run_cli(args: list[str], env) -> tuple[float, PeakMemory, str]:
 
 
 def machine() -> str:
-    model, flags = platform.processor(), set()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name") and not model:
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    isa = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
-    return f"{model}; {os.cpu_count()} CPUs; {gib(psutil.virtual_memory().total)} RAM; {' '.join(isa)}"
+    """CPU model (family/model), CPUs, RAM and the CPU's GEMM flags (``machine.cpu_info``)."""
+    cpu = cpu_info()
+    return (f"{cpu['model']} (family {cpu['family']} model {cpu['model_number']}); "
+            f"{os.cpu_count()} CPUs; {gib(psutil.virtual_memory().total)} RAM; "
+            f"{' '.join(cpu['flags'])}")
 
 
 MADV_COLLAPSE = 25  # linux/mman.h

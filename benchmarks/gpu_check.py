@@ -454,7 +454,7 @@ def section_nnn(ctx: Context) -> None:
                 best, rounds, peak, _ = measure(lambda: gemm_floor(xt, rt, rows), dev, s.repeats)
                 ctx.emit(sec, "time", f"ours: {name}, GEMM floor (bare matmul, same blocks)",
                          seconds=best, rounds=fmt_rounds(rounds), peak_mib=peak)
-            del xt, rt
+            xt = rt = None  # frees the device copies (the lambdas above are done with them)
             with guarded(ctx, sec, f"ours: {name}, NNN.fit"):
                 model = NNN(k=s.k, alpha=ALPHA, device=ctx.device, progress=False, **opts)
                 best, rounds, peak, _ = measure(lambda: model.fit(gallery, query_bank=refs), dev,
@@ -729,7 +729,7 @@ def section_extract(ctx: Context) -> None:
                 # a process group behind)
                 if first is None and es is not None:
                     first = (enc, es, label)
-                del enc
+                enc = None  # frees the model unless it is kept in first
                 if ctx.cuda:
                     torch.cuda.empty_cache()
         if s.ddp_images and first is not None:
@@ -836,11 +836,15 @@ SECTION_FUNCS = {"tests": section_tests, "nnn": section_nnn, "bank": section_ban
 # -- the runner ------------------------------------------------------------------------------------
 def environment() -> dict:
     import torch
+    from machine import cpu_info
+
+    cpu = cpu_info()
 
     env = {"date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
            "python": sys.version.split()[0], "torch": torch.__version__,
            "cuda": torch.version.cuda, "cpus": os.cpu_count(), "machine": platform.machine(),
-           "cpu": platform.processor() or platform.machine()}
+           "cpu": f"{cpu['model']} (family {cpu['family']} model {cpu['model_number']})",
+           "cpu_flags": " ".join(cpu["flags"])}
     if torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(0)
         env["gpu_mib"] = torch.cuda.get_device_properties(0).total_memory // MiB

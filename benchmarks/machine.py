@@ -10,8 +10,6 @@ import datetime
 import os
 import platform
 
-import torch
-
 #: the /proc/cpuinfo flags that choose the fast GEMM kernels
 GEMM_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
               "amx_fp16")
@@ -38,6 +36,8 @@ def cpu_info() -> dict:
 
 def describe() -> str:
     """Date (UTC), CPU model (family/model), GEMM flags, CPUs, torch threads, load average."""
+    import torch  # here, so that cpu_info() needs no torch
+
     cpu = cpu_info()
     return (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC; {cpu['model']} "
             f"(family {cpu['family']} model {cpu['model_number']}; {' '.join(cpu['flags'])}), "
