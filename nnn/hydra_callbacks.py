@@ -20,7 +20,9 @@ takes more than ``MAX_SERIES`` values, such as an Optuna interval, makes no line
 e.g. ``t2i_R1_vs_alpha.png`` or ``t2i_R1_vs_fraction.png`` (R@1 against the reference-set size).
 
 At the end of the sweep the summary table and these plots also go to the experiment logger
-(``cfg.logger``) as one extra run, ``<name>-summary``, in the W&B group of the sweep's jobs.
+(``cfg.logger``) as one extra run, ``<name>-summary`` (job type ``sweep-summary``), in the W&B
+group of the sweep's jobs; its config names the best job and its swept parameters, its scalars
+the number of jobs, of failed ones and the best objective.
 
 Summarising after every job (under a file lock, as joblib workers run jobs in parallel) keeps
 the summary complete even when Hydra stops the sweep with a failed job's exception, in which
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import math
 import os
 import re
 import shutil
@@ -258,13 +261,40 @@ def summarise_sweep(sweep_dir: str | Path, metrics: Sequence[str] = ("t2i/R@1", 
     return columns, rows
 
 
+#: the job type of a sweep's summary run (W&B: filter or group the runs table by it)
+SUMMARY_JOB_TYPE = "sweep-summary"
+
+
+def best_job(rows: Sequence[dict], objective: str) -> dict | None:
+    """The completed row with the best finite objective: the lowest for a rank (``*_rank``),
+    else the highest (recalls); None when no job has one."""
+    scored = [r for r in rows if r.get("status") == "completed"
+              and isinstance(r.get("objective"), (int, float)) and math.isfinite(r["objective"])]
+    if not scored:
+        return None
+    pick = min if objective.rsplit("/", 1)[-1].endswith("_rank") else max
+    return pick(scored, key=lambda r: r["objective"])  # ties: the first job
+
+
 def log_sweep_summary(logger, name: str, sweep_dir: Path, columns: Sequence[str],
-                      rows: Sequence[dict]) -> None:
-    """One logger run ``<name>-summary`` in the sweep's group: the summary table and the sweep
-    plots (``*_vs_*.png``). Never raises (loggers turn themselves off on errors)."""
+                      rows: Sequence[dict], objective: str = "t2i/R@1") -> None:
+    """One logger run ``<name>-summary`` (job type ``SUMMARY_JOB_TYPE``) in the sweep's group:
+    its config names the best job (``best_job``) and that job's swept parameters, its scalars
+    count the jobs and give the best objective; then the summary table and the sweep plots
+    (``*_vs_*.png``). Never raises (loggers turn themselves off on errors)."""
+    best = best_job(rows, objective)
+    params = columns[2:columns.index("objective")] if "objective" in columns else []
+    config: dict[str, Any] = {"sweep_dir": str(sweep_dir), "jobs": len(rows),
+                              "objective": objective}
+    scalars = {"sweep/jobs": len(rows),
+               "sweep/failed": sum(r.get("status") != "completed" for r in rows)}
+    if best is not None:
+        config.update({"best_job": best["job"], **{f"best.{p}": best.get(p) for p in params}})
+        scalars[f"best/{objective}"] = float(best["objective"])
     with logger:
-        logger.start({"sweep_dir": str(sweep_dir), "jobs": len(rows)}, name=f"{name}-summary",
-                     group=sweep_group(name, sweep_dir), dir=sweep_dir)
+        logger.start(config, name=f"{name}-summary", group=sweep_group(name, sweep_dir),
+                     dir=sweep_dir, job_type=SUMMARY_JOB_TYPE)
+        logger.log_metrics(scalars)
         logger.log_table("sweep_summary", list(columns), [[r.get(c) for c in columns] for r in rows])
         for png in sorted(sweep_dir.glob("*_vs_*.png")):
             logger.log_image(png.stem, png)
@@ -308,7 +338,8 @@ class SweepSummary(Callback):
                             "default)", on_test)
             logger = create_logger(lambda: instantiate(config.logger, _convert_="all"), sweep_dir,
                                    "the sweep summary is")
-            log_sweep_summary(logger, str(config.name), sweep_dir, columns, rows)
+            log_sweep_summary(logger, str(config.name), sweep_dir, columns, rows,
+                              objective=str(config.objective))
             if failed:  # the sweep ends with its summary and this one line, exit code 1
                 print(f"Error: jobs {failed} of the sweep failed (their errors are in "
                       f"{sweep_dir / SWEEP_CSV} and their results.json)", file=sys.stderr)

@@ -67,9 +67,11 @@ class NullLogger:
 
     def start(self, config: Mapping[str, Any], *, name: str | None = None,
               group: str | None = None, dir: str | Path | None = None,
-              background: bool = False) -> None:
-        """Begin a run with a flat ``config`` dict. ``background=True`` returns at once (the
-        next call waits for the start), so that a slow start overlaps the caller's work."""
+              job_type: str | None = None, background: bool = False) -> None:
+        """Begin a run with a flat ``config`` dict; ``job_type`` (None: the logger's own setting)
+        tells runs of one kind apart, e.g. a sweep's summary run. ``background=True`` returns at
+        once (the next call waits for the start), so that a slow start overlaps the caller's
+        work."""
 
     def log_metrics(self, metrics: Mapping[str, float]) -> None:
         """Record scalar metrics, e.g. ``{"t2i/R@1": 64.6}``."""
@@ -297,11 +299,13 @@ class WandbLogger(NullLogger):
             else:
                 log.info("W&B run %s (%s mode) in %s", answer["id"], self.mode, self._run_dir)
 
-    def start(self, config, *, name=None, group=None, dir=None, background=False) -> None:
+    def start(self, config, *, name=None, group=None, dir=None, job_type=None,
+              background=False) -> None:
         self.finish()  # a run already started ends here (as wandb.init(reinit=...) would)
         self._run_dir = None
         init = {"project": self.project, "entity": self.entity, "mode": self.mode, "name": name,
-                "group": group, "tags": self.tags or None, "job_type": self.job_type,
+                "group": group, "tags": self.tags or None,
+                "job_type": job_type if job_type is not None else self.job_type,
                 "notes": self.notes, "dir": str(dir) if dir is not None else None,
                 "config": dict(config)}
         try:

@@ -406,8 +406,12 @@ class _RecordingLogger(NullLogger):
     def __init__(self):
         self.calls = []
 
-    def start(self, config, *, name=None, group=None, dir=None):
-        self.calls.append(("start", name, group))
+    def start(self, config, *, name=None, group=None, dir=None, job_type=None):
+        self.calls.append(("start", name, group, job_type))
+        self.config = dict(config)
+
+    def log_metrics(self, metrics):
+        self.calls.append(("metrics", dict(metrics)))
 
     def log_table(self, key, columns, rows):
         self.calls.append(("table", key, list(columns), [list(r) for r in rows]))
@@ -419,14 +423,32 @@ class _RecordingLogger(NullLogger):
 def test_sweep_summary_is_one_logger_run_in_the_sweeps_group(tmp_path):
     (tmp_path / "t2i_R1_vs_fraction.png").write_bytes(b"png")
     logger = _RecordingLogger()
-    log_sweep_summary(logger, "ablation_reference_size", tmp_path, ["job", "status"],
-                      [{"job": "0", "status": "completed"}])
+    columns = ["job", "status", "reference.fraction", "objective"]
+    rows = [{"job": "0", "status": "completed", "reference.fraction": 0.1, "objective": 50.5},
+            {"job": "1", "status": "completed", "reference.fraction": 0.2, "objective": 52.0},
+            {"job": "2", "status": "failed", "reference.fraction": 0.4, "objective": None},
+            {"job": "3", "status": "completed", "reference.fraction": 0.8,
+             "objective": float("nan")}]
+    log_sweep_summary(logger, "ablation_reference_size", tmp_path, columns, rows)
     assert logger.calls == [
         ("start", "ablation_reference_size-summary",
-         sweep_group("ablation_reference_size", tmp_path)),
-        ("table", "sweep_summary", ["job", "status"], [["0", "completed"]]),
+         sweep_group("ablation_reference_size", tmp_path), "sweep-summary"),
+        ("metrics", {"sweep/jobs": 4, "sweep/failed": 1, "best/t2i/R@1": 52.0}),
+        ("table", "sweep_summary", columns, [[r[c] for c in columns] for r in rows]),
         ("image", "t2i_R1_vs_fraction", "t2i_R1_vs_fraction.png")]
+    assert logger.config["best_job"] == "1" and logger.config["best.reference.fraction"] == 0.2
     assert sweep_group("x", "/a/2026-01-01_10-00-00") == "x-2026-01-01_10-00-00"
+
+
+def test_best_job_of_a_sweep_follows_the_objectives_direction():
+    from nnn.hydra_callbacks import best_job
+
+    rows = [{"job": "0", "status": "completed", "objective": 3.0},
+            {"job": "1", "status": "completed", "objective": 2.0},
+            {"job": "2", "status": "completed", "objective": 2.0}]
+    assert best_job(rows, "t2i/R@1")["job"] == "0"
+    assert best_job(rows, "t2i/median_rank")["job"] == "1"  # a rank: lower is better; ties: first
+    assert best_job([{"job": "0", "status": "failed", "objective": 9.0}], "t2i/R@1") is None
 
 
 def test_run_logs_its_analysis_tables_and_heat_map_to_wandb(tmp_path, monkeypatch):
