@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 
-def _image_rows(values, n_images: int, what: str) -> np.ndarray:
+def check_image_rows(values, n_images: int, what: str) -> np.ndarray:
     """``values`` as a 1-D int64 array of image rows in [0, n_images); ``ValueError`` naming
     ``what`` otherwise. An empty array of any dtype is accepted."""
     idx = np.asarray(values)
@@ -34,7 +34,7 @@ def check_caption_index(caption_to_image: np.ndarray, n_images: int, where: str)
     Raises ``ValueError`` naming ``where`` when an index is out of range or an image has no
     caption (a misaligned index would silently corrupt every metric).
     """
-    idx = _image_rows(caption_to_image, n_images, f"{where}: caption_to_image")
+    idx = check_image_rows(caption_to_image, n_images, f"{where}: caption_to_image")
     missing = np.setdiff1d(np.arange(n_images), idx)
     if len(missing):
         raise ValueError(f"{where}: {len(missing)} images have no caption (first rows "
@@ -50,7 +50,7 @@ def subset_caption_index(caption_to_image: np.ndarray, n_images: int,
     new caption_to_image (k,) int64 into ``rows``). ``ValueError`` on repeated or
     out-of-range rows.
     """
-    rows = _image_rows(rows, n_images, "rows")
+    rows = check_image_rows(rows, n_images, "rows")
     if len(np.unique(rows)) != len(rows):
         raise ValueError("rows contain repeated images; pass each image row once")
     new_of_old = np.full(n_images, -1, dtype=np.int64)

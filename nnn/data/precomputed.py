@@ -46,7 +46,7 @@ import torch
 from safetensors.torch import load_file as load_safetensors
 
 from nnn._arrays import as_matrix, check_positive_int
-from nnn.data.base import EmbeddingSet, _image_rows
+from nnn.data.base import EmbeddingSet, check_image_rows
 from nnn.data.splits import train_test_split
 from nnn.errors import MissingResourceError
 
@@ -190,7 +190,7 @@ def load_caption_index(spec, *, n_captions: int, n_images: int,
     if idx.ndim != 1 or idx.dtype.kind not in "iu" or len(idx) != n_captions:
         raise ValueError(f"{where} must be {n_captions} integers (one image row per caption), "
                          f"got shape {idx.shape} dtype {idx.dtype}")
-    return _image_rows(idx, n_images, f"{where}: caption_to_image")
+    return check_image_rows(idx, n_images, f"{where}: caption_to_image")
 
 
 def load_embedding_set(image_path, text_path, caption_index="identity", *, name: str = "test",
