@@ -745,6 +745,7 @@ def lightning_check(ctx: Context, enc, split, single, folder: Path, label: str) 
     import numpy as np
 
     from nnn.cache import EmbeddingCache
+    from nnn.data.base import subset_caption_index
     from nnn.embed.lightning import embed_split_lightning
 
     s, sec = ctx.sizes, "extract"
@@ -756,10 +757,12 @@ def lightning_check(ctx: Context, enc, split, single, folder: Path, label: str) 
                                strategy="ddp", batch_size=s.batch, num_workers=ctx.workers,
                                progress=False)
     wall = time.perf_counter() - t0
-    err = float(np.abs(es.image - single.image[rows]).max())
+    _, kept, _ = subset_caption_index(split.caption_to_image, split.n_images, rows)
+    err = max(float(np.abs(es.image - single.image[rows]).max()),
+              float(np.abs(es.text - single.text[kept]).max()))
     bound = 1e-2 if ctx.cuda else 1e-5  # fp16 autocast on the GPU; float32 on the CPU
-    ctx.emit(sec, "check", f"Lightning ddp (1 device) vs embed_split, {len(rows)} images",
-             status_for(err, bound), error=err, bound=bound,
+    ctx.emit(sec, "check", f"Lightning ddp (1 device) vs embed_split, {len(rows)} images and "
+             f"{len(kept)} captions", status_for(err, bound), error=err, bound=bound,
              note="nnn.embed.lightning.embed_split_lightning, strategy='ddp', devices=1")
     ctx.emit(sec, "time", f"{label}: Lightning ddp, 1 device, {len(rows)} images",
              seconds=wall, rate=len(rows) / wall, unit="img/s",
@@ -917,7 +920,8 @@ def fmt(v, digits: int = 3) -> str:
 def markdown(env: dict, rows: list[dict], args) -> str:
     head = (f"GPU check ({args.preset}, device {args.device}) — {env['date']}; "
             f"{env.get('gpu', 'no GPU')}; Python {env['python']}, torch {env['torch']} "
-            f"(CUDA {env['cuda']}), {env['cpus']} CPUs, load {env.get('load', '?')}, "
+            f"(CUDA {env['cuda']}), {env['cpus']} CPUs ({env.get('cpu', '?')}; "
+            f"{env.get('cpu_flags', '')}), load {env.get('load', '?')}, "
             f"commit {env.get('commit') or '?'}")
     lines = [head, "", "Correctness (device results against float64 / the CPU)", "",
              "| section | check | status | max abs error | bound | note |", "|---|---|---|---|---|---|"]
