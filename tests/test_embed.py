@@ -158,6 +158,24 @@ def test_bad_image_skip_keeps_index_consistent(encoder, tmp_path, kind):
         assert good.image_ids[row] == stem[int(PICTURE.search(caption).group(1))]
 
 
+@pytest.mark.filterwarnings("ignore:.*treespec:FutureWarning")  # Lightning vs torch
+@pytest.mark.parametrize("path", ["local", "lightning"])
+def test_a_shard_of_unreadable_images_only_is_written_and_merged(encoder, tmp_path, path):
+    """on_bad_image=skip with a whole shard of bad images (it has rows failed, none embedded):
+    its part holds no embedding columns, and the merge still gives the good images."""
+    make_karpathy_fixture(tmp_path / "data", "flickr30k", n_train=9, n_val=2, n_test=3)
+    ds = Flickr30k(tmp_path / "data", on_bad_image="skip")
+    split = ds.split("train")
+    for r in range(4):  # the first shard (shard_size 4)
+        corrupt(split.image_paths[r], "garbage")
+    lightning = dict(accelerator="cpu", devices=1, strategy="auto") if path == "lightning" else None
+    es = embed_dataset_split(encoder, ds, "train", EmbeddingCache(tmp_path / "c"),
+                             lightning=lightning, **{**OPTS, "batch_size": 4, "shard_size": 4})
+    assert es.meta["n_bad_images"] == 4 and es.image.shape[0] == split.n_images - 4
+    ref_img, _ = _reference(encoder, split.subset_images(range(4, split.n_images)))
+    np.testing.assert_allclose(es.image, ref_img, atol=1e-5)
+
+
 def test_jpeg_draft_is_keyed_and_close(encoder, tmp_path):
     make_karpathy_fixture(tmp_path / "data", "flickr30k", n_train=3, n_val=2, n_test=3,
                           image_size=(160, 120))

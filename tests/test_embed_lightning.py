@@ -28,6 +28,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*treespec:FutureWarning")  # Li
 ONE_CPU = dict(accelerator="cpu", devices=1, strategy="auto")
 
 DDP_SCRIPT = """
+import os
 import sys
 sys.path.insert(0, {tests!r})
 import numpy as np
@@ -38,7 +39,10 @@ from nnn.data.flickr30k import Flickr30k
 from nnn.embed import embed_dataset_split
 
 data, cache_root, cfg, out = sys.argv[1:5]
-enc = CountingEncoder(tiny_clip_encoder(cfg).load())
+fail_rank = sys.argv[5] if len(sys.argv) > 5 else None  # this rank's encoder fails at once
+rank_here = os.environ.get("LOCAL_RANK", "0")  # set for the processes Lightning starts
+enc = CountingEncoder(tiny_clip_encoder(cfg).load(),
+                      fail_after=0 if rank_here == fail_rank else None)
 es = embed_dataset_split(enc, Flickr30k(data, on_bad_image="skip"),
                          "train", EmbeddingCache(cache_root), batch_size=3, shard_size=4,
                          num_workers=0, progress=False,
@@ -88,6 +92,24 @@ def test_ddp_two_cpu_processes_match_one_process(flickr, tmp_path, encoder):
     assert [int(s["captions"]) for s in shares] == [n_captions // 2, n_captions - n_captions // 2]
     assert sum(int(s["images"]) for s in shares) == 12 and min(int(s["images"]) for s in shares)
     assert not any((tmp_path / "cache" / ".work").iterdir())  # shards removed after the merge
+
+
+@pytest.mark.slow  # two fresh interpreters, as above
+def test_ddp_encoder_failure_on_one_rank_stops_both_ranks(flickr, tmp_path):
+    """Rank 1's encoder raises on its first batch: rank 1 ends with that error, rank 0 with one
+    naming another rank, both at once (before, rank 0 waited at the next collective call until
+    the process group's timeout)."""
+    script = tmp_path / "ddp_extract.py"
+    script.write_text(DDP_SCRIPT.format(tests=str(TESTS)))
+    env = {k: v for k, v in os.environ.items() if k not in RANK_VARIABLES}
+    proc = subprocess.run([sys.executable, str(script), str(flickr), str(tmp_path / "cache"),
+                           str(tmp_path / "cfg"), str(tmp_path / "out"), "1"],
+                          capture_output=True, text=True, timeout=300,
+                          env={**env, "PYTHONWARNINGS": "ignore"}, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "RuntimeError: injected crash" in proc.stderr, proc.stderr[-3000:]
+    assert "another rank failed to encode its share of the images or captions" in proc.stderr
+    assert not list(tmp_path.glob("out.rank*.npz"))
 
 
 def test_lightning_resumes_shards_of_a_crashed_run(flickr, tmp_path, encoder):
@@ -237,11 +259,23 @@ def test_caption_shares_cover_the_split_once_and_resume(flickr, tmp_path, encode
     assert enc.captions == n
 
 
-def test_caption_share_failure_on_another_rank_stops_this_one(flickr, tmp_path, encoder):
-    from nnn.embed.shards import ShardDir
+def test_a_failure_on_any_rank_stops_every_rank():
+    ok, crash = _Trainer(0, 2), RuntimeError("injected crash")
+    embed_lightning._all_ranks_succeeded(ok, None, "elsewhere")  # all well: returns
+    with pytest.raises(RuntimeError, match="injected crash"):  # the rank that failed
+        embed_lightning._all_ranks_succeeded(_Trainer(1, 2, others_ok=False), crash, "elsewhere")
+    with pytest.raises(RuntimeError, match="^elsewhere$"):  # a rank that did not
+        embed_lightning._all_ranks_succeeded(_Trainer(0, 2, others_ok=False), None, "elsewhere")
 
-    split = Flickr30k(flickr).split("test")
-    shards = ShardDir(tmp_path / "work", split.n_images)
-    with pytest.raises(RuntimeError, match="another rank failed to encode its share"):
-        embed_lightning._encode_caption_share(encoder, split, shards,
-                                              _Trainer(0, 2, others_ok=False), progress=False)
+
+def test_an_encoder_failure_in_predict_is_raised_after_the_loop(flickr, tmp_path, encoder):
+    """The failing rank passes over its later batches (their rows stay pending) and raises its
+    error only at the collective check, where the other ranks hear of it."""
+    ds, cache = Flickr30k(flickr), EmbeddingCache(tmp_path / "cache")
+    failing = CountingEncoder(encoder, fail_after=2)
+    with pytest.raises(RuntimeError, match="injected crash"):
+        embed_dataset_split(failing, ds, "train", cache, lightning=ONE_CPU, **OPTS)
+    assert failing.batches == 2 and failing.captions == 0  # no work after the failure
+    resumed = CountingEncoder(encoder)
+    embed_dataset_split(resumed, ds, "train", cache, lightning=ONE_CPU, **OPTS)
+    assert resumed.images == 13 - 6  # the two batches done before the failure were kept

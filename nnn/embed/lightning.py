@@ -19,8 +19,9 @@ row numbers, so a killed job resumes with any number of ranks. Then each rank en
 contiguous 1/world share of the captions (unless caption parts in the work dir hold it already)
 and saves it as one caption part. Once every rank reports success, rank 0 merges the parts in
 row order and stores the entry in the cache; the other ranks then load it. A rank that fails on
-its captions or in the merge makes every rank stop with an error instead of waiting. The work
-dir must be on a file system all nodes share (the cache root usually is).
+its images, its captions or in the merge makes every rank stop with an error instead of
+waiting (the shards written so far are kept for the rerun). The work dir must be on a file
+system all nodes share (the cache root usually is).
 
 The cache key names the precision that runs on the device the encoder was configured for; a
 rank whose device would run another one (fp16 falls back to fp32 on CPU) is refused, as its
@@ -102,7 +103,9 @@ def _place_encoder(encoder, device: torch.device, key_precision: str | None) -> 
 class ImageEncoderModule(L.LightningModule):
     """On each rank: loads the encoder on the rank's device and finds the rows still missing from
     ``shards`` (``setup``); ``predict_step``: a batch of ``collate_rows`` -> rows, embeddings and
-    failures (NumPy)."""
+    failures (NumPy). An exception while encoding is kept in ``error`` (the later batches are
+    passed over, their rows stay pending) instead of being raised: the other ranks would wait
+    for this one at the next collective call until the process group's timeout."""
 
     def __init__(self, encoder, shards: ShardDir, make_loader: Callable, *, on_bad_image: str,
                  refresh: bool, key_precision: str | None):
@@ -117,6 +120,7 @@ class ImageEncoderModule(L.LightningModule):
         self.refresh = refresh
         self.key_precision = key_precision
         self.pending = np.zeros(0, dtype=np.int64)
+        self.error: Exception | None = None
 
     def setup(self, stage: str) -> None:
         _place_encoder(self.encoder, self.trainer.strategy.root_device, self.key_precision)
@@ -136,8 +140,16 @@ class ImageEncoderModule(L.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         rows = batch["rows"].cpu().numpy()
-        emb = (encode_pixels(self.encoder, batch["pixels"], self.device) if len(rows)
-               else np.zeros((0, 0), np.float32))
+        nothing = {"rows": np.zeros(0, np.int64), "emb": np.zeros((0, 0), np.float32),
+                   "failed_rows": np.zeros(0, np.int64), "errors": []}
+        if self.error is not None:
+            return nothing
+        try:
+            emb = (encode_pixels(self.encoder, batch["pixels"], self.device) if len(rows)
+                   else np.zeros((0, 0), np.float32))
+        except Exception as e:  # raised after the loop, once every rank knows (see the class)
+            self.error = e
+            return nothing
         return {"rows": rows, "emb": emb, "failed_rows": batch["failed_rows"].cpu().numpy(),
                 "errors": list(batch["errors"])}
 
@@ -180,7 +192,8 @@ class ShardWriter(BasePredictionWriter):
             self._bar.close()
 
     def _flush(self, rank: int) -> None:
-        if not self._buf:
+        if not any(len(p["rows"]) or len(p["failed_rows"]) for p in self._buf):
+            self._buf = []  # nothing to write (e.g. batches passed over after an error)
             return
         with_rows = [p for p in self._buf if len(p["rows"])]
         rows = (np.concatenate([p["rows"] for p in with_rows]) if with_rows
@@ -193,13 +206,22 @@ class ShardWriter(BasePredictionWriter):
         self._buf = []
 
 
+def _all_ranks_succeeded(trainer, error: Exception | None, elsewhere: str) -> None:
+    """Collective: raises ``error`` on the rank that had it and ``RuntimeError(elsewhere)`` on
+    the others, so that no rank waits for a failed one; returns when every rank succeeded."""
+    everyone = trainer.strategy.reduce_boolean_decision(error is None, all=True)
+    if error is not None:
+        raise error
+    if not everyone:
+        raise RuntimeError(elsewhere)
+
+
 def _encode_caption_share(encoder, split: RetrievalSplit, shards: ShardDir, trainer, *,
-                          progress: bool) -> None:
+                          progress: bool) -> Exception | None:
     """This rank's contiguous share of the captions, encoded and saved as one caption part
-    (unless one is there already); returns once every rank is done, raises if any failed."""
+    (unless one is there already); the exception it raised, if any."""
     n, world, rank = split.n_captions, trainer.world_size, trainer.global_rank
     start, stop = n * rank // world, n * (rank + 1) // world
-    error = None
     try:
         if stop > start and not shards.has_text(start, stop, n):
             if trainer.is_global_zero:
@@ -208,14 +230,9 @@ def _encode_caption_share(encoder, split: RetrievalSplit, shards: ShardDir, trai
                                    trainer.strategy.root_device,
                                    progress=progress and trainer.is_global_zero)
             shards.save_text(text, start=start)
-    except Exception as e:  # the other ranks must hear about it, or they would wait
-        error = e
-    everyone = trainer.strategy.reduce_boolean_decision(error is None, all=True)
-    if error is not None:
-        raise error
-    if not everyone:
-        raise RuntimeError(f"split {split.name!r}: another rank failed to encode its share of "
-                           "the captions; see its error")
+    except Exception as e:  # reported by _all_ranks_succeeded
+        return e
+    return None
 
 
 def embed_split_lightning(encoder, split: RetrievalSplit, cache, *, identity: dict,
@@ -249,21 +266,19 @@ def embed_split_lightning(encoder, split: RetrievalSplit, cache, *, identity: di
                         enable_checkpointing=False, enable_progress_bar=False,
                         enable_model_summary=False, **(trainer_kwargs or {}))
     trainer.predict(module, return_predictions=False)
-    _encode_caption_share(encoder, split, shards, trainer, progress=progress)
-    error = None
+    error = module.error or _encode_caption_share(encoder, split, shards, trainer,
+                                                  progress=progress)
+    _all_ranks_succeeded(trainer, error, f"split {split.name!r}: another rank failed to encode "
+                                         "its share of the images or captions; see its error")
     if trainer.is_global_zero:
         try:
             arrays = finish_arrays(encoder, split, shards, on_bad_image=on_bad_image,
                                    device=trainer.strategy.root_device, progress=progress)
             cache.store(identity, arrays)
-        except Exception as e:  # every rank must hear about it, or the others would wait
+        except Exception as e:  # reported by _all_ranks_succeeded
             error = e
-    merged = trainer.strategy.broadcast(error is None, src=0)
-    if error is not None:
-        raise error
-    if not merged:
-        raise RuntimeError(f"split {split.name!r}: rank 0 failed to merge the shards in "
-                           f"{shards.path}; see its error")
+    _all_ranks_succeeded(trainer, error, f"split {split.name!r}: rank 0 failed to merge the "
+                                         f"shards in {shards.path}; see its error")
     arrays = cache.load(identity)
     if arrays is None:
         raise RuntimeError(f"split {split.name!r}: the merged embeddings are not readable from "

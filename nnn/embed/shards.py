@@ -54,7 +54,10 @@ class ShardDir:
         """Write one part atomically; ``tag`` makes its name (a uuid is appended)."""
         target = self.path / f"images-{tag}-{uuid.uuid4().hex[:8]}.npz"
         rows = np.asarray(rows, dtype=np.int64)
-        emb = np.asarray(emb, dtype=np.float32).reshape(len(rows), -1)
+        emb = np.asarray(emb, dtype=np.float32)
+        # a part of unreadable images only has no embedding, and (0, 0) cannot reshape to (0, -1)
+        emb = emb.reshape(len(rows), -1) if len(rows) else emb.reshape(0, emb.shape[-1]
+                                                                       if emb.ndim == 2 else 0)
         with atomic_open(target, "wb") as f:
             np.savez(f, rows=rows, emb=emb, failed_rows=np.asarray(failed_rows, dtype=np.int64),
                      errors=np.asarray(list(errors), dtype=str))
@@ -121,7 +124,8 @@ class ShardDir:
             return rows, np.zeros((0, 0), np.float32), failed
         emb = np.zeros((self.n_images, dims.pop()), dtype=np.float32)
         for part in parts:
-            emb[part["rows"]] = part["emb"]
+            if len(part["rows"]):  # a part of unreadable images only has no embedding columns
+                emb[part["rows"]] = part["emb"]
         return rows, emb[rows], failed
 
     def _text_parts(self, n_captions: int) -> list[tuple[int, int, Path]]:
