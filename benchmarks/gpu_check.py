@@ -719,12 +719,15 @@ def section_extract(ctx: Context) -> None:
                     tfwd = steps * len(tokens) / best
                     ctx.emit(sec, "time", f"{label}: texts, forward only", rate=tfwd,
                              unit="texts/s", note="pre-tokenised batch on device")
-                    t0 = time.perf_counter()
-                    encode_captions(enc, split.captions, dev)
-                    rate = split.n_captions / (time.perf_counter() - t0)
-                    ctx.emit(sec, "time", f"{label}: texts, encode_captions (tokenise + forward)",
-                             rate=rate, unit="texts/s",
-                             note=f"{100 * rate / tfwd:.1f} % of forward only")
+                    for where, n_workers in (("in this process", 0),
+                                             (f"in {workers} workers", workers)):
+                        t0 = time.perf_counter()
+                        encode_captions(enc, split.captions, dev, progress=False,
+                                        num_workers=n_workers)
+                        rate = split.n_captions / (time.perf_counter() - t0)
+                        ctx.emit(sec, "time", f"{label}: texts, encode_captions (tokenised "
+                                 f"{where}, forward)", rate=rate, unit="texts/s",
+                                 note=f"{100 * rate / tfwd:.1f} % of forward only")
                 # the first model is kept for the Lightning run, which comes last (it leaves
                 # a process group behind)
                 if first is None and es is not None:

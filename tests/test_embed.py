@@ -176,6 +176,26 @@ def test_a_shard_of_unreadable_images_only_is_written_and_merged(encoder, tmp_pa
     np.testing.assert_allclose(es.image, ref_img, atol=1e-5)
 
 
+def test_captions_tokenised_in_workers_give_the_same_rows(encoder):
+    """encode_captions with DataLoader workers tokenising (open_clip's Python tokenizer) equals
+    the one-process loop, row for row and in order, across uneven batches."""
+
+    from nnn.embed.batches import caption_workers, encode_captions
+
+    captions = [f"a photo of {n} {w}" for n in range(23) for w in ("dogs", "cats on a sofa")]
+    assert len(captions) % encoder.batch_size  # a short last batch
+    tokenize = pickle.loads(pickle.dumps(encoder.caption_tokenizer()))  # what spawn would send
+    assert torch.equal(tokenize(captions[:3]), encoder.caption_tokenizer()(captions[:3]))
+    serial = encode_captions(encoder, captions, torch.device("cpu"), progress=False)
+    workers = encode_captions(encoder, captions, torch.device("cpu"), progress=False,
+                              num_workers=2)
+    np.testing.assert_array_equal(workers, serial)
+    assert serial.shape == (len(captions), encoder.encode_text_batch(["x"]).shape[1])
+    # extraction asks for them only where the model is not on the CPU (whose cores it uses)
+    assert caption_workers(4, torch.device("cpu")) == 0
+    assert caption_workers(4, torch.device("cuda", 1)) == 4
+
+
 def test_jpeg_draft_is_keyed_and_close(encoder, tmp_path):
     make_karpathy_fixture(tmp_path / "data", "flickr30k", n_train=3, n_val=2, n_test=3,
                           image_size=(160, 120))

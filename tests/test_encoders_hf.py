@@ -260,3 +260,18 @@ def test_max_text_length_beyond_the_text_model_is_refused_at_load(kind, saved):
     enc = load(saved[kind], max_text_length=24)
     long = " ".join(["the red car on the blue mat"] * 10)  # truncated to 24 tokens
     assert enc.text_length == 24 and enc.encode_texts([long, "a dog"]).shape[0] == 2
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_caption_tokens_apart_give_the_same_rows(kind, saved):
+    """The tokenising that DataLoader workers would run, then the model: the same rows as
+    encode_text_batch. A fast (Rust) tokenizer is not sent to workers."""
+    import pickle
+
+    enc = load(saved[kind], batch_size=2)
+    tokenize = pickle.loads(pickle.dumps(enc._caption_tokens()))  # as a spawned worker gets it
+    tokens = tokenize(CAPTIONS[:3])
+    assert isinstance(tokens, dict) and all(isinstance(v, torch.Tensor) for v in tokens.values())
+    np.testing.assert_array_equal(enc.encode_token_batch(tokens).numpy(),
+                                  enc.encode_text_batch(CAPTIONS[:3]).numpy())
+    assert enc.caption_tokenizer() is None if enc._tokenizer.is_fast else enc.caption_tokenizer()

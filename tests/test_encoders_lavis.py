@@ -175,6 +175,14 @@ def test_text_embeddings_use_the_eval_processor_and_tokenizer(fake_lavis):
     np.testing.assert_allclose(out, ref, atol=1e-6)
 
 
+def test_caption_tokenizer_apart_gives_the_same_rows(fake_lavis):
+    enc = LavisEncoder(device="cpu", batch_size=2, max_text_length=7).load()
+    captions = ["A dog.", "Two cats on a sofa.", "x"]
+    tokens = enc.caption_tokenizer()(captions)  # what a DataLoader worker would compute
+    np.testing.assert_array_equal(enc.encode_token_batch(tokens).numpy(),
+                                  enc.encode_text_batch(captions).numpy())
+
+
 def test_without_lavis_the_error_points_to_its_own_environment(monkeypatch):
     monkeypatch.setitem(sys.modules, "lavis", None)  # makes `import lavis` fail
     monkeypatch.delitem(sys.modules, "lavis.models", raising=False)

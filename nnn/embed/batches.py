@@ -4,7 +4,9 @@ both extraction paths (``nnn.embed.local``, ``nnn.embed.lightning``) share.
 - ``image_loader`` -> DataLoader whose workers decode and preprocess images
   (``nnn.data.images.ImageRows`` with ``encoder.image_preprocessor()``) into ``collate_rows``
   batches; memory is pinned only when ``device`` is CUDA.
-- ``encode_pixels``: (b, 3, H, W) -> (b, d); ``encode_captions``: n captions -> (n, d). Both run
+- ``encode_pixels``: (b, 3, H, W) -> (b, d); ``encode_captions``: n captions -> (n, d), with
+  the tokenising in DataLoader workers when asked (``CaptionBatches``; ``caption_workers``
+  says when it pays). Both run
   under ``torch.inference_mode()`` and the autocast of ``encoder.precision``
   (``nnn.encoders.torch_model.autocast``) and return float32 rows re-normalised to unit L2 norm;
   a NaN/Inf embedding (e.g. an fp16 overflow) raises ``ValueError`` naming the precision.
@@ -47,13 +49,57 @@ def encode_pixels(encoder, pixels: torch.Tensor, device: torch.device) -> np.nda
     return _unit_rows(out.float().cpu().numpy(), encoder, "images of a batch")
 
 
+class CaptionBatches(torch.utils.data.Dataset):
+    """Item i: the tokens of captions [i * batch_size, (i + 1) * batch_size), tokenised by
+    ``tokenize`` (an encoder's ``caption_tokenizer()``) where the item is read: in a worker."""
+
+    def __init__(self, captions: Sequence[str], batch_size: int, tokenize):
+        self.captions, self.batch_size, self.tokenize = list(captions), batch_size, tokenize
+
+    def __len__(self) -> int:
+        return -(-len(self.captions) // self.batch_size)
+
+    def __getitem__(self, i: int):
+        return self.tokenize(self.captions[i * self.batch_size:(i + 1) * self.batch_size])
+
+
+def _as_is(item):
+    """The DataLoader's per-item conversion when items are whole batches: none."""
+    return item
+
+
+def caption_workers(num_workers: int, device: torch.device) -> int:
+    """How many DataLoader workers should tokenise captions for a model on ``device``: the
+    image workers' number on an accelerator, where tokenising in one process can be the wall
+    (open_clip's Python tokenizer: ~14k captions/s on one Zen 4 core; benchmarks/gpu_check.py
+    times both ways); none on the CPU, where the forward already uses every core (2-core
+    Zen 4, tiny model: 10.3k captions/s in one process, 8.8k with 2 workers)."""
+    return 0 if device.type == "cpu" else num_workers
+
+
 def encode_captions(encoder, captions: Sequence[str], device: torch.device, *,
-                    progress: bool = True) -> np.ndarray:
+                    progress: bool = True, num_workers: int = 0) -> np.ndarray:
     """n captions -> (n, d) float32 unit rows, ``encoder.batch_size`` at a time (a tqdm bar
-    when ``progress``)."""
+    when ``progress``). With ``num_workers`` > 0, more than one batch and an encoder that
+    offers ``caption_tokenizer()``, that many DataLoader workers tokenise the batches ahead of
+    the model (open_clip's and BERT's tokenizers are Python, ~10k captions/s on one core);
+    the tokens, and so the rows, are the same."""
+    captions = list(captions)
+    tokenize = (encoder.caption_tokenizer()
+                if num_workers and len(captions) > encoder.batch_size else None)
     with torch.inference_mode(), autocast(device, encoder.precision):
-        return _unit_rows(encoder.encode_texts(list(captions), progress=progress), encoder,
-                          "captions")
+        if tokenize is None:
+            text = encoder.encode_texts(captions, progress=progress)
+        else:
+            from tqdm.auto import tqdm
+
+            batches = CaptionBatches(captions, encoder.batch_size, tokenize)
+            loader = torch.utils.data.DataLoader(batches, batch_size=None, collate_fn=_as_is,
+                                                 num_workers=min(num_workers, len(batches)))
+            text = np.concatenate([encoder.encode_token_batch(tokens).float().cpu().numpy()
+                                   for tokens in tqdm(loader, desc="encode captions",
+                                                      unit="batch", disable=not progress)])
+    return _unit_rows(text, encoder, "captions")
 
 
 def image_loader(encoder, split: RetrievalSplit, rows: np.ndarray, *, device: torch.device,

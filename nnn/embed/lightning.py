@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from nnn._arrays import check_positive_int
 from nnn.data.base import EmbeddingSet, RetrievalSplit
 from nnn.data.images import check_bad_image_policy
-from nnn.embed.batches import encode_captions, encode_pixels, image_loader
+from nnn.embed.batches import caption_workers, encode_captions, encode_pixels, image_loader
 from nnn.embed.shards import ShardDir, finish_arrays, to_embedding_set
 from nnn.encoders.torch_model import effective_precision
 
@@ -217,7 +217,7 @@ def _all_ranks_succeeded(trainer, error: Exception | None, elsewhere: str) -> No
 
 
 def _encode_caption_share(encoder, split: RetrievalSplit, shards: ShardDir, trainer, *,
-                          progress: bool) -> Exception | None:
+                          progress: bool, num_workers: int = 0) -> Exception | None:
     """This rank's contiguous share of the captions, encoded and saved as one caption part
     (unless one is there already); the exception it raised, if any."""
     n, world, rank = split.n_captions, trainer.world_size, trainer.global_rank
@@ -226,9 +226,10 @@ def _encode_caption_share(encoder, split: RetrievalSplit, shards: ShardDir, trai
         if stop > start and not shards.has_text(start, stop, n):
             if trainer.is_global_zero:
                 log.info("split %r: encoding %d captions on %d ranks", split.name, n, world)
-            text = encode_captions(encoder, split.captions[start:stop],
-                                   trainer.strategy.root_device,
-                                   progress=progress and trainer.is_global_zero)
+            device = trainer.strategy.root_device
+            text = encode_captions(encoder, split.captions[start:stop], device,
+                                   progress=progress and trainer.is_global_zero,
+                                   num_workers=caption_workers(num_workers, device))
             shards.save_text(text, start=start)
     except Exception as e:  # reported by _all_ranks_succeeded
         return e
@@ -267,13 +268,14 @@ def embed_split_lightning(encoder, split: RetrievalSplit, cache, *, identity: di
                         enable_model_summary=False, **(trainer_kwargs or {}))
     trainer.predict(module, return_predictions=False)
     error = module.error or _encode_caption_share(encoder, split, shards, trainer,
-                                                  progress=progress)
+                                                  progress=progress, num_workers=num_workers)
     _all_ranks_succeeded(trainer, error, f"split {split.name!r}: another rank failed to encode "
                                          "its share of the images or captions; see its error")
     if trainer.is_global_zero:
         try:
             arrays = finish_arrays(encoder, split, shards, on_bad_image=on_bad_image,
-                                   device=trainer.strategy.root_device, progress=progress)
+                                   device=trainer.strategy.root_device, progress=progress,
+                                   num_workers=num_workers)
             cache.store(identity, arrays)
         except Exception as e:  # reported by _all_ranks_succeeded
             error = e

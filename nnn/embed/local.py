@@ -15,8 +15,9 @@ loaded (``encoder.load()``, unless ``encoder.is_loaded``) before the first image
   there, skips their images and computes only the rest.
 - Bad images: ``on_bad_image="error"`` stops at the first batch holding an unreadable image and
   names it (``BadImageError``); ``"skip"`` drops it and its captions and logs the count.
-- Captions and the cache entry: ``nnn.embed.shards.finish_arrays`` (its own tqdm bar); the
-  cache then removes the work dir. ``progress=False`` hides both bars.
+- Captions and the cache entry: ``nnn.embed.shards.finish_arrays`` (its own tqdm bar; on a
+  GPU the ``num_workers`` workers also tokenise the captions); the cache then removes the
+  work dir. ``progress=False`` hides both bars.
 
 Encoders that bring their own embeddings (``encoder.embed_split``) are dispatched before this
 module, by ``nnn.embed.embed_split``.
@@ -123,6 +124,6 @@ def embed_split_local(encoder, split: RetrievalSplit, cache, *, identity: dict,
                             num_workers=num_workers, pin_memory=pin_memory, device=dev,
                             jpeg_draft=jpeg_draft, progress=progress)
         return finish_arrays(encoder, split, shards, on_bad_image=on_bad_image, device=dev,
-                             progress=progress)
+                             progress=progress, num_workers=num_workers)
 
     return to_embedding_set(split, cache.get_or_compute(identity, compute))

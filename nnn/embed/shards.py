@@ -25,7 +25,7 @@ import torch
 from nnn._atomic import atomic_open, atomic_save_npy
 from nnn.data.base import EmbeddingSet, RetrievalSplit, subset_caption_index
 from nnn.data.images import BadImageError
-from nnn.embed.batches import encode_captions
+from nnn.embed.batches import caption_workers, encode_captions
 
 log = logging.getLogger(__name__)
 
@@ -194,9 +194,11 @@ def bad_image_failures(split: RetrievalSplit, failed: dict[int, str]) -> list[tu
 
 
 def finish_arrays(encoder, split: RetrievalSplit, shards: ShardDir, *, on_bad_image: str,
-                  device: torch.device, progress: bool = True) -> dict[str, np.ndarray]:
+                  device: torch.device, progress: bool = True,
+                  num_workers: int = 0) -> dict[str, np.ndarray]:
     """Cache-entry arrays from the shards (all images done) plus the caption embeddings
-    (encoded with a tqdm bar when ``progress``)."""
+    (encoded with a tqdm bar when ``progress``; on an accelerator ``num_workers`` DataLoader
+    workers tokenise them, see ``nnn.embed.batches.caption_workers``)."""
     rows, image, failed = shards.assemble()
     if failed and on_bad_image == "error":
         raise BadImageError(bad_image_failures(split, failed), split.name)
@@ -214,7 +216,8 @@ def finish_arrays(encoder, split: RetrievalSplit, shards: ShardDir, *, on_bad_im
     text = shards.text(split.n_captions)
     if text is None:
         log.info("encoding %d captions of split %r", split.n_captions, split.name)
-        text = encode_captions(encoder, split.captions, device, progress=progress)
+        text = encode_captions(encoder, split.captions, device, progress=progress,
+                               num_workers=caption_workers(num_workers, device))
         shards.save_text(text)
     _, caption_rows, c2i = subset_caption_index(split.caption_to_image, split.n_images, rows)
     return {"image": image, "text": np.ascontiguousarray(text[caption_rows]),

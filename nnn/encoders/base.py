@@ -70,6 +70,19 @@ class Encoder(ABC):
     def encode_text_batch(self, captions: list[str]) -> torch.Tensor:
         """b captions -> (b, d) L2-normalised float32."""
 
+    def caption_tokenizer(self):
+        """A picklable callable, b captions -> the text model's inputs (CPU tensors) that
+        ``encode_token_batch`` takes, so that DataLoader workers can tokenise ahead of the
+        model; None (this default) when tokenising apart is not offered or not worth a worker
+        (e.g. a Rust tokenizer). ``encode_token_batch(caption_tokenizer()(c))`` equals
+        ``encode_text_batch(c)``."""
+        return None
+
+    def encode_token_batch(self, tokens) -> torch.Tensor:
+        """``caption_tokenizer()(captions)`` of b captions -> (b, d) L2-normalised float32."""
+        raise NotImplementedError(f"{type(self).__name__} offers no caption_tokenizer(); use "
+                                  "encode_text_batch")
+
     def encode_texts(self, captions: list[str], *, progress: bool = True) -> np.ndarray:
         """All captions -> (n, d) float32, ``batch_size`` at a time (a tqdm bar when
         ``progress`` and there is more than one batch)."""

@@ -115,6 +115,21 @@ class HFImageTransform:
         return f"HFImageTransform({type(self.processor).__name__})"
 
 
+class HFCaptionTokens:
+    """Picklable: b captions -> {input_ids, attention_mask, ...} CPU tensors of a transformers
+    tokenizer, after the caption style's cleaning (``clean``, None: as given)."""
+
+    def __init__(self, tokenizer, clean, padding: str, max_length: int):
+        self.tokenizer, self.clean, self.padding, self.max_length = (tokenizer, clean, padding,
+                                                                     max_length)
+
+    def __call__(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        if self.clean is not None:
+            captions = [self.clean(c) for c in captions]
+        return dict(self.tokenizer(captions, padding=self.padding, truncation=True,
+                                   max_length=self.max_length, return_tensors="pt"))
+
+
 class HFEncoder(TorchModelEncoder):
     """A transformers image-text model -> L2-normalised float32 embeddings (b, d)."""
 
@@ -228,13 +243,18 @@ class HFEncoder(TorchModelEncoder):
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._head.image(self._model, pixels)
 
-    def _text_features(self, captions: list[str]) -> torch.Tensor:
-        clean = CAPTION_STYLES[self.caption_style]
-        if clean is not None:
-            captions = [clean(c) for c in captions]
-        tokens = self._tokenizer(captions, padding=self.text_padding, truncation=True,
-                                 max_length=self.text_length, return_tensors="pt")
+    def _caption_tokens(self) -> HFCaptionTokens:
+        return HFCaptionTokens(self._tokenizer, CAPTION_STYLES[self.caption_style],
+                               self.text_padding, self.text_length)
+
+    def _token_features(self, tokens: dict[str, torch.Tensor]) -> torch.Tensor:
         return self._head.text(self._model, {k: v.to(self._device) for k, v in tokens.items()})
+
+    def caption_tokenizer(self) -> HFCaptionTokens | None:
+        """None for a fast (Rust) tokenizer, quicker in this process than a worker's round
+        trip; the Python ones tokenise in DataLoader workers."""
+        tokens = super().caption_tokenizer()
+        return None if getattr(self._tokenizer, "is_fast", False) else tokens
 
     def _describe(self) -> dict:
         local = self._local_dir

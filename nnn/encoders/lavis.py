@@ -48,6 +48,18 @@ def import_lavis_models():
                                      f"which could not be imported ({e}). {LAVIS_ENV_HINT}") from e
 
 
+class LavisCaptionTokens:
+    """Picklable: b captions -> the ``eval`` text processor on each, then the model's BERT
+    tokenizer, padded to ``max_length`` (the tokenizer's output, with ``.to(device)``)."""
+
+    def __init__(self, text_processor, tokenizer, max_length: int):
+        self.text_processor, self.tokenizer, self.max_length = text_processor, tokenizer, max_length
+
+    def __call__(self, captions: list[str]):
+        return self.tokenizer([self.text_processor(c) for c in captions], padding="max_length",
+                              truncation=True, max_length=self.max_length, return_tensors="pt")
+
+
 class LavisEncoder(TorchModelEncoder):
     """A LAVIS ALBEF/BLIP retrieval model -> L2-normalised float32 ITC embeddings (b, 256)."""
 
@@ -87,12 +99,12 @@ class LavisEncoder(TorchModelEncoder):
         states = self._model.visual_encoder.forward_features(pixels)
         return self._model.vision_proj(states[:, 0, :])
 
-    def _text_features(self, captions: list[str]) -> torch.Tensor:
-        texts = [self._text_processor(c) for c in captions]
-        tokens = self._model.tokenizer(texts, padding="max_length", truncation=True,
-                                       max_length=self.max_text_length,
-                                       return_tensors="pt").to(self._device)
-        states = self._model.text_encoder.forward_text(tokens).last_hidden_state
+    def _caption_tokens(self) -> "LavisCaptionTokens":
+        return LavisCaptionTokens(self._text_processor, self._model.tokenizer,
+                                  self.max_text_length)
+
+    def _token_features(self, tokens) -> torch.Tensor:
+        states = self._model.text_encoder.forward_text(tokens.to(self._device)).last_hidden_state
         return self._model.text_proj(states[:, 0, :])
 
     def _describe(self) -> dict:

@@ -172,8 +172,20 @@ class OpenClipEncoder(TorchModelEncoder):
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self._model.encode_image(pixels)
 
-    def _text_features(self, captions: list[str]) -> torch.Tensor:
-        return self._model.encode_text(self._tokenizer(captions).to(self._device))
+    def _caption_tokens(self):
+        return self._tokenizer  # open_clip's tokenizer: captions -> (b, context) int64
+
+    def _token_features(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self._model.encode_text(tokens.to(self._device))
+
+    def caption_tokenizer(self):
+        """open_clip's own BPE tokenizer (Python) for DataLoader workers; None for the models
+        whose tokenizer wraps a Hugging Face (Rust) one, which is fast here and would warn
+        about being forked."""
+        from open_clip.tokenizer import SimpleTokenizer
+
+        tokenize = super().caption_tokenizer()
+        return tokenize if isinstance(tokenize, SimpleTokenizer) else None
 
     def _describe(self) -> dict:
         open_clip = self._open_clip()

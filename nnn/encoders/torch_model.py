@@ -78,9 +78,12 @@ class TorchModelEncoder(Encoder):
 
     Subclasses set ``family`` and implement ``_load(device)`` (build ``self._model`` and
     ``self._preprocess``, a picklable PIL image -> (3, H, W) tensor callable),
-    ``_image_features`` ((b, 3, H, W) on the device -> (b, d)), ``_text_features`` (b captions
-    -> (b, d)) and ``_describe()`` (identity entries: model, weights, user-set preprocessing
-    options, library version; from configuration alone, without loading anything).
+    ``_image_features`` ((b, 3, H, W) on the device -> (b, d)), ``_caption_tokens()`` (a
+    picklable callable: b captions -> the text model's CPU inputs), ``_token_features`` (those
+    inputs -> (b, d)) and ``_describe()`` (identity entries: model, weights, user-set
+    preprocessing options, library version; from configuration alone, without loading
+    anything). A caption is encoded as ``_token_features(_caption_tokens()(captions))``, in one
+    process or with the tokenising in DataLoader workers (``caption_tokenizer``).
     """
 
     family: str = ""
@@ -102,8 +105,14 @@ class TorchModelEncoder(Encoder):
         """(b, 3, H, W) on the model's device -> (b, d) unnormalised features."""
 
     @abstractmethod
-    def _text_features(self, captions: list[str]) -> torch.Tensor:
-        """b captions -> (b, d) unnormalised features."""
+    def _caption_tokens(self) -> Callable:
+        """The picklable callable (built by ``_load``): b captions -> the text model's inputs on
+        the CPU (a tensor, or a mapping of tensors)."""
+
+    @abstractmethod
+    def _token_features(self, tokens) -> torch.Tensor:
+        """What ``_caption_tokens()`` returned for b captions (moved to the model's device here)
+        -> (b, d) unnormalised features."""
 
     @abstractmethod
     def _describe(self) -> dict:
@@ -159,6 +168,14 @@ class TorchModelEncoder(Encoder):
         if not captions or not all(isinstance(c, str) for c in captions):
             raise ValueError(f"captions must be a non-empty list of strings, got "
                              f"{[type(c).__name__ for c in captions[:5]] or 'an empty list'}")
+        return self.encode_token_batch(self._caption_tokens()(captions))
+
+    def caption_tokenizer(self) -> Callable | None:
+        self._loaded_model()
+        return self._caption_tokens()
+
+    def encode_token_batch(self, tokens) -> torch.Tensor:
+        self._loaded_model()
         with torch.inference_mode(), autocast(self._device, self.precision):
-            features = self._text_features(captions)
+            features = self._token_features(tokens)
         return unit_rows(features)
