@@ -286,3 +286,38 @@ def test_empty_text_caption_index_is_one_error_without_numpys_warning(tmp_path, 
     with pytest.raises(ValueError, match="must be 3 integers"):
         load_caption_index(str(tmp_path / "index.txt"), n_captions=3, n_images=3)
     assert not [w for w in recwarn if "no data" in str(w.message)]
+
+
+def test_another_reference_dataset_with_the_evaluation_images_is_refused(tmp_path):
+    """reference.dataset under another name but at the same files: references drawn from the
+    evaluation split (reference.source=test) would be test items, and those drawn from the
+    same training split could be tuning items; both are refused before anything is embedded.
+    Other files (a real second dataset) pass."""
+    from nnn.data.assemble import draw_sets, load_splits
+    from nnn.data.flickr30k import Flickr30k
+
+    make_karpathy_fixture(tmp_path / "a", "flickr30k", n_train=12, n_val=2, n_test=3)
+    make_karpathy_fixture(tmp_path / "b", "flickr30k", n_train=12, n_val=2, n_test=3)
+    data, same, other = (Flickr30k(tmp_path / "a"), Flickr30k(tmp_path / "a"),
+                         Flickr30k(tmp_path / "b"))
+    with pytest.raises(ValueError, match=r"reference.dataset's 'test' split and the evaluation "
+                                         r"split 'test' share 3 image files .* test items"):
+        load_splits(data, eval_split="test", source="test", ref_dataset=same)
+    splits = load_splits(data, eval_split="test", source="train", ref_dataset=same)
+    never = lambda parts: pytest.fail("embedded before the check")  # noqa: E731
+    with pytest.raises(ValueError, match="share .* image files .* tuning items"):
+        draw_sets(splits, fraction=0.5, seed=0, n_tuning=3, encode=never)
+    def names(parts):  # what would be embedded: {key: "split:images"}
+        return {key: f"{name}:{len(rows) if rows is not None else 'all'}"
+                for key, (_, name, rows, _) in parts.items()}
+
+    ok = load_splits(data, eval_split="test", source="train", ref_dataset=other)
+    assert draw_sets(ok, fraction=0.5, seed=0, n_tuning=3, encode=names) == \
+        ("test:all", "train:6", "train:3")
+    # another dataset's test split as the references: fine, but a tuning part would then come
+    # from the evaluation dataset's split of that name, the evaluation split itself
+    ok = load_splits(data, eval_split="test", source="test", ref_dataset=other)
+    assert draw_sets(ok, fraction=1.0, seed=0, n_tuning=0, encode=names) == \
+        ("test:all", "test:3", None)
+    with pytest.raises(ValueError, match="tuning part .* is the evaluation split .* test items"):
+        draw_sets(ok, fraction=0.5, seed=0, n_tuning=1, encode=never)

@@ -12,13 +12,17 @@ Plain values in, no config (``nnn.pipeline`` reads the config and calls these):
    training split, a reference part of ``fraction`` of its images and a disjoint tuning part.
    With another reference dataset the references are drawn from it and the tuning part from the
    evaluation dataset's training split (the same images either way), so hyper-parameters are
-   chosen for the evaluation distribution, as in the paper. Raw splits are embedded through the
-   ``encode`` callback, only the evaluation split and the drawn images.
+   chosen for the evaluation distribution, as in the paper. Raw references that share an image
+   file with the evaluation split or the tuning part (the evaluation data under another config
+   name) are refused, as is a tuning part the source would draw from the evaluation split. Raw
+   splits are embedded through the ``encode`` callback, only the evaluation split and the drawn
+   images.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -88,9 +92,36 @@ def load_splits(dataset, *, eval_split: str, source: str, ref_dataset=None) -> S
         raise ValueError(f"the evaluation dataset {type(dataset).__name__} and the reference "
                          f"dataset {type(other).__name__} must both hold embeddings "
                          "(model=none) or both raw images and captions (embedded by one model)")
+    if ref_dataset is not None:
+        _refuse_shared_images(ref_source, range(n_images(ref_source)), got["test"],
+                              range(n_images(got["test"])),
+                              f"reference.dataset's {source!r} split",
+                              f"the evaluation split {eval_split!r}", "test items")
     return Splits(dataset, got["test"], got["source"], source, eval_split,
                   dataset if ref_dataset is None else ref_dataset, ref_source,
                   ref_dataset is None)
+
+
+def _files(split: RetrievalSplit, rows) -> dict[str, int]:
+    """{normalised absolute image path: row} of the images at ``rows``."""
+    return {os.path.normpath(os.path.abspath(split.image_paths[r])): r for r in rows}
+
+
+def _refuse_shared_images(refs: Split, ref_rows, other: Split, other_rows, refs_name: str,
+                          other_name: str, what: str) -> None:
+    """ValueError when raw ``refs`` (its images at ``ref_rows``) and ``other`` (at
+    ``other_rows``) share an image file: another reference dataset that is in fact the
+    evaluation data (or a copy at the same paths) would put ``what`` into the references.
+    Embedding-level splits carry no paths and are not checked."""
+    if not isinstance(refs, RetrievalSplit) or not isinstance(other, RetrievalSplit):
+        return
+    theirs = _files(other, other_rows)
+    shared = [f for f in _files(refs, ref_rows) if f in theirs]
+    if shared:
+        raise ValueError(f"{refs_name} and {other_name} share {len(shared)} image files (e.g. "
+                         f"{shared[0]}): the references would hold {what}; choose another "
+                         "reference.dataset or reference.source, or drop reference.dataset to "
+                         "draw the references from the evaluation dataset")
 
 
 def tuning_size(size, n_test_images: int, n_source_images: int, fraction: float, *,
@@ -131,6 +162,11 @@ def draw_sets(splits: Splits, *, fraction: float, seed: int, n_tuning: int,
     None for embedding-level splits (and given for raw ones).
     """
     s = splits
+    if n_tuning and s.source_name == s.eval_split:  # only with another reference dataset
+        raise ValueError(f"the tuning part is drawn from the evaluation dataset's "
+                         f"reference.source={s.source_name!r} split, which is the evaluation "
+                         "split (eval.split): it would hold test items; use another "
+                         "reference.source (e.g. train) or reference.tuning_size=0")
     # in-distribution: one seeded draw gives disjoint reference and tuning parts; otherwise the
     # references are drawn from the other dataset and the tuning part as in-distribution
     n_ref_tuning = n_tuning if s.in_distribution else 0
@@ -160,6 +196,9 @@ def _embed_parts(s: Splits, *, fraction: float, seed: int, n_tuning: int, n_ref_
     if not s.in_distribution and n_tuning:
         _, tune_rows = reference_and_tuning_split(n_images(s.source), fraction=fraction,
                                                   tuning_size=n_tuning, seed=seed)
+        _refuse_shared_images(s.ref_source, ref_rows, s.source, tune_rows,
+                              "the references drawn from reference.dataset",
+                              "the tuning part", "tuning items")
     subset = {"fraction": fraction, "seed": seed}
     parts = {"test": (s.dataset, s.eval_split, None, None),
              "reference": (s.ref_dataset, s.source_name, ref_rows,
