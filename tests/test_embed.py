@@ -196,6 +196,23 @@ def test_captions_tokenised_in_workers_give_the_same_rows(encoder):
     assert caption_workers(4, torch.device("cuda", 1)) == 4
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_captions_tokenised_in_workers_match_the_cpu(encoder, tmp_path):
+    """On a GPU, extraction tokenises in workers (caption_workers): the rows equal the GPU's
+    in-process ones and the CPU's up to float32 rounding. Run by benchmarks/gpu_check.py."""
+    from nnn.embed.batches import caption_workers, encode_captions
+
+    gpu = tiny_clip_encoder(tmp_path / "cfg", device="cuda").load()  # the same seeded weights
+    dev = torch.device("cuda")
+    captions = [f"a photo of {n} {w}" for n in range(61) for w in ("dogs", "cats on a sofa")]
+    workers = encode_captions(gpu, captions, dev, progress=False,
+                              num_workers=caption_workers(2, dev))
+    np.testing.assert_allclose(workers, encode_captions(gpu, captions, dev, progress=False),
+                               atol=1e-6)
+    np.testing.assert_allclose(workers, encode_captions(encoder, captions, torch.device("cpu"),
+                                                        progress=False), atol=1e-4)
+
+
 def test_jpeg_draft_is_keyed_and_close(encoder, tmp_path):
     make_karpathy_fixture(tmp_path / "data", "flickr30k", n_train=3, n_val=2, n_test=3,
                           image_size=(160, 120))
