@@ -92,7 +92,7 @@ PRESETS = {
                   bank=591_753, gallery_bank=118_287, n_queries=25_000, check_cols=64,
                   n_images=5000, image_sizes=COCO_SIZES, models=("ViT-B-32", "ViT-L-14"),
                   batch=256, ddp_images=1024, faiss_refs=591_753,
-                  limits={"tests": 60, "nnn": 150, "bank": 75, "extract": 190, "faiss": 60}),
+                  limits={"tests": 90, "nnn": 150, "bank": 75, "extract": 190, "faiss": 60}),
     "small": Sizes(n_gallery=503, n_refs=30_011, dim=64, k=16, check_rows=64, repeats=2,
                    bank=20_011, gallery_bank=5003, n_queries=1000, check_cols=32,
                    n_images=96, image_sizes=((160, 120), (120, 160), (150, 100)),

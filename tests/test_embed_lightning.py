@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from fixtures_karpathy import (TINY_NAME, CountingEncoder, corrupt, make_karpathy_fixture, register_tiny_config,
                                tiny_clip_encoder)
 
@@ -279,3 +280,21 @@ def test_an_encoder_failure_in_predict_is_raised_after_the_loop(flickr, tmp_path
     resumed = CountingEncoder(encoder)
     embed_dataset_split(resumed, ds, "train", cache, lightning=ONE_CPU, **OPTS)
     assert resumed.images == 13 - 6  # the two batches done before the failure were kept
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_run_py_with_extract_ddp_on_one_gpu(flickr, tmp_path):
+    """``run.py ... extract=ddp`` with Lightning on the GPU (one device, fp16): the Hydra runner's
+    DDP extraction end to end, results once. Run by benchmarks/gpu_check.py."""
+    run_dir = tmp_path / "run"
+    overrides = [o for o in _tiny_run_overrides(flickr, tmp_path) if not o.startswith("device=")]
+    cmd = [sys.executable, "run.py", *overrides, "device=cuda",
+           "model.precision=fp16", "extract=ddp", "extract.lightning.devices=1",
+           "extract.num_workers=2", "extract.progress=false", f"hydra.run.dir={run_dir}"]
+    env = {k: v for k, v in os.environ.items() if k not in RANK_VARIABLES}
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
+                          env={**env, "PYTHONWARNINGS": "ignore"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["status"] == "completed" and results["data"]["test_images"] == 3
+    assert results["config"]["extract"]["lightning"]["accelerator"] == "gpu"
