@@ -641,7 +641,7 @@ def section_extract(ctx: Context) -> None:
 
     from nnn.cache import EmbeddingCache
     from nnn.embed import embed_split
-    from nnn.embed.batches import encode_captions
+    from nnn.embed.batches import encode_captions, send_uint8
     from nnn.encoders.open_clip import OpenClipEncoder
     from nnn.encoders.torch_model import autocast
 
@@ -683,12 +683,15 @@ def section_extract(ctx: Context) -> None:
                     fwd = forward_only(enc, dev, s.n_images, batch, size)
                     ctx.emit(sec, "time", f"{label}: images, forward only", rate=fwd,
                              unit="img/s", note=f"{size}x{size} input, batch on device")
+                    sends = ("uint8" if send_uint8(dev) and enc.uint8_image_preprocessor()
+                             else "float32")
                     for what, draft in (("pipeline (decode in workers + forward)", None),
                                         (f"pipeline, jpeg_draft={size}", size)):
                         rate = loader_rate(enc, split, dev, batch, workers, draft, True)
                         ctx.emit(sec, "time", f"{label}: images, {what}", rate=rate,
                                  unit="img/s", note=f"{100 * rate / fwd:.1f} % of forward only "
-                                                    "(target >= 80 %)")
+                                                    f"(target >= 80 %); workers send {sends} "
+                                                    "pixels")
                 with guarded(ctx, sec, f"{name}: embed_split"):
                     t0 = time.perf_counter()
                     es = embed_split(enc, split, EmbeddingCache(tmp / f"cache{i}"),

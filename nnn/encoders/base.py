@@ -62,9 +62,17 @@ class Encoder(ABC):
         """
         return self.image_transform
 
+    def uint8_image_preprocessor(self):
+        """A picklable PIL image -> (3, H, W) uint8 callable whose batches ``encode_image_batch``
+        also takes, finishing the preprocessing on the model's device (a quarter of the bytes to
+        send from workers and to copy to a GPU; the same pixels, see ``nnn.encoders.pixels``);
+        None (this default) when the preprocessing does not split there."""
+        return None
+
     @abstractmethod
     def encode_image_batch(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(b, 3, H, W) -> (b, d) L2-normalised float32."""
+        """(b, 3, H, W) float pixels (``image_transform``), or uint8 ones
+        (``uint8_image_preprocessor``) -> (b, d) L2-normalised float32."""
 
     @abstractmethod
     def encode_text_batch(self, captions: list[str]) -> torch.Tensor:

@@ -24,6 +24,7 @@ import torch
 
 from nnn._arrays import check_positive_int, resolve_device
 from nnn.encoders.base import Encoder
+from nnn.encoders.pixels import Uint8Finish, split_at_uint8
 from nnn.errors import MissingDependencyError
 
 _HALF_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -94,6 +95,7 @@ class TorchModelEncoder(Encoder):
         self._model = None
         self._preprocess: Callable | None = None
         self._device: torch.device | None = None
+        self._split: tuple | None = None  # (the preprocessing it was made from, its split)
 
     # -- what subclasses provide ------------------------------------------------------------
     @abstractmethod
@@ -151,15 +153,33 @@ class TorchModelEncoder(Encoder):
     def image_transform(self, image) -> torch.Tensor:
         return self.image_preprocessor()(image)
 
+    def _uint8_split(self) -> tuple[Callable, Uint8Finish] | None:
+        """``split_at_uint8`` of the loaded preprocessing (computed once)."""
+        self._loaded_model()
+        if self._split is None or self._split[0] is not self._preprocess:
+            self._split = (self._preprocess, split_at_uint8(self._preprocess))
+        return self._split[1]
+
+    def uint8_image_preprocessor(self) -> Callable | None:
+        split = self._uint8_split()
+        return split[0] if split is not None else None
+
     def encode_image_batch(self, pixels: torch.Tensor) -> torch.Tensor:
         self._loaded_model()
         if not isinstance(pixels, torch.Tensor) or pixels.ndim != 4 or pixels.shape[1] != 3:
             shape = tuple(getattr(pixels, "shape", ()))
             raise ValueError(f"pixels must be a (b, 3, H, W) tensor from image_transform, got "
                              f"{type(pixels).__name__} of shape {shape}")
+        pixels = pixels.to(self._device, non_blocking=True)
+        if pixels.dtype == torch.uint8:
+            split = self._uint8_split()
+            if split is None:
+                raise ValueError(f"{type(self).__name__}'s preprocessing does not end in "
+                                 "ToTensor/Normalize, so it takes float pixels from "
+                                 "image_transform, not uint8 ones")
+            pixels = split[1](pixels)
         with torch.inference_mode(), autocast(self._device, self.precision):
-            features = self._image_features(pixels.to(self._device, torch.float32,
-                                                      non_blocking=True))
+            features = self._image_features(pixels.to(torch.float32))
         return unit_rows(features)
 
     def encode_text_batch(self, captions: list[str]) -> torch.Tensor:
