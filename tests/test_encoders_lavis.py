@@ -183,6 +183,43 @@ def test_caption_tokenizer_apart_gives_the_same_rows(fake_lavis):
                                   enc.encode_text_batch(captions).numpy())
 
 
+class BlipImageEvalProcessor:
+    """LAVIS's eval image processor, as lavis/processors/blip_processors.py builds it."""
+
+    def __init__(self, image_size=8):
+        from torchvision import transforms as T
+
+        self.transform = T.Compose([T.Resize((image_size, image_size),
+                                             interpolation=T.InterpolationMode.BICUBIC),
+                                    T.ToTensor(), T.Normalize((0.48, 0.46, 0.41),
+                                                              (0.27, 0.26, 0.28))])
+
+    def __call__(self, item):
+        return self.transform(item)
+
+
+def test_blip_eval_processor_splits_at_uint8_with_the_same_embeddings(fake_lavis, monkeypatch):
+    from PIL import Image
+
+    import nnn.encoders.lavis as adapter
+
+    processor, fake = BlipImageEvalProcessor(), sys.modules["lavis.models"]
+    load = fake.load_model_and_preprocess
+    monkeypatch.setattr(fake, "load_model_and_preprocess", lambda *a, **k: (
+        load(*a, **k)[0], {"eval": processor}, {"eval": FakeCaptionProcessor()}))
+    enc = LavisEncoder(device="cpu", batch_size=2).load()
+    assert enc.image_preprocessor() is processor.transform
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+              for h, w in [(9, 13), (8, 8), (30, 7)]]
+    sent = torch.stack([enc.uint8_image_preprocessor()(im) for im in images])
+    whole = torch.stack([processor(im) for im in images])
+    assert sent.dtype == torch.uint8
+    np.testing.assert_array_equal(enc.encode_image_batch(sent).numpy(),
+                                  enc.encode_image_batch(whole).numpy())
+    assert adapter._bare_transform(fake_image_processor) is fake_image_processor  # other kinds
+
+
 def test_without_lavis_the_error_points_to_its_own_environment(monkeypatch):
     monkeypatch.setitem(sys.modules, "lavis", None)  # makes `import lavis` fail
     monkeypatch.delitem(sys.modules, "lavis.models", raising=False)

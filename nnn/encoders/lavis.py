@@ -14,7 +14,8 @@ LAVIS's own retrieval evaluation does before its ITM re-ranking:
   ``max_text_length``, 35 as in LAVIS's evaluation) and
   ``text_proj(text_encoder.forward_text(tokens).last_hidden_state[:, 0, :])``;
 
-both L2-normalised. Images go through the ``eval`` visual processor (a picklable transform).
+both L2-normalised. Images go through the ``eval`` visual processor (a picklable transform;
+for ``BlipImageEvalProcessor`` its torchvision ``Compose``, which on a GPU splits at uint8).
 
 Cache identity (no weights, no LAVIS import): name, model type, ``max_text_length``, the
 installed salesforce-lavis version (its processors follow from name and model type),
@@ -46,6 +47,21 @@ def import_lavis_models():
     except ImportError as e:
         raise MissingDependencyError(f"this model needs LAVIS (pip install salesforce-lavis), "
                                      f"which could not be imported ({e}). {LAVIS_ENV_HINT}") from e
+
+
+def _bare_transform(processor):
+    """The torchvision ``Compose`` inside LAVIS's ``BlipImageEvalProcessor`` (the ``eval`` image
+    processor of ALBEF and BLIP retrieval), else ``processor`` itself. That processor's
+    ``__call__(item)`` is ``self.transform(item)`` over ``Compose([Resize, ToTensor,
+    Normalize])`` (lavis/processors/blip_processors.py), so the ``Compose`` is the very same
+    preprocessing, and unlike the processor object it splits at uint8 (``nnn.encoders.pixels``)
+    for GPU extraction."""
+    from torchvision.transforms import Compose
+
+    transform = getattr(processor, "transform", None)
+    if type(processor).__name__ == "BlipImageEvalProcessor" and isinstance(transform, Compose):
+        return transform
+    return processor
 
 
 class LavisCaptionTokens:
@@ -92,7 +108,7 @@ class LavisEncoder(TorchModelEncoder):
             model, vis_processors, txt_processors = models.load_model_and_preprocess(
                 name=self.name, model_type=self.model_type, is_eval=True, device=device)
         self._model = model.float().to(device)
-        self._preprocess = vis_processors["eval"]
+        self._preprocess = _bare_transform(vis_processors["eval"])
         self._text_processor = txt_processors["eval"]
 
     def _image_features(self, pixels: torch.Tensor) -> torch.Tensor:

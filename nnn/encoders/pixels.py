@@ -13,7 +13,8 @@ A torchvision ``Compose`` of PIL steps followed by ``ToTensor`` and ``Normalize`
 A batch of uint8 pixels is a quarter of the float32 one: a quarter of the bytes to pass through
 the workers' shared memory, to pin and to copy to the GPU (at batch 256 and 224 px, 38.5 MB
 instead of 154 MB). ``split_at_uint8`` returns None for any other transform (a transformers
-image processor, LAVIS's processors), which then runs whole in the workers.
+image processor), which then runs whole in the workers; the LAVIS adapter hands over the
+``Compose`` inside its eval processor, which splits.
 """
 
 from __future__ import annotations
