@@ -313,6 +313,31 @@ def _check_extraction(cfg: DictConfig) -> None:
                          f"{lightning.accelerator}), but this machine has none: use the default "
                          "extract (drop extract=ddp; it encodes in this process, on device=cpu "
                          "here), or run on a machine with GPUs")
+    _check_ddp_precision(cfg.model, lightning.get("accelerator", "auto"))
+
+
+def _check_ddp_precision(model: DictConfig, accelerator: str) -> None:
+    """The check each DDP rank makes (nnn.embed.lightning), made before any data loads: the
+    precision the cache key names (from ``model.device``) must be the one that runs on the
+    accelerator's devices (fp16 runs as fp32 on the CPU)."""
+    import torch
+
+    from nnn._arrays import resolve_device
+    from nnn.encoders.torch_model import effective_precision
+
+    precision = model.get("precision")
+    if precision is None:
+        return
+    kind = {"gpu": "cuda", "cuda": "cuda", "cpu": "cpu"}.get(
+        str(accelerator), "cuda" if torch.cuda.is_available() else "cpu")
+    keyed_on = resolve_device(model.get("device"))
+    key = effective_precision(precision, keyed_on, warn=False)
+    runs = effective_precision(precision, torch.device(kind), warn=False)
+    if key != runs:
+        raise ValueError(f"extract.lightning.accelerator={accelerator} runs model.precision="
+                         f"{precision} as {runs}, but the cache key is made for device="
+                         f"{model.get('device')} ({keyed_on.type}), where it runs as {key}: set "
+                         f"device={kind} to match the accelerator, or model.precision=fp32")
 
 
 def _check_plain(cfg: DictConfig) -> None:
@@ -338,8 +363,8 @@ def _check_plain(cfg: DictConfig) -> None:
 
 def check_config(cfg: DictConfig) -> EvalSettings:
     """Config mistakes that need no data: first those that need no torch (``_check_plain``),
-    then the method's parameters, the tuner's grids, DDP without GPUs and ``cfg.eval``; returns
-    the evaluation's settings."""
+    then the method's parameters, the tuner's grids, DDP without GPUs or with a precision the
+    cache key would not name, and ``cfg.eval``; returns the evaluation's settings."""
     _check_plain(cfg)
     from nnn.evaluation import EvalSettings  # torch: after the checks that need none
 

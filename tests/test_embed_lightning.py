@@ -298,3 +298,22 @@ def test_cuda_run_py_with_extract_ddp_on_one_gpu(flickr, tmp_path):
     results = json.loads((run_dir / "results.json").read_text())
     assert results["status"] == "completed" and results["data"]["test_images"] == 3
     assert results["config"]["extract"]["lightning"]["accelerator"] == "gpu"
+
+
+def test_ddp_precision_the_key_would_not_name_is_refused_before_any_data(monkeypatch):
+    """The ranks' precision check, made by check_config already: accelerator=cpu with fp16 keyed
+    on a GPU, and the other way round; matching devices, or fp32, pass."""
+    from nnn.settings import check_config, compose
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # a GPU machine, as configs see
+    base = ["model=clip", "dataset=coco", "extract=ddp", "logger=none"]
+    for extra, words in ((["extract.lightning.accelerator=cpu", "model.precision=fp16"],
+                          "accelerator=cpu runs model.precision=fp16 as fp32"),
+                         (["device=cpu", "model.precision=fp16"],
+                          "accelerator=gpu runs model.precision=fp16 as fp16")):
+        with pytest.raises(ValueError, match=words + r".* set device=\w+ to match"):
+            check_config(compose([*base, *extra]))
+    for extra in (["model.precision=fp16"], ["extract.lightning.accelerator=cpu", "device=cpu",
+                                             "model.precision=fp16"],
+                  ["extract.lightning.accelerator=cpu"]):
+        check_config(compose([*base, *extra]))
