@@ -189,17 +189,24 @@ def test_rank_above_zero_extracts_then_stops(flickr, tmp_path, monkeypatch):
     assert not out.exists()
 
 
-@pytest.mark.slow  # two interpreters import torch, Lightning, open_clip, Hydra: ~30 s on 2 cores
-def test_run_py_with_two_ddp_processes_writes_results_once(flickr, tmp_path):
-    run_dir = tmp_path / "run"
-    cmd = [sys.executable, "run.py", *_tiny_run_overrides(flickr, tmp_path), "extract=ddp",
-           "extract.lightning.accelerator=cpu", "extract.lightning.devices=2",
-           "extract.num_workers=0", "extract.progress=false", f"hydra.run.dir={run_dir}"]
+def _run_py_ddp(overrides: list[str], run_dir: Path) -> dict:
+    """``run.py`` with ``overrides`` and ``extract=ddp`` in a fresh interpreter free of launcher
+    rank variables; its results.json once it succeeded."""
+    cmd = [sys.executable, "run.py", *overrides, "extract=ddp", "extract.progress=false",
+           f"hydra.run.dir={run_dir}"]
     env = {k: v for k, v in os.environ.items() if k not in RANK_VARIABLES}
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
                           env={**env, "PYTHONWARNINGS": "ignore"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = json.loads((run_dir / "results.json").read_text())
+    return json.loads((run_dir / "results.json").read_text())
+
+
+@pytest.mark.slow  # two interpreters import torch, Lightning, open_clip, Hydra: ~30 s on 2 cores
+def test_run_py_with_two_ddp_processes_writes_results_once(flickr, tmp_path):
+    run_dir = tmp_path / "run"
+    results = _run_py_ddp([*_tiny_run_overrides(flickr, tmp_path),
+                           "extract.lightning.accelerator=cpu", "extract.lightning.devices=2",
+                           "extract.num_workers=0"], run_dir)
     assert results["status"] == "completed" and results["data"]["test_images"] == 3
     rank1 = (run_dir / "train_ddp_process_1.log").read_text()
     assert "DDP extraction rank done" in rank1 and "results in" not in rank1
@@ -286,16 +293,10 @@ def test_an_encoder_failure_in_predict_is_raised_after_the_loop(flickr, tmp_path
 def test_cuda_run_py_with_extract_ddp_on_one_gpu(flickr, tmp_path):
     """``run.py ... extract=ddp`` with Lightning on the GPU (one device, fp16): the Hydra runner's
     DDP extraction end to end, results once. Run by benchmarks/gpu_check.py."""
-    run_dir = tmp_path / "run"
     overrides = [o for o in _tiny_run_overrides(flickr, tmp_path) if not o.startswith("device=")]
-    cmd = [sys.executable, "run.py", *overrides, "device=cuda",
-           "model.precision=fp16", "extract=ddp", "extract.lightning.devices=1",
-           "extract.num_workers=2", "extract.progress=false", f"hydra.run.dir={run_dir}"]
-    env = {k: v for k, v in os.environ.items() if k not in RANK_VARIABLES}
-    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300,
-                          env={**env, "PYTHONWARNINGS": "ignore"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    results = json.loads((run_dir / "results.json").read_text())
+    results = _run_py_ddp([*overrides, "device=cuda", "model.precision=fp16",
+                           "extract.lightning.devices=1", "extract.num_workers=2"],
+                          tmp_path / "run")
     assert results["status"] == "completed" and results["data"]["test_images"] == 3
     assert results["config"]["extract"]["lightning"]["accelerator"] == "gpu"
 

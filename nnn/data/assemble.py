@@ -102,9 +102,9 @@ def load_splits(dataset, *, eval_split: str, source: str, ref_dataset=None) -> S
                   ref_dataset is None)
 
 
-def _files(split: RetrievalSplit, rows) -> dict[str, int]:
-    """{normalised absolute image path: row} of the images at ``rows``."""
-    return {os.path.normpath(os.path.abspath(split.image_paths[r])): r for r in rows}
+def _files(split: RetrievalSplit, rows) -> set[str]:
+    """The normalised absolute paths of the images at ``rows``."""
+    return {os.path.normpath(os.path.abspath(split.image_paths[r])) for r in rows}
 
 
 def _refuse_shared_images(refs: Split, ref_rows, other: Split, other_rows, refs_name: str,
@@ -115,8 +115,7 @@ def _refuse_shared_images(refs: Split, ref_rows, other: Split, other_rows, refs_
     Embedding-level splits carry no paths and are not checked."""
     if not isinstance(refs, RetrievalSplit) or not isinstance(other, RetrievalSplit):
         return
-    theirs = _files(other, other_rows)
-    shared = [f for f in _files(refs, ref_rows) if f in theirs]
+    shared = sorted(_files(refs, ref_rows) & _files(other, other_rows))
     if shared:
         raise ValueError(f"{refs_name} and {other_name} share {len(shared)} image files (e.g. "
                          f"{shared[0]}): the references would hold {what}; choose another "

@@ -54,10 +54,9 @@ class ShardDir:
         """Write one part atomically; ``tag`` makes its name (a uuid is appended)."""
         target = self.path / f"images-{tag}-{uuid.uuid4().hex[:8]}.npz"
         rows = np.asarray(rows, dtype=np.int64)
-        emb = np.asarray(emb, dtype=np.float32)
-        # a part of unreadable images only has no embedding, and (0, 0) cannot reshape to (0, -1)
-        emb = emb.reshape(len(rows), -1) if len(rows) else emb.reshape(0, emb.shape[-1]
-                                                                       if emb.ndim == 2 else 0)
+        # a part of unreadable images only has no embedding ((0, 0) cannot reshape to (0, -1))
+        emb = (np.asarray(emb, dtype=np.float32).reshape(len(rows), -1) if len(rows)
+               else np.zeros((0, 0), np.float32))
         with atomic_open(target, "wb") as f:
             np.savez(f, rows=rows, emb=emb, failed_rows=np.asarray(failed_rows, dtype=np.int64),
                      errors=np.asarray(list(errors), dtype=str))
