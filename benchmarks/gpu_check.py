@@ -641,7 +641,7 @@ def section_extract(ctx: Context) -> None:
 
     from nnn.cache import EmbeddingCache
     from nnn.embed import embed_split
-    from nnn.embed.batches import encode_captions, send_uint8
+    from nnn.embed.batches import encode_captions
     from nnn.encoders.open_clip import OpenClipEncoder
     from nnn.encoders.torch_model import autocast
 
@@ -683,8 +683,7 @@ def section_extract(ctx: Context) -> None:
                     fwd = forward_only(enc, dev, s.n_images, batch, size)
                     ctx.emit(sec, "time", f"{label}: images, forward only", rate=fwd,
                              unit="img/s", note=f"{size}x{size} input, batch on device")
-                    sends = ("uint8" if send_uint8(dev) and enc.uint8_image_preprocessor()
-                             else "float32")
+                    sends = "uint8" if enc.uint8_image_preprocessor() else "float32"
                     for what, draft in (("pipeline (decode in workers + forward)", None),
                                         (f"pipeline, jpeg_draft={size}", size)):
                         rate = loader_rate(enc, split, dev, batch, workers, draft, True)

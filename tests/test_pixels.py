@@ -15,7 +15,7 @@ from torchvision import transforms as T
 
 from nnn.cache import EmbeddingCache
 from nnn.data.flickr30k import Flickr30k
-from nnn.embed import batches, embed_dataset_split
+from nnn.embed import embed_dataset_split
 from nnn.encoders.pixels import PILToUint8, Uint8Finish, split_at_uint8
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*treespec:FutureWarning")  # Lightning vs torch
@@ -78,14 +78,17 @@ def test_uint8_pixels_for_an_encoder_that_does_not_split_are_refused(encoder, mo
 @pytest.mark.parametrize("lightning", [None, dict(accelerator="cpu", devices=1, strategy="auto")])
 def test_extraction_with_uint8_pixels_is_the_same_bit_for_bit(encoder, tmp_path, monkeypatch,
                                                               lightning):
-    """send_uint8 forced on the CPU (it is on for accelerators): local and Lightning paths store
-    the embeddings the float path stores."""
+    """The uint8 path (the default for open_clip) and the float path forced: local and
+    Lightning paths store the same embeddings."""
     make_karpathy_fixture(tmp_path / "data", "flickr30k", n_train=3, n_val=2, n_test=7)
     ds = Flickr30k(tmp_path / "data")
     opts = dict(batch_size=3, shard_size=4, num_workers=1, progress=False, lightning=lightning)
-    plain = embed_dataset_split(encoder, ds, "test", EmbeddingCache(tmp_path / "a"), **opts)
-    sent = []
-    monkeypatch.setattr(batches, "send_uint8", lambda device: sent.append(device) or True)
+    with monkeypatch.context() as m:
+        m.setattr(encoder, "uint8_image_preprocessor", lambda: None)  # the float path
+        plain = embed_dataset_split(encoder, ds, "test", EmbeddingCache(tmp_path / "a"), **opts)
+    sent, uint8_part = [], encoder.uint8_image_preprocessor
+    monkeypatch.setattr(encoder, "uint8_image_preprocessor",
+                        lambda: sent.append(1) or uint8_part())
     uint8 = embed_dataset_split(encoder, ds, "test", EmbeddingCache(tmp_path / "b"), **opts)
     assert sent  # the uint8 path ran
     np.testing.assert_array_equal(uint8.image, plain.image)
@@ -101,7 +104,7 @@ def test_cuda_extraction_sends_uint8_and_matches_the_cpu(tmp_path):
     opts = dict(batch_size=3, shard_size=4, num_workers=1, progress=False)
     cpu = tiny_clip_encoder(tmp_path / "cfg").load()
     gpu = tiny_clip_encoder(tmp_path / "cfg", device="cuda").load()
-    assert batches.send_uint8(torch.device("cuda")) and gpu.uint8_image_preprocessor()
+    assert gpu.uint8_image_preprocessor() is not None
     want = embed_dataset_split(cpu, ds, "test", EmbeddingCache(tmp_path / "a"), **opts)
     got = embed_dataset_split(gpu, ds, "test", EmbeddingCache(tmp_path / "b"),
                               device="cuda", **opts)

@@ -2,8 +2,8 @@
 both extraction paths (``nnn.embed.local``, ``nnn.embed.lightning``) share.
 
 - ``image_loader`` -> DataLoader whose workers decode and preprocess images
-  (``nnn.data.images.ImageRows`` with ``encoder.image_preprocessor()``, or on an accelerator
-  ``encoder.uint8_image_preprocessor()`` when it has one: ``send_uint8``) into
+  (``nnn.data.images.ImageRows`` with ``encoder.uint8_image_preprocessor()`` when the encoder
+  has one, whose uint8 pixels the model's device finishes, else ``image_preprocessor()``) into
   ``collate_rows`` batches; memory is pinned only when ``device`` is CUDA.
 - ``encode_pixels``: (b, 3, H, W) -> (b, d); ``encode_captions``: n captions -> (n, d), with
   the tokenising in DataLoader workers when asked (``CaptionBatches``; ``caption_workers``
@@ -72,9 +72,10 @@ def _as_is(item):
 def caption_workers(num_workers: int, device: torch.device) -> int:
     """How many DataLoader workers should tokenise captions for a model on ``device``: the
     image workers' number on an accelerator, where tokenising in one process can be the wall
-    (open_clip's Python tokenizer: ~14k captions/s on one Zen 4 core; benchmarks/gpu_check.py
+    (open_clip's Python tokenizer: ~11-21k captions/s on one Zen 4 core; benchmarks/gpu_check.py
     times both ways); none on the CPU, where the forward already uses every core (2-core
-    Zen 4, tiny model: 10.3k captions/s in one process, 8.8k with 2 workers)."""
+    Zen 4, tiny model: 4,647 captions/s in one process, 4,331 with 2 workers; RESULTS.md, "What
+    travels from the workers to the model")."""
     return 0 if device.type == "cpu" else num_workers
 
 
@@ -103,15 +104,6 @@ def encode_captions(encoder, captions: Sequence[str], device: torch.device, *,
     return _unit_rows(text, encoder, "captions")
 
 
-def send_uint8(device: torch.device) -> bool:
-    """Whether the workers send uint8 pixels (``encoder.uint8_image_preprocessor()``, when the
-    encoder has it) for the model's device to finish: on an accelerator, where it cuts the
-    bytes to pin and copy to a quarter; not on the CPU, where finishing in the main process
-    costs more than it saves (2-core Zen 4, 256 x 224 px: 350-385 ms per batch there against
-    14-17 ms to take float pixels finished by the workers)."""
-    return device.type != "cpu"
-
-
 def image_loader(encoder, split: RetrievalSplit, rows: np.ndarray, *, device: torch.device,
                  num_workers: int, pin_memory: bool, jpeg_draft: int | None,
                  batch_size: int | None = None,
@@ -126,8 +118,10 @@ def image_loader(encoder, split: RetrievalSplit, rows: np.ndarray, *, device: to
     if (batch_size is None) == (batch_sampler is None):
         raise ValueError("image_loader needs exactly one of batch_size and batch_sampler, got "
                          f"batch_size={batch_size!r} and batch_sampler={batch_sampler!r}")
-    transform = (encoder.uint8_image_preprocessor() if send_uint8(device) else None) \
-        or encoder.image_preprocessor()
+    # uint8 pixels are a quarter of the bytes to pass from the workers, pin and copy; finishing
+    # them where the model runs paid on the CPU too (benchmarks/RESULTS.md, "What travels from
+    # the workers to the model")
+    transform = encoder.uint8_image_preprocessor() or encoder.image_preprocessor()
     dataset = ImageRows(split.image_paths, transform, rows=rows, jpeg_draft=jpeg_draft)
     batching = ({"batch_size": batch_size} if batch_sampler is None
                 else {"batch_sampler": batch_sampler})
